@@ -1,0 +1,111 @@
+//! Builds the WebAssembly plugins for `wasm32-wasip2` so that `cargo build`,
+//! `cargo run` and `cargo install` produce a working service:
+//!
+//! * `plugins/` (the default plugins, embedded in the binary) and
+//! * `examples/plugins/skip-refs` (the example custom plugin, used by tests).
+//!
+//! The nested cargo uses its own target directory next to the outer one, so
+//! it never waits on the outer build's lock. The artifact directory is
+//! exported to the crate as `HOOKVAULT_PLUGIN_ARTIFACTS`.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const TARGET: &str = "wasm32-wasip2";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            println!("cargo::error={message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    let root = manifest_dir
+        .parent()
+        .ok_or("host/ has no parent directory")?
+        .to_path_buf();
+    for watched in ["plugins", "wit", "examples/plugins"] {
+        println!("cargo::rerun-if-changed={}", root.join(watched).display());
+    }
+    println!("cargo::rerun-if-env-changed=HOOKVAULT_PLUGIN_TARGET_DIR");
+
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("cannot run {rustc}: {e}"))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if !sysroot.join("lib/rustlib").join(TARGET).is_dir() {
+        return Err(format!(
+            "the {TARGET} Rust target is not installed; install it with `rustup target add {TARGET}`"
+        ));
+    }
+
+    let target_dir = plugin_target_dir()?;
+    build(&root.join("plugins/Cargo.toml"), &target_dir)?;
+    build(
+        &root.join("examples/plugins/skip-refs/Cargo.toml"),
+        &target_dir,
+    )?;
+    let artifacts = target_dir.join(TARGET).join("release");
+    for name in ["git_backup", "hostile", "skip_refs"] {
+        let file = artifacts.join(format!("{name}.wasm"));
+        if !file.is_file() {
+            return Err(format!("plugin build produced no {}", file.display()));
+        }
+    }
+    println!("cargo::rustc-env=HOOKVAULT_PLUGIN_ARTIFACTS={}", artifacts.display());
+    Ok(())
+}
+
+/// `<outer target dir>/wasm-plugins`, found from OUT_DIR
+/// (`<target>/<profile>/build/<pkg>-<hash>/out`).
+fn plugin_target_dir() -> Result<PathBuf, String> {
+    if let Ok(dir) = env::var("HOOKVAULT_PLUGIN_TARGET_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    let target = out
+        .ancestors()
+        .nth(4)
+        .ok_or("OUT_DIR is not inside a target directory")?;
+    Ok(target.join("wasm-plugins"))
+}
+
+fn build(manifest: &Path, target_dir: &Path) -> Result<(), String> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target_dir);
+    // Settings meant for the outer (host) build must not leak into the
+    // plugin build.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_MAKEFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run cargo for {}: {e}", manifest.display()))?;
+    if !status.success() {
+        return Err(format!(
+            "building the plugins in {} for {TARGET} failed (see the output above)",
+            manifest.display()
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,473 @@
+//! The configuration file (`hookvault.toml`). One struct tree, unknown keys
+//! rejected, every default written once, here. Secrets may be literal, read
+//! from the environment or from a file, and never appear in `Debug` output.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ids::RepoName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("secret {what}: environment variable {var} is not set")]
+    MissingEnv { what: String, var: String },
+    #[error("secret {what}: cannot read {path}: {source}")]
+    SecretFile {
+        what: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the webhook receiver listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest webhook body accepted. Bitbucket Cloud never sends more than
+    /// 256 KB; Data Center bodies can be larger.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Bearer token for the read-only `/api/v1` endpoints. Without it those
+    /// endpoints are disabled.
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            admin_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the embedded store (created if missing). Relative paths
+    /// are relative to the working directory.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// A pack file is closed and a new one started past this size.
+    #[serde(default = "default_pack_bytes")]
+    pub pack_target_bytes: u64,
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("data")
+}
+
+fn default_pack_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_store_path(),
+            pack_target_bytes: default_pack_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Attempts before a delivery is dead-lettered.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt.
+    #[serde(default = "default_retry_ms")]
+    pub retry_base_ms: u64,
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+
+fn default_retry_ms() -> u64 {
+    2000
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_attempts(),
+            retry_base_ms: default_retry_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    Cloud,
+    DataCenter,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Short name, used in logs, in the store and in `/webhooks/bitbucket/{name}`.
+    pub name: String,
+    pub kind: SourceKind,
+    /// Webhook secrets. Several may be listed while one is being rotated.
+    pub secrets: Vec<Secret>,
+    /// Clone URL template; `{repo}` becomes `workspace/slug`.
+    /// Default for Cloud: `https://bitbucket.org/{repo}.git`.
+    #[serde(default)]
+    pub git_url: Option<String>,
+    /// Credentials for fetching over HTTPS. They stay in the host process.
+    #[serde(default)]
+    pub credentials: Option<GitCredentials>,
+}
+
+impl SourceConfig {
+    /// The clone URL of a repository of this source.
+    pub fn clone_url(&self, repo: &RepoName) -> String {
+        let template = self.git_url.as_deref().unwrap_or(match self.kind {
+            SourceKind::Cloud => "https://bitbucket.org/{repo}.git",
+            // Data Center has no default host: validate() insists on git_url.
+            SourceKind::DataCenter => "{repo}",
+        });
+        template.replace("{repo}", &repo.to_string())
+    }
+}
+
+/// How git over HTTPS authenticates, per Bitbucket's token kinds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitCredentials {
+    pub kind: CredentialKind,
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialKind {
+    /// Cloud repository/project/workspace access token: Basic `x-token-auth:<token>`.
+    AccessToken,
+    /// Cloud API token: Basic `x-bitbucket-api-token-auth:<token>`.
+    ApiToken,
+    /// Data Center HTTP access token: `Authorization: Bearer <token>`.
+    HttpAccessToken,
+}
+
+impl GitCredentials {
+    /// The `Authorization` header value for git over HTTP.
+    pub fn authorization(&self, what: &str) -> Result<SecretString, ConfigError> {
+        use base64::Engine as _;
+        let token = self.token.resolve(what)?;
+        let basic = |user: &str| {
+            let raw = format!("{user}:{}", token.expose());
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            )
+        };
+        Ok(SecretString(match self.kind {
+            CredentialKind::AccessToken => basic("x-token-auth"),
+            CredentialKind::ApiToken => basic("x-bitbucket-api-token-auth"),
+            CredentialKind::HttpAccessToken => format!("Bearer {}", token.expose()),
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    Filter,
+    Backup,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub name: String,
+    pub kind: PluginKind,
+    /// A plugin shipped inside hookvault (`git-backup`).
+    #[serde(default)]
+    pub builtin: Option<String>,
+    /// A component file (`.wasm`) built for `wasm32-wasip2`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Handed to the plugin as JSON.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    /// Wasm instruction budget per call (fuel).
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    /// Linear memory limit per call.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+}
+
+/// Default limits, per plugin kind.
+pub const FILTER_FUEL: u64 = 500_000_000;
+pub const BACKUP_FUEL: u64 = 20_000_000_000;
+pub const FILTER_MEMORY_MIB: u64 = 64;
+pub const BACKUP_MEMORY_MIB: u64 = 512;
+
+impl PluginConfig {
+    pub fn fuel(&self) -> u64 {
+        self.fuel.unwrap_or(match self.kind {
+            PluginKind::Filter => FILTER_FUEL,
+            PluginKind::Backup => BACKUP_FUEL,
+        })
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        let mib = self.memory_mib.unwrap_or(match self.kind {
+            PluginKind::Filter => FILTER_MEMORY_MIB,
+            PluginKind::Backup => BACKUP_MEMORY_MIB,
+        });
+        usize::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+
+    /// The plugin's config as JSON text (`{}` when absent).
+    pub fn config_json(&self) -> String {
+        let table = self.config.clone().unwrap_or_default();
+        serde_json::to_string(&table).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// A secret value: `"literal"`, `{ env = "VAR" }` or `{ file = "path" }`.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Secret {
+    Literal(String),
+    Env { env: String },
+    File { file: PathBuf },
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Literal(_) => f.write_str("Secret(<literal>)"),
+            Self::Env { env } => write!(f, "Secret(env {env})"),
+            Self::File { file } => write!(f, "Secret(file {})", file.display()),
+        }
+    }
+}
+
+impl Secret {
+    pub fn resolve(&self, what: &str) -> Result<SecretString, ConfigError> {
+        match self {
+            Self::Literal(value) => Ok(SecretString(value.clone())),
+            Self::Env { env } => std::env::var(env)
+                .map(SecretString)
+                .map_err(|_| ConfigError::MissingEnv {
+                    what: what.to_string(),
+                    var: env.clone(),
+                }),
+            Self::File { file } => std::fs::read_to_string(file)
+                .map(|s| SecretString(s.trim_end_matches(['\r', '\n']).to_string()))
+                .map_err(|source| ConfigError::SecretFile {
+                    what: what.to_string(),
+                    path: file.clone(),
+                    source,
+                }),
+        }
+    }
+}
+
+/// A resolved secret. Its `Debug` never shows the value.
+#[derive(Clone)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(<redacted>)")
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if self.sources.is_empty() {
+            return Err(invalid("at least one [[sources]] entry is required".into()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for source in &self.sources {
+            if source.name.is_empty()
+                || !source
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(invalid(format!(
+                    "source name {:?} must be non-empty letters, digits, '-' or '_'",
+                    source.name
+                )));
+            }
+            if !names.insert(source.name.as_str()) {
+                return Err(invalid(format!("source {:?} is defined twice", source.name)));
+            }
+            if source.secrets.is_empty() {
+                return Err(invalid(format!(
+                    "source {:?} needs at least one webhook secret",
+                    source.name
+                )));
+            }
+            match &source.git_url {
+                Some(url) if !url.contains("{repo}") => {
+                    return Err(invalid(format!(
+                        "source {:?}: git_url must contain {{repo}}",
+                        source.name
+                    )));
+                }
+                None if source.kind == SourceKind::DataCenter => {
+                    return Err(invalid(format!(
+                        "source {:?}: a data-center source needs git_url, e.g. \"https://bitbucket.example.com/scm/{{repo}}.git\"",
+                        source.name
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let mut plugin_names = std::collections::BTreeSet::new();
+        for plugin in &self.plugins {
+            if !plugin_names.insert(plugin.name.as_str()) {
+                return Err(invalid(format!("plugin {:?} is defined twice", plugin.name)));
+            }
+            match (&plugin.builtin, &plugin.path) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "plugin {:?} needs exactly one of `builtin` or `path`",
+                        plugin.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[sources]]
+        name = "cloud"
+        kind = "cloud"
+        secrets = ["s3cret"]
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = Config::from_toml(MINIMAL, Path::new("t.toml")).expect("valid");
+        assert_eq!(config.server.listen.port(), 8080);
+        assert_eq!(config.store.path, PathBuf::from("data"));
+        let repo = RepoName::parse("acme/app").expect("name");
+        assert_eq!(
+            config.sources[0].clone_url(&repo),
+            "https://bitbucket.org/acme/app.git"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let text = format!("{MINIMAL}\nsurprise = 1\n");
+        let err = Config::from_toml(&text, Path::new("t.toml")).expect_err("unknown key");
+        assert!(err.to_string().contains("surprise"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::Literal("hunter2".into());
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        let resolved = secret.resolve("test").expect("literal");
+        assert!(!format!("{resolved:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn credentials_follow_bitbucket_conventions() {
+        let creds = GitCredentials {
+            kind: CredentialKind::AccessToken,
+            token: Secret::Literal("tok".into()),
+        };
+        // base64("x-token-auth:tok")
+        assert_eq!(
+            creds.authorization("t").expect("header").expose(),
+            "Basic eC10b2tlbi1hdXRoOnRvaw=="
+        );
+        let dc = GitCredentials {
+            kind: CredentialKind::HttpAccessToken,
+            token: Secret::Literal("tok".into()),
+        };
+        assert_eq!(dc.authorization("t").expect("header").expose(), "Bearer tok");
+    }
+}

@@ -1,0 +1,489 @@
+//! The git source: a bare mirror cache per repository, fetched with gix over
+//! smart HTTP. Credentials go into an in-memory `Authorization` header for
+//! the one connection; they are never written to disk and never reach a
+//! plugin. Everything here blocks: call it from a blocking thread.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use gix::ObjectId;
+use gix::protocol::handshake::Ref;
+use gix::remote::Direction;
+
+use crate::config::SecretString;
+use crate::ids::{GitOid, ObjectKind, RepoName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("mirror of {repo} at {path}: {source}")]
+    Mirror {
+        repo: String,
+        path: PathBuf,
+        source: Box<gix::Error>,
+    },
+    #[error("fetching {repo} from {url}: {source}")]
+    Fetch {
+        repo: String,
+        url: String,
+        source: Box<gix::Error>,
+    },
+    #[error("fetching {repo} from {url}: the transport is not HTTP")]
+    NotHttp { repo: String, url: String },
+    #[error("reading object {oid} of {repo}: {source}")]
+    Object {
+        repo: String,
+        oid: String,
+        source: Box<gix::Error>,
+    },
+    #[error("walking {repo}: {source}")]
+    Walk {
+        repo: String,
+        source: Box<gix::Error>,
+    },
+    #[error("creating directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A ref on the remote after a fetch. For annotated tags `target` is the tag
+/// object, as `git for-each-ref` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteRef {
+    pub name: String,
+    pub target: GitOid,
+}
+
+/// Metadata of one object found by a walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub id: GitOid,
+    pub kind: ObjectKind,
+    pub size: u64,
+}
+
+pub fn to_kind(kind: gix::object::Kind) -> ObjectKind {
+    match kind {
+        gix::object::Kind::Commit => ObjectKind::Commit,
+        gix::object::Kind::Tree => ObjectKind::Tree,
+        gix::object::Kind::Blob => ObjectKind::Blob,
+        gix::object::Kind::Tag => ObjectKind::Tag,
+    }
+}
+
+pub fn from_kind(kind: ObjectKind) -> gix::object::Kind {
+    match kind {
+        ObjectKind::Commit => gix::object::Kind::Commit,
+        ObjectKind::Tree => gix::object::Kind::Tree,
+        ObjectKind::Blob => gix::object::Kind::Blob,
+        ObjectKind::Tag => gix::object::Kind::Tag,
+    }
+}
+
+pub fn to_gix(oid: &GitOid) -> ObjectId {
+    ObjectId::from_bytes_or_panic(&oid.0)
+}
+
+pub fn from_gix(oid: &gix::oid) -> GitOid {
+    let mut bytes = [0u8; 20];
+    bytes.copy_from_slice(oid.as_bytes());
+    GitOid(bytes)
+}
+
+/// The mirror cache of one repository.
+pub struct Mirror {
+    repo_name: String,
+    path: PathBuf,
+    url: String,
+    authorization: Option<SecretString>,
+    repo: gix::Repository,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror")
+            .field("repo", &self.repo_name)
+            .field("path", &self.path)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the mirror of `repo` from `source` lives under `cache_dir`.
+pub fn mirror_path(cache_dir: &Path, source: &str, repo: &RepoName) -> PathBuf {
+    cache_dir
+        .join(source)
+        .join(repo.owner())
+        .join(format!("{}.git", repo.slug()))
+}
+
+impl Mirror {
+    /// Open the mirror, creating it (atomically, via a temporary directory)
+    /// when missing.
+    pub fn open(
+        cache_dir: &Path,
+        source: &str,
+        repo: &RepoName,
+        url: String,
+        authorization: Option<SecretString>,
+    ) -> Result<Self, GitError> {
+        let path = mirror_path(cache_dir, source, repo);
+        let mirror_err = |path: &Path, source: gix::Error| GitError::Mirror {
+            repo: repo.to_string(),
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        };
+        if !path.join("HEAD").is_file() {
+            let parent = path.parent().unwrap_or(cache_dir).to_path_buf();
+            std::fs::create_dir_all(&parent).map_err(|source| GitError::Io {
+                path: parent.clone(),
+                source,
+            })?;
+            let staging = parent.join(format!(
+                ".{}.init-{}",
+                repo.slug(),
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&staging);
+            gix::init_bare(&staging).map_err(|e| mirror_err(&staging, e))?;
+            std::fs::rename(&staging, &path).map_err(|source| GitError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        let mut repo_handle = gix::open(&path).map_err(|e| mirror_err(&path, e))?;
+        repo_handle.object_cache_size_if_unset(16 * 1024 * 1024);
+        Ok(Self {
+            repo_name: repo.to_string(),
+            path,
+            url,
+            authorization,
+            repo: repo_handle,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn fetch_err(&self, source: gix::Error) -> GitError {
+        GitError::Fetch {
+            repo: self.repo_name.clone(),
+            url: self.url.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Fetch every branch and tag (forced, pruned: the mirror equals the
+    /// remote afterwards) and return the remote's refs.
+    pub fn fetch(&mut self) -> Result<Vec<RemoteRef>, GitError> {
+        type HttpOptions = gix::protocol::transport::client::blocking_io::http::Options;
+        let remote = self
+            .repo
+            .remote_at(self.url.as_str())
+            .map_err(|e| self.fetch_err(e))?
+            .with_fetch_tags(gix::remote::fetch::Tags::None)
+            .with_refspecs(
+                ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                Direction::Fetch,
+            )
+            .map_err(|e| self.fetch_err(e))?;
+        let mut connection = remote
+            .connect(Direction::Fetch)
+            .map_err(|e| self.fetch_err(e))?;
+        if let Some(authorization) = &self.authorization {
+            let mut options = self
+                .repo
+                .transport_options(self.url.as_str(), None)
+                .map_err(|e| self.fetch_err(e))?
+                .ok_or_else(|| GitError::NotHttp {
+                    repo: self.repo_name.clone(),
+                    url: self.url.clone(),
+                })?;
+            let http = options
+                .downcast_mut::<HttpOptions>()
+                .ok_or_else(|| GitError::NotHttp {
+                    repo: self.repo_name.clone(),
+                    url: self.url.clone(),
+                })?;
+            http.extra_headers
+                .push(format!("Authorization: {}", authorization.expose()));
+            connection.set_transport_options(options);
+        }
+        // Never consult credential helpers or prompt: a 401 is an error.
+        let connection = connection.with_credentials(|_| Ok(None));
+        let interrupt = AtomicBool::new(false);
+        let outcome = connection
+            .prepare_fetch(
+                gix::progress::Discard,
+                gix::remote::ref_map::Options::default(),
+            )
+            .map_err(|e| self.fetch_err(e))?
+            .receive(gix::progress::Discard, &interrupt)
+            .map_err(|e| self.fetch_err(e))?;
+
+        let mut remote_refs = Vec::new();
+        for r in &outcome.ref_map.remote_refs {
+            let (name, target, _peeled) = r.unpack();
+            let name = name.to_string();
+            if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
+                continue;
+            }
+            if let (Some(target), false) = (target, matches!(r, Ref::Unborn { .. })) {
+                remote_refs.push(RemoteRef {
+                    name,
+                    target: from_gix(target),
+                });
+            }
+        }
+        self.prune(&remote_refs)?;
+        remote_refs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(remote_refs)
+    }
+
+    /// Delete local branches and tags the remote no longer has.
+    fn prune(&self, remote: &[RemoteRef]) -> Result<(), GitError> {
+        use gix::refs::transaction::{PreviousValue, RefEdit};
+        let keep: HashSet<&str> = remote.iter().map(|r| r.name.as_str()).collect();
+        let mut edits = Vec::new();
+        let references = self.repo.references().map_err(|e| self.fetch_err(e))?;
+        for prefix in ["refs/heads/", "refs/tags/"] {
+            for r in references.prefixed(prefix).map_err(|e| self.fetch_err(e))? {
+                let r = r.map_err(|e| self.fetch_err(e))?;
+                let name = r.name().as_bstr().to_string();
+                if !keep.contains(name.as_str()) {
+                    edits.push(RefEdit::delete(
+                        r.name().to_owned(),
+                        PreviousValue::MustExistAndMatch(r.target().into_owned()),
+                    ));
+                }
+            }
+        }
+        if !edits.is_empty() {
+            self.repo
+                .edit_references(edits)
+                .map_err(|e| self.fetch_err(e))?;
+        }
+        Ok(())
+    }
+
+    fn walk_err(&self, source: gix::Error) -> GitError {
+        GitError::Walk {
+            repo: self.repo_name.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Every object reachable from `tips` and not from `known`. `known` ids
+    /// that the mirror lacks are ignored. Trees and blobs of the known
+    /// commits are excluded too, so an incremental walk lists only what a
+    /// push really added.
+    pub fn walk(&self, tips: &[GitOid], known: &[GitOid]) -> Result<Vec<ObjectInfo>, GitError> {
+        use gix::object::Kind;
+        let repo = &self.repo;
+        let mut out: Vec<ObjectInfo> = Vec::new();
+        let mut seen: HashSet<ObjectId> = HashSet::new();
+
+        // Everything reachable from the known tips' own trees is known.
+        let mut hidden_commits = Vec::new();
+        for oid in known {
+            let mut id = to_gix(oid);
+            // Peel known tags down to their commit.
+            loop {
+                let Some(header) = repo.try_find_header(id).map_err(|e| self.walk_err(e))? else {
+                    break;
+                };
+                seen.insert(id);
+                match header.kind() {
+                    Kind::Tag => {
+                        id = repo
+                            .find_tag(id)
+                            .map_err(|e| self.walk_err(e))?
+                            .target_id()
+                            .map_err(|e| self.walk_err(e))?
+                            .detach();
+                    }
+                    Kind::Commit => {
+                        hidden_commits.push(id);
+                        let tree = repo
+                            .find_commit(id)
+                            .map_err(|e| self.walk_err(e))?
+                            .tree_id()
+                            .map_err(|e| self.walk_err(e))?
+                            .detach();
+                        self.mark_tree(tree, &mut seen)?;
+                        break;
+                    }
+                    Kind::Tree => {
+                        self.mark_tree(id, &mut seen)?;
+                        break;
+                    }
+                    Kind::Blob => break,
+                }
+            }
+        }
+
+        let mut commit_tips = Vec::new();
+        for oid in tips {
+            let mut id = to_gix(oid);
+            loop {
+                if seen.contains(&id) {
+                    break;
+                }
+                let header = repo.find_header(id).map_err(|e| self.walk_err(e))?;
+                seen.insert(id);
+                out.push(ObjectInfo {
+                    id: from_gix(&id),
+                    kind: to_kind(header.kind()),
+                    size: header.size(),
+                });
+                match header.kind() {
+                    Kind::Tag => {
+                        id = repo
+                            .find_tag(id)
+                            .map_err(|e| self.walk_err(e))?
+                            .target_id()
+                            .map_err(|e| self.walk_err(e))?
+                            .detach();
+                    }
+                    Kind::Commit => {
+                        // Listed again by the commit walk below.
+                        seen.remove(&id);
+                        out.pop();
+                        commit_tips.push(id);
+                        break;
+                    }
+                    Kind::Tree => {
+                        self.walk_tree(id, &mut seen, &mut out)?;
+                        break;
+                    }
+                    Kind::Blob => break,
+                }
+            }
+        }
+
+        if commit_tips.is_empty() {
+            return Ok(out);
+        }
+        let walk = repo
+            .rev_walk(commit_tips)
+            .with_hidden(hidden_commits)
+            .all()
+            .map_err(|e| self.walk_err(e))?;
+        for info in walk {
+            let info = info.map_err(|e| self.walk_err(e))?;
+            let id = info.id;
+            if !seen.insert(id) {
+                continue;
+            }
+            let commit = repo.find_commit(id).map_err(|e| self.walk_err(e))?;
+            out.push(ObjectInfo {
+                id: from_gix(&id),
+                kind: ObjectKind::Commit,
+                size: commit.data.len() as u64,
+            });
+            let tree = commit.tree_id().map_err(|e| self.walk_err(e))?.detach();
+            self.walk_tree(tree, &mut seen, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Add a tree and everything below it to `seen`, without listing.
+    fn mark_tree(&self, root: ObjectId, seen: &mut HashSet<ObjectId>) -> Result<(), GitError> {
+        let mut stack = vec![root];
+        while let Some(id) = stack.pop() {
+            let Some(tree) = self
+                .repo
+                .try_find_object(id)
+                .map_err(|e| self.walk_err(e))?
+            else {
+                continue;
+            };
+            let tree = tree.into_tree();
+            let decoded = tree.decode().map_err(|e| self.walk_err(e.into()))?;
+            for entry in decoded.entries {
+                let child = entry.oid.to_owned();
+                if entry.mode.is_commit() || !seen.insert(child) {
+                    continue;
+                }
+                if entry.mode.is_tree() {
+                    stack.push(child);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// List a tree and every not-yet-seen object below it.
+    fn walk_tree(
+        &self,
+        root: ObjectId,
+        seen: &mut HashSet<ObjectId>,
+        out: &mut Vec<ObjectInfo>,
+    ) -> Result<(), GitError> {
+        if !seen.insert(root) {
+            return Ok(());
+        }
+        let mut stack = vec![root];
+        while let Some(id) = stack.pop() {
+            let tree = self.repo.find_tree(id).map_err(|e| self.walk_err(e))?;
+            out.push(ObjectInfo {
+                id: from_gix(&id),
+                kind: ObjectKind::Tree,
+                size: tree.data.len() as u64,
+            });
+            let decoded = tree.decode().map_err(|e| self.walk_err(e.into()))?;
+            for entry in decoded.entries {
+                let child = entry.oid.to_owned();
+                // Submodule gitlinks point into another repository.
+                if entry.mode.is_commit() || !seen.insert(child) {
+                    continue;
+                }
+                if entry.mode.is_tree() {
+                    stack.push(child);
+                } else {
+                    let header = self.repo.find_header(child).map_err(|e| self.walk_err(e))?;
+                    out.push(ObjectInfo {
+                        id: from_gix(&child),
+                        kind: to_kind(header.kind()),
+                        size: header.size(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An object's kind and content (without git's header).
+    pub fn read(&self, oid: &GitOid) -> Result<(ObjectKind, Vec<u8>), GitError> {
+        let object = self
+            .repo
+            .find_object(to_gix(oid))
+            .map_err(|source| GitError::Object {
+                repo: self.repo_name.clone(),
+                oid: oid.to_hex(),
+                source: Box::new(source),
+            })?;
+        Ok((to_kind(object.kind), object.detach().data))
+    }
+}
+
+/// Local refs of any repository (used by tests and verification).
+pub fn local_refs(path: &Path) -> Result<HashMap<String, GitOid>, GitError> {
+    let err = |source: gix::Error| GitError::Mirror {
+        repo: path.display().to_string(),
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    };
+    let repo = gix::open(path).map_err(err)?;
+    let mut refs = HashMap::new();
+    for r in repo.references().map_err(err)?.all().map_err(err)? {
+        let r = r.map_err(err)?;
+        if let Some(id) = r.try_id() {
+            refs.insert(r.name().as_bstr().to_string(), from_gix(&id));
+        }
+    }
+    Ok(refs)
+}

@@ -1,0 +1,238 @@
+//! Typed identifiers. Bare strings and byte arrays never cross module
+//! boundaries: a `RepoName` has been validated, a `GitOid` is 20 bytes, a
+//! `ContentId` is a BLAKE3 digest, a `SnapshotId` names one snapshot.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A repository identity: `workspace/slug` (Cloud) or `PROJECT/slug` (Data
+/// Center). Validated so it can safely become a path: two segments, each
+/// 1–128 characters of `[A-Za-z0-9._~-]`, never `.` or `..`, never starting
+/// with `.`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RepoName {
+    owner: String,
+    slug: String,
+}
+
+/// Why a repository name was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid repository name {name:?}: {reason}")]
+pub struct InvalidRepoName {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+impl RepoName {
+    pub fn parse(name: &str) -> Result<Self, InvalidRepoName> {
+        let fail = |reason| InvalidRepoName {
+            name: name.chars().take(200).collect(),
+            reason,
+        };
+        let mut parts = name.split('/');
+        let (Some(owner), Some(slug), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(fail("expected exactly one '/' (workspace/slug)"));
+        };
+        Self::check_segment(owner).map_err(fail)?;
+        Self::check_segment(slug).map_err(fail)?;
+        Ok(Self {
+            owner: owner.to_string(),
+            slug: slug.to_string(),
+        })
+    }
+
+    fn check_segment(segment: &str) -> Result<(), &'static str> {
+        if segment.is_empty() {
+            return Err("empty segment");
+        }
+        if segment.len() > 128 {
+            return Err("segment longer than 128 characters");
+        }
+        if segment.starts_with('.') {
+            return Err("segment starts with '.'");
+        }
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~'))
+        {
+            return Err("only letters, digits, '.', '_', '-' and '~' are allowed");
+        }
+        Ok(())
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn slug(&self) -> &str {
+        &self.slug
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.owner, self.slug)
+    }
+}
+
+impl TryFrom<String> for RepoName {
+    type Error = InvalidRepoName;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<RepoName> for String {
+    fn from(value: RepoName) -> Self {
+        value.to_string()
+    }
+}
+
+/// A git object id (SHA-1, 20 bytes).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GitOid(pub [u8; 20]);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid git object id {0:?}: expected 40 hex digits")]
+pub struct InvalidOid(pub String);
+
+impl GitOid {
+    pub fn from_hex(hex_str: &str) -> Result<Self, InvalidOid> {
+        let mut bytes = [0u8; 20];
+        hex::decode_to_slice(hex_str, &mut bytes)
+            .map_err(|_| InvalidOid(hex_str.chars().take(80).collect()))?;
+        Ok(Self(bytes))
+    }
+
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for GitOid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for GitOid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GitOid({self})")
+    }
+}
+
+/// The BLAKE3 digest of an object's canonical git encoding
+/// (`<kind> <size>\0<content>`): the store's content address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContentId(pub [u8; 32]);
+
+impl fmt::Display for ContentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for ContentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContentId({self})")
+    }
+}
+
+/// A snapshot id: the BLAKE3 digest of the snapshot's canonical JSON, as 64
+/// lowercase hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SnapshotId(pub String);
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The kind of a git object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    Commit,
+    Tree,
+    Blob,
+    Tag,
+}
+
+impl ObjectKind {
+    /// The byte stored in the index and pack records (FORMAT.md).
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Commit => 1,
+            Self::Tree => 2,
+            Self::Blob => 3,
+            Self::Tag => 4,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Self::Commit,
+            2 => Self::Tree,
+            3 => Self::Blob,
+            4 => Self::Tag,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Commit => "commit",
+            Self::Tree => "tree",
+            Self::Blob => "blob",
+            Self::Tag => "tag",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_bitbucket_names() {
+        for ok in ["acme-eng/billing-service", "PAY/repo.name", "~dana/dots_and-dashes", "a/b"] {
+            let name = RepoName::parse(ok).expect("valid name");
+            assert_eq!(name.to_string(), ok);
+        }
+    }
+
+    #[test]
+    fn rejects_hostile_names() {
+        for bad in [
+            "../etc/passwd",
+            "acme/..",
+            "acme/.",
+            "/abs/path",
+            "acme/",
+            "acme",
+            "a/b/c",
+            "acme/.hidden",
+            "acme/name with space",
+            "acme/na\0me",
+            "acme\\evil/x",
+            "acme/ünïcode",
+            "acme/a%2e%2e",
+        ] {
+            assert!(RepoName::parse(bad).is_err(), "{bad:?} must be rejected");
+        }
+        let long = format!("acme/{}", "x".repeat(129));
+        assert!(RepoName::parse(&long).is_err());
+    }
+
+    #[test]
+    fn oid_round_trips_and_rejects_garbage() {
+        let hex_str = "e91f3c7a2b5d8e0f4a6c1b3d5e7f9a0b2c4d6e8f";
+        assert_eq!(GitOid::from_hex(hex_str).expect("hex").to_hex(), hex_str);
+        assert!(GitOid::from_hex("zz").is_err());
+        assert!(GitOid::from_hex(&"a".repeat(41)).is_err());
+    }
+}

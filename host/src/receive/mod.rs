@@ -1,0 +1,2 @@
+pub mod bitbucket;
+pub mod signature;
