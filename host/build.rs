@@ -60,7 +60,10 @@ fn run() -> Result<(), String> {
             return Err(format!("plugin build produced no {}", file.display()));
         }
     }
-    println!("cargo::rustc-env=HOOKVAULT_PLUGIN_ARTIFACTS={}", artifacts.display());
+    println!(
+        "cargo::rustc-env=HOOKVAULT_PLUGIN_ARTIFACTS={}",
+        artifacts.display()
+    );
     Ok(())
 }
 

@@ -241,6 +241,9 @@ pub struct PluginConfig {
     /// Linear memory limit per call.
     #[serde(default)]
     pub memory_mib: Option<u64>,
+    /// Wall-clock limit per call, host work (fetching) included.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// Default limits, per plugin kind.
@@ -248,6 +251,8 @@ pub const FILTER_FUEL: u64 = 500_000_000;
 pub const BACKUP_FUEL: u64 = 20_000_000_000;
 pub const FILTER_MEMORY_MIB: u64 = 64;
 pub const BACKUP_MEMORY_MIB: u64 = 512;
+pub const FILTER_TIMEOUT_SECS: u64 = 10;
+pub const BACKUP_TIMEOUT_SECS: u64 = 6 * 3600;
 
 impl PluginConfig {
     pub fn fuel(&self) -> u64 {
@@ -263,6 +268,13 @@ impl PluginConfig {
             PluginKind::Backup => BACKUP_MEMORY_MIB,
         });
         usize::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs.unwrap_or(match self.kind {
+            PluginKind::Filter => FILTER_TIMEOUT_SECS,
+            PluginKind::Backup => BACKUP_TIMEOUT_SECS,
+        }))
     }
 
     /// The plugin's config as JSON text (`{}` when absent).
@@ -295,12 +307,14 @@ impl Secret {
     pub fn resolve(&self, what: &str) -> Result<SecretString, ConfigError> {
         match self {
             Self::Literal(value) => Ok(SecretString(value.clone())),
-            Self::Env { env } => std::env::var(env)
-                .map(SecretString)
-                .map_err(|_| ConfigError::MissingEnv {
-                    what: what.to_string(),
-                    var: env.clone(),
-                }),
+            Self::Env { env } => {
+                std::env::var(env)
+                    .map(SecretString)
+                    .map_err(|_| ConfigError::MissingEnv {
+                        what: what.to_string(),
+                        var: env.clone(),
+                    })
+            }
             Self::File { file } => std::fs::read_to_string(file)
                 .map(|s| SecretString(s.trim_end_matches(['\r', '\n']).to_string()))
                 .map_err(|source| ConfigError::SecretFile {
@@ -368,7 +382,10 @@ impl Config {
                 )));
             }
             if !names.insert(source.name.as_str()) {
-                return Err(invalid(format!("source {:?} is defined twice", source.name)));
+                return Err(invalid(format!(
+                    "source {:?} is defined twice",
+                    source.name
+                )));
             }
             if source.secrets.is_empty() {
                 return Err(invalid(format!(
@@ -395,7 +412,10 @@ impl Config {
         let mut plugin_names = std::collections::BTreeSet::new();
         for plugin in &self.plugins {
             if !plugin_names.insert(plugin.name.as_str()) {
-                return Err(invalid(format!("plugin {:?} is defined twice", plugin.name)));
+                return Err(invalid(format!(
+                    "plugin {:?} is defined twice",
+                    plugin.name
+                )));
             }
             match (&plugin.builtin, &plugin.path) {
                 (Some(_), None) | (None, Some(_)) => {}
@@ -468,6 +488,9 @@ mod tests {
             kind: CredentialKind::HttpAccessToken,
             token: Secret::Literal("tok".into()),
         };
-        assert_eq!(dc.authorization("t").expect("header").expose(), "Bearer tok");
+        assert_eq!(
+            dc.authorization("t").expect("header").expose(),
+            "Bearer tok"
+        );
     }
 }

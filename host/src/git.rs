@@ -141,11 +141,7 @@ impl Mirror {
                 path: parent.clone(),
                 source,
             })?;
-            let staging = parent.join(format!(
-                ".{}.init-{}",
-                repo.slug(),
-                std::process::id()
-            ));
+            let staging = parent.join(format!(".{}.init-{}", repo.slug(), std::process::id()));
             let _ = std::fs::remove_dir_all(&staging);
             gix::init_bare(&staging).map_err(|e| mirror_err(&staging, e))?;
             std::fs::rename(&staging, &path).map_err(|source| GitError::Io {

@@ -199,7 +199,12 @@ mod tests {
 
     #[test]
     fn accepts_bitbucket_names() {
-        for ok in ["acme-eng/billing-service", "PAY/repo.name", "~dana/dots_and-dashes", "a/b"] {
+        for ok in [
+            "acme-eng/billing-service",
+            "PAY/repo.name",
+            "~dana/dots_and-dashes",
+            "a/b",
+        ] {
             let name = RepoName::parse(ok).expect("valid name");
             assert_eq!(name.to_string(), ok);
         }

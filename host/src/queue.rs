@@ -152,12 +152,14 @@ impl Queue {
     pub fn get(&self, id: &str) -> Result<Option<Delivery>, QueueError> {
         match self.deliveries.get(id.as_bytes())? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| QueueError::Corrupt {
-                    id: id.to_string(),
-                    source,
-                }),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| QueueError::Corrupt {
+                        id: id.to_string(),
+                        source,
+                    })
+            }
         }
     }
 
@@ -210,7 +212,8 @@ impl Queue {
     /// Put the delivery back, not to be tried before `delay` has passed.
     pub async fn retry_later(&self, claimed: Claimed, delay: Duration) -> Result<(), QueueError> {
         let seq = self.db.generate_id()?;
-        let not_before = now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+        let not_before =
+            now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
         let new_key = pending_key(not_before, seq);
         let value = encode(&claimed.delivery);
         let id = claimed.delivery.id.clone();
@@ -248,13 +251,28 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::open(dir.path()).expect("db");
         let queue = Queue::open(&db).expect("queue");
-        assert_eq!(queue.record(delivery("a", Status::Queued)).await.expect("record"), Recorded::New);
         assert_eq!(
-            queue.record(delivery("a", Status::Queued)).await.expect("record"),
+            queue
+                .record(delivery("a", Status::Queued))
+                .await
+                .expect("record"),
+            Recorded::New
+        );
+        assert_eq!(
+            queue
+                .record(delivery("a", Status::Queued))
+                .await
+                .expect("record"),
             Recorded::Duplicate
         );
         assert_eq!(queue.pending_len(), 1);
-        assert_eq!(queue.record(delivery("b", Status::Ignored)).await.expect("record"), Recorded::New);
+        assert_eq!(
+            queue
+                .record(delivery("b", Status::Ignored))
+                .await
+                .expect("record"),
+            Recorded::New
+        );
         assert_eq!(queue.pending_len(), 1, "ignored deliveries are not queued");
     }
 
@@ -264,7 +282,10 @@ mod tests {
         {
             let db = sled::open(dir.path()).expect("db");
             let queue = Queue::open(&db).expect("queue");
-            queue.record(delivery("x", Status::Queued)).await.expect("record");
+            queue
+                .record(delivery("x", Status::Queued))
+                .await
+                .expect("record");
         }
         let db = sled::open(dir.path()).expect("reopen");
         let queue = Queue::open(&db).expect("queue");
@@ -281,6 +302,9 @@ mod tests {
         again.delivery.status = Status::Done;
         queue.complete(again).await.expect("complete");
         assert_eq!(queue.pending_len(), 0);
-        assert_eq!(queue.get("x").expect("get").expect("present").status, Status::Done);
+        assert_eq!(
+            queue.get("x").expect("get").expect("present").status,
+            Status::Done
+        );
     }
 }

@@ -106,7 +106,10 @@ pub fn parse_cloud_push(body: &[u8]) -> Result<ParsedPush, PayloadError> {
             RefKind::Other => short,
         };
         let target = |r: Option<&CloudRef>| -> Result<Option<String>, PayloadError> {
-            match r.and_then(|r| r.target.as_ref()).and_then(|t| t.hash.as_deref()) {
+            match r
+                .and_then(|r| r.target.as_ref())
+                .and_then(|t| t.hash.as_deref())
+            {
                 None => Ok(None),
                 Some(h) => GitOid::from_hex(h)
                     .map(|oid| Some(oid.to_hex()))
@@ -166,11 +169,23 @@ mod tests {
     #[test]
     fn strict_on_identity() {
         let hostile = br#"{"repository":{"full_name":"../../etc"},"push":{"changes":[]}}"#;
-        assert!(matches!(parse_cloud_push(hostile), Err(PayloadError::Repo(_))));
+        assert!(matches!(
+            parse_cloud_push(hostile),
+            Err(PayloadError::Repo(_))
+        ));
         let missing = br#"{"push":{"changes":[]}}"#;
-        assert!(matches!(parse_cloud_push(missing), Err(PayloadError::NoRepository)));
-        assert!(matches!(parse_cloud_push(b"{not json"), Err(PayloadError::Json { .. })));
+        assert!(matches!(
+            parse_cloud_push(missing),
+            Err(PayloadError::NoRepository)
+        ));
+        assert!(matches!(
+            parse_cloud_push(b"{not json"),
+            Err(PayloadError::Json { .. })
+        ));
         let bad_hash = br#"{"repository":{"full_name":"a/b"},"push":{"changes":[{"new":{"type":"branch","name":"x","target":{"hash":"nothex"}}}]}}"#;
-        assert!(matches!(parse_cloud_push(bad_hash), Err(PayloadError::Oid { .. })));
+        assert!(matches!(
+            parse_cloud_push(bad_hash),
+            Err(PayloadError::Oid { .. })
+        ));
     }
 }

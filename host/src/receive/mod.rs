@@ -1,2 +1,344 @@
+//! The webhook receiver (axum). It knows HTTP, signatures and Bitbucket's
+//! payload shapes; it produces [`Event`]s and records them durably in the
+//! queue before answering. It never does backup work itself.
+//!
+//! Status codes: 202 queued (or recorded and ignored), 200 duplicate or
+//! ping, 400 malformed, 401 unsigned or wrongly signed, 413 too large,
+//! 503 when the store cannot record (Bitbucket Cloud retries 5xx).
+
 pub mod bitbucket;
 pub mod signature;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::{Config, SecretString, SourceKind};
+use crate::event::{Event, now_ms};
+use crate::ids::RepoName;
+use crate::queue::{Delivery, Queue, Recorded, Status};
+use crate::store::Store;
+
+/// A configured source with its secrets resolved.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    pub secrets: Vec<SecretString>,
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub sources: Vec<Source>,
+    pub queue: Queue,
+    pub store: Store,
+    pub admin_token: Option<SecretString>,
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(
+        config: &Config,
+        queue: Queue,
+        store: Store,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let mut sources = Vec::new();
+        for source in &config.sources {
+            let secrets = source
+                .secrets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.resolve(&format!("sources.{}.secrets[{i}]", source.name)))
+                .collect::<Result<Vec<_>, _>>()?;
+            sources.push(Source {
+                name: source.name.clone(),
+                kind: source.kind,
+                secrets,
+            });
+        }
+        let admin_token = config
+            .server
+            .admin_token
+            .as_ref()
+            .map(|t| t.resolve("server.admin_token"))
+            .transpose()?;
+        Ok(Self {
+            sources,
+            queue,
+            store,
+            admin_token,
+            max_body_bytes: config.server.max_body_bytes,
+        })
+    }
+}
+
+/// The HTTP application, testable without a socket.
+pub fn app(state: Arc<AppState>) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/webhooks/bitbucket", post(webhook_any))
+        .route("/webhooks/bitbucket/{source}", post(webhook_for_source))
+        .route("/healthz", get(health))
+        .route(
+            "/api/v1/repos/{owner}/{slug}/snapshots",
+            get(list_snapshots),
+        )
+        .route("/api/v1/deliveries/{id}", get(get_delivery))
+        .route("/api/v1/stats", get(stats))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    reply(status, json!({ "error": message.into() }))
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn webhook_any(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    receive(state, None, headers, body).await
+}
+
+async fn webhook_for_source(
+    State(state): State<Arc<AppState>>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    receive(state, Some(source), headers, body).await
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The delivery id: Cloud's `X-Request-UUID`, Data Center's `X-Request-Id`,
+/// or, when neither is sent, a digest of the body (so that identical
+/// redeliveries still deduplicate).
+fn delivery_id(headers: &HeaderMap, body: &[u8]) -> Result<String, &'static str> {
+    let id = header(headers, "x-request-uuid")
+        .or_else(|| header(headers, "x-request-id"))
+        .map(str::trim);
+    match id {
+        Some(id) if id.is_empty() || id.len() > 128 => Err("delivery id must be 1-128 characters"),
+        Some(id) if !id.bytes().all(|b| b.is_ascii_graphic()) => {
+            Err("delivery id must be printable ASCII")
+        }
+        Some(id) => Ok(id.to_string()),
+        None => Ok(format!("body-{}", blake3::hash(body).to_hex())),
+    }
+}
+
+async fn receive(
+    state: Arc<AppState>,
+    source_name: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(event_key) = header(&headers, "x-event-key").map(str::to_string) else {
+        return error(StatusCode::BAD_REQUEST, "missing X-Event-Key header");
+    };
+    // Data Center's test ping is unsigned even when a secret is set.
+    if event_key == "diagnostics:ping" {
+        return reply(StatusCode::OK, json!({ "status": "pong" }));
+    }
+    let id = match delivery_id(&headers, &body) {
+        Ok(id) => id,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let span = info_span!("delivery", delivery_id = %id, event_key = %event_key);
+    async move {
+        let signature = match signature::parse_header(header(&headers, "x-hub-signature")) {
+            Ok(sig) => sig,
+            Err(e) => {
+                warn!(error = %e, "rejected delivery");
+                return error(StatusCode::UNAUTHORIZED, e.to_string());
+            }
+        };
+        let candidates: Vec<&Source> = match &source_name {
+            Some(name) => state.sources.iter().filter(|s| &s.name == name).collect(),
+            None => state.sources.iter().collect(),
+        };
+        if candidates.is_empty() {
+            return error(StatusCode::NOT_FOUND, "no such source");
+        }
+        let Some(source) = candidates.into_iter().find(|s| {
+            s.secrets
+                .iter()
+                .any(|secret| signature::verify(secret.expose().as_bytes(), &body, &signature))
+        }) else {
+            warn!("rejected delivery: signature matches no secret");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                signature::SignatureError::Mismatch.to_string(),
+            );
+        };
+        let received_at_ms = now_ms();
+        let (status, event) = match parse(source, &event_key, &id, &body, received_at_ms) {
+            Ok(parsed) => parsed,
+            Err(message) => {
+                warn!(error = %message, "malformed delivery");
+                return error(StatusCode::BAD_REQUEST, message);
+            }
+        };
+        let delivery = Delivery {
+            id: id.clone(),
+            source: source.name.clone(),
+            event_key: event_key.clone(),
+            received_at_ms,
+            status,
+            attempts: 0,
+            last_error: None,
+            event,
+            snapshot: None,
+        };
+        match state.queue.record(delivery).await {
+            Ok(Recorded::New) => {
+                info!(source = %source.name, ?status, "delivery recorded");
+                let word = if status == Status::Queued {
+                    "queued"
+                } else {
+                    "ignored"
+                };
+                reply(
+                    StatusCode::ACCEPTED,
+                    json!({ "delivery": id, "status": word }),
+                )
+            }
+            Ok(Recorded::Duplicate) => {
+                info!("duplicate delivery acknowledged");
+                reply(
+                    StatusCode::OK,
+                    json!({ "delivery": id, "status": "duplicate" }),
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record delivery");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot record the delivery; retry",
+                )
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Turn a verified body into a queued event, or an ignored record.
+fn parse(
+    source: &Source,
+    event_key: &str,
+    id: &str,
+    body: &[u8],
+    received_at_ms: u64,
+) -> Result<(Status, Option<Event>), String> {
+    match (source.kind, event_key) {
+        (SourceKind::Cloud, "repo:push") => {
+            let push = bitbucket::parse_cloud_push(body).map_err(|e| e.to_string())?;
+            Ok((
+                Status::Queued,
+                Some(Event {
+                    delivery_id: id.to_string(),
+                    source: source.name.clone(),
+                    event_key: event_key.to_string(),
+                    repository: push.repository,
+                    actor: push.actor,
+                    changes: push.changes,
+                    received_at_ms,
+                }),
+            ))
+        }
+        _ => {
+            // Not acted on yet, but still only well-formed JSON is accepted.
+            serde_json::from_slice::<serde_json::Value>(body)
+                .map_err(|e| format!("body is not valid JSON for {event_key}: {e}"))?;
+            Ok((Status::Ignored, None))
+        }
+    }
+}
+
+fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(expected) = &state.admin_token else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "the API is disabled: set server.admin_token",
+        ));
+    };
+    let given = header(headers, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // blake3::Hash compares in constant time.
+    if blake3::hash(given.as_bytes()) == blake3::hash(expected.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ))
+    }
+}
+
+async fn list_snapshots(
+    State(state): State<Arc<AppState>>,
+    Path((owner, slug)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(denied) = authorized(&state, &headers) {
+        return denied;
+    }
+    let repo = match RepoName::parse(&format!("{owner}/{slug}")) {
+        Ok(repo) => repo,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match state.store.snapshots(&repo) {
+        Ok(list) => reply(StatusCode::OK, json!(list)),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn get_delivery(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(denied) = authorized(&state, &headers) {
+        return denied;
+    }
+    match state.queue.get(&id) {
+        Ok(Some(delivery)) => reply(StatusCode::OK, json!(delivery)),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such delivery"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorized(&state, &headers) {
+        return denied;
+    }
+    match state.store.stats() {
+        Ok(stats) => reply(
+            StatusCode::OK,
+            json!({ "store": stats, "queue": { "pending": state.queue.pending_len() } }),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -52,18 +52,29 @@ mod tests {
     #[test]
     fn bitbucket_test_vector() {
         let expected = "sha256=a4771c39fbe90f317c7824e83ddef3caae9cb3d976c214ace1f2937e133263c9";
-        assert_eq!(sign(b"It's a Secret to Everybody", b"Hello World!"), expected);
+        assert_eq!(
+            sign(b"It's a Secret to Everybody", b"Hello World!"),
+            expected
+        );
         let sig = parse_header(Some(expected)).expect("well formed");
         assert!(verify(b"It's a Secret to Everybody", b"Hello World!", &sig));
         assert!(!verify(b"another secret", b"Hello World!", &sig));
-        assert!(!verify(b"It's a Secret to Everybody", b"Hello World?", &sig));
+        assert!(!verify(
+            b"It's a Secret to Everybody",
+            b"Hello World?",
+            &sig
+        ));
     }
 
     #[test]
     fn rejects_other_algorithms_and_garbage() {
         assert_eq!(parse_header(None), Err(SignatureError::Missing));
         for bad in ["sha1=abcd", "sha256=zz", "a4771c39", "sha256=", "SHA256=00"] {
-            assert_eq!(parse_header(Some(bad)), Err(SignatureError::Malformed), "{bad}");
+            assert_eq!(
+                parse_header(Some(bad)),
+                Err(SignatureError::Malformed),
+                "{bad}"
+            );
         }
     }
 }

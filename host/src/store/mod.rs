@@ -47,7 +47,9 @@ pub enum StoreError {
     MissingObject { oid: GitOid },
     #[error("index entry for {what} is corrupt")]
     CorruptIndex { what: String },
-    #[error("snapshot of {repo} refused: ref {reference} points at {oid}, which is not in the store")]
+    #[error(
+        "snapshot of {repo} refused: ref {reference} points at {oid}, which is not in the store"
+    )]
     IncompleteSnapshot {
         repo: RepoName,
         reference: String,
@@ -212,11 +214,13 @@ impl Store {
     pub fn object(&self, oid: &GitOid) -> Result<Option<ObjectEntry>, StoreError> {
         match self.inner.objects.get(oid.0).map_err(|e| self.db_err(e))? {
             None => Ok(None),
-            Some(bytes) => ObjectEntry::decode(&bytes).map(Some).ok_or_else(|| {
-                StoreError::CorruptIndex {
-                    what: format!("object {oid}"),
-                }
-            }),
+            Some(bytes) => {
+                ObjectEntry::decode(&bytes)
+                    .map(Some)
+                    .ok_or_else(|| StoreError::CorruptIndex {
+                        what: format!("object {oid}"),
+                    })
+            }
         }
     }
 
@@ -485,10 +489,11 @@ impl Store {
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let mut packs = 0;
         let mut pack_bytes = 0;
-        let entries = std::fs::read_dir(&self.inner.packs_dir).map_err(|source| StoreError::Io {
-            path: self.inner.packs_dir.clone(),
-            source,
-        })?;
+        let entries =
+            std::fs::read_dir(&self.inner.packs_dir).map_err(|source| StoreError::Io {
+                path: self.inner.packs_dir.clone(),
+                source,
+            })?;
         for entry in entries.flatten() {
             if entry.path().extension().is_some_and(|e| e == "hvpack") {
                 packs += 1;
@@ -541,10 +546,13 @@ mod tests {
     #[test]
     fn dedups_by_oid_and_content_and_survives_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let data: HashMap<GitOid, Vec<u8>> =
-            [(oid(1), b"one".to_vec()), (oid(2), b"two".to_vec()), (oid(3), b"one".to_vec())]
-                .into_iter()
-                .collect();
+        let data: HashMap<GitOid, Vec<u8>> = [
+            (oid(1), b"one".to_vec()),
+            (oid(2), b"two".to_vec()),
+            (oid(3), b"one".to_vec()),
+        ]
+        .into_iter()
+        .collect();
         let read = |o: &GitOid| -> Result<(ObjectKind, Vec<u8>), std::io::Error> {
             Ok((ObjectKind::Blob, data[o].clone()))
         };
@@ -552,7 +560,9 @@ mod tests {
             let store = Store::open(dir.path(), 1 << 20).expect("open");
             let stats = store.put_objects(&[oid(1), oid(2)], read).expect("put");
             assert_eq!((stats.written, stats.present), (2, 0));
-            let stats = store.put_objects(&[oid(1), oid(2), oid(3)], read).expect("put");
+            let stats = store
+                .put_objects(&[oid(1), oid(2), oid(3)], read)
+                .expect("put");
             assert_eq!((stats.written, stats.present), (1, 2));
             assert_eq!(stats.stored_bytes, 0, "same content as oid 1: no new bytes");
             let s = store.stats().expect("stats");
@@ -560,7 +570,10 @@ mod tests {
         }
         let store = Store::open(dir.path(), 1 << 20).expect("reopen");
         assert_eq!(store.read_object(&oid(3)).expect("read").1, b"one");
-        assert_eq!(store.missing(&[oid(1), oid(9)]).expect("missing"), vec![oid(9)]);
+        assert_eq!(
+            store.missing(&[oid(1), oid(9)]).expect("missing"),
+            vec![oid(9)]
+        );
     }
 
     #[test]
@@ -577,14 +590,23 @@ mod tests {
             event_key: "repo:push".into(),
             actor: None,
             parent: None,
-            refs: [("refs/heads/main".to_string(), target.to_hex())].into_iter().collect(),
+            refs: [("refs/heads/main".to_string(), target.to_hex())]
+                .into_iter()
+                .collect(),
             updates: vec![],
             stats: CopyStats::default(),
         };
-        let err = store.commit_snapshot(body(oid(7))).expect_err("object missing");
-        assert!(matches!(err, StoreError::IncompleteSnapshot { .. }), "{err}");
+        let err = store
+            .commit_snapshot(body(oid(7)))
+            .expect_err("object missing");
+        assert!(
+            matches!(err, StoreError::IncompleteSnapshot { .. }),
+            "{err}"
+        );
         store
-            .put_objects(&[oid(7)], |_| Ok::<_, std::io::Error>((ObjectKind::Blob, vec![1])))
+            .put_objects(&[oid(7)], |_| {
+                Ok::<_, std::io::Error>((ObjectKind::Blob, vec![1]))
+            })
             .expect("put");
         let first = store.commit_snapshot(body(oid(7))).expect("commit");
         let second = store.commit_snapshot(body(oid(7))).expect("commit");
@@ -592,7 +614,10 @@ mod tests {
         assert_eq!(second.body.seq, 2);
         assert_eq!(store.snapshots(&repo).expect("list").len(), 2);
         let prefix = &second.id.0[..8];
-        assert_eq!(store.find_snapshot(&repo, Some(prefix)).expect("find").id, second.id);
+        assert_eq!(
+            store.find_snapshot(&repo, Some(prefix)).expect("find").id,
+            second.id
+        );
         assert!(store.find_snapshot(&repo, Some("zzzz")).is_err());
     }
 }

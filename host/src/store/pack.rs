@@ -136,10 +136,11 @@ impl PackWriter {
         kind: ObjectKind,
         data: &[u8],
     ) -> Result<Location, PackError> {
-        let compressed = zstd::bulk::compress(data, ZSTD_LEVEL).map_err(|source| PackError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        let compressed =
+            zstd::bulk::compress(data, ZSTD_LEVEL).map_err(|source| PackError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         let stored_len = u32::try_from(compressed.len()).map_err(|_| PackError::Corrupt {
             path: self.path.clone(),
             offset: self.len,
@@ -205,7 +206,8 @@ pub fn read_record(
             path: path.to_path_buf(),
             source,
         })?;
-    let capacity = usize::try_from(location.raw_len).map_err(|_| corrupt("object too large".into()))?;
+    let capacity =
+        usize::try_from(location.raw_len).map_err(|_| corrupt("object too large".into()))?;
     let data = zstd::bulk::decompress(&compressed, capacity)
         .map_err(|e| corrupt(format!("object {expected} does not decompress: {e}")))?;
     if content_id(location.kind, &data) != *expected {

@@ -40,7 +40,7 @@ impl Guest for Hostile {
             "panic" => panic!("hostile plugin panics on purpose"),
             "flood" => {
                 let line = "x".repeat(1024);
-                for _ in 0..100_000 {
+                for _ in 0..5_000 {
                     println!("{line}");
                 }
                 Decision::Keep

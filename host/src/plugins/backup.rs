@@ -1,0 +1,310 @@
+//! The `backup` world: a plugin drives one backup through the `git-source`
+//! and `store` capabilities. Bytes move natively between the mirror and the
+//! store; the plugin only ever sees object ids, kinds and sizes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::debug;
+use wasmtime::Engine;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use super::filter::to_wit_event;
+use super::sandbox::{self, Limits, PluginState};
+use super::{PluginError, PluginSpec};
+use crate::config::{SecretString, SourceConfig};
+use crate::event::{Event, now_ms};
+use crate::git::{Mirror, ObjectInfo};
+use crate::ids::{GitOid, ObjectKind};
+use crate::store::{CopyStats, RefUpdate, Snapshot, SnapshotBody, Store};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/plugin@0.1.0",
+        world: "backup",
+        imports: {
+            "hookvault:plugin/store.latest-refs": trappable,
+        },
+        with: {
+            "hookvault:plugin/types": crate::plugins::filter::bindings::hookvault::plugin::types,
+            "hookvault:plugin/log": crate::plugins::filter::bindings::hookvault::plugin::log,
+            "hookvault:plugin/config": crate::plugins::filter::bindings::hookvault::plugin::config,
+        },
+    });
+}
+
+use bindings::hookvault::plugin::{git_source, store};
+
+/// A source's clone settings, credentials resolved.
+#[derive(Debug, Clone)]
+pub struct SourceGit {
+    pub config: SourceConfig,
+    pub authorization: Option<SecretString>,
+}
+
+/// What backup plugins may reach, through the host.
+#[derive(Debug)]
+pub struct BackupDeps {
+    pub store: Store,
+    pub mirrors_dir: PathBuf,
+    pub sources: HashMap<String, SourceGit>,
+}
+
+/// Per-call state of a backup plugin.
+pub struct BackupCtx {
+    deps: Arc<BackupDeps>,
+    event: Event,
+    mirror: Option<Mirror>,
+    stats: CopyStats,
+    snapshot: Option<Snapshot>,
+}
+
+impl BackupCtx {
+    fn mirror(&mut self) -> Result<&mut Mirror, String> {
+        if self.mirror.is_none() {
+            let source = self
+                .deps
+                .sources
+                .get(&self.event.source)
+                .ok_or_else(|| format!("source {:?} is not configured", self.event.source))?;
+            let url = source.config.clone_url(&self.event.repository);
+            let mirror = Mirror::open(
+                &self.deps.mirrors_dir,
+                &self.event.source,
+                &self.event.repository,
+                url,
+                source.authorization.clone(),
+            )
+            .map_err(|e| e.to_string())?;
+            self.mirror = Some(mirror);
+        }
+        self.mirror
+            .as_mut()
+            .ok_or_else(|| "mirror unavailable".to_string())
+    }
+}
+
+fn parse_oids(ids: &[String]) -> Result<Vec<GitOid>, String> {
+    ids.iter()
+        .map(|id| GitOid::from_hex(id).map_err(|e| e.to_string()))
+        .collect()
+}
+
+impl git_source::Host for PluginState<BackupCtx> {
+    fn fetch(&mut self) -> Result<Vec<git_source::RemoteRef>, String> {
+        let mirror = self.extra.mirror()?;
+        let refs = mirror.fetch().map_err(|e| e.to_string())?;
+        Ok(refs
+            .into_iter()
+            .map(|r| git_source::RemoteRef {
+                name: r.name,
+                target: r.target.to_hex(),
+            })
+            .collect())
+    }
+
+    fn walk(
+        &mut self,
+        tips: Vec<String>,
+        known: Vec<String>,
+    ) -> Result<Vec<git_source::ObjectInfo>, String> {
+        let tips = parse_oids(&tips)?;
+        let known = parse_oids(&known)?;
+        let mirror = self.extra.mirror()?;
+        let objects = mirror.walk(&tips, &known).map_err(|e| e.to_string())?;
+        Ok(objects
+            .into_iter()
+            .map(|ObjectInfo { id, kind, size }| git_source::ObjectInfo {
+                id: id.to_hex(),
+                kind: match kind {
+                    ObjectKind::Commit => git_source::ObjectKind::Commit,
+                    ObjectKind::Tree => git_source::ObjectKind::Tree,
+                    ObjectKind::Blob => git_source::ObjectKind::Blob,
+                    ObjectKind::Tag => git_source::ObjectKind::Tag,
+                },
+                size,
+            })
+            .collect())
+    }
+}
+
+impl store::Host for PluginState<BackupCtx> {
+    fn latest_refs(&mut self) -> wasmtime::Result<Option<Vec<store::StoredRef>>> {
+        let latest = self
+            .extra
+            .deps
+            .store
+            .latest_snapshot(&self.extra.event.repository)?;
+        Ok(latest.map(|s| {
+            s.body
+                .refs
+                .into_iter()
+                .map(|(name, target)| store::StoredRef { name, target })
+                .collect()
+        }))
+    }
+
+    fn missing(&mut self, ids: Vec<String>) -> Result<Vec<String>, String> {
+        let oids = parse_oids(&ids)?;
+        let missing = self
+            .extra
+            .deps
+            .store
+            .missing(&oids)
+            .map_err(|e| e.to_string())?;
+        self.extra.stats.present += (oids.len() - missing.len()) as u64;
+        Ok(missing.into_iter().map(GitOid::to_hex).collect())
+    }
+
+    fn copy_objects(&mut self, ids: Vec<String>) -> Result<store::CopyStats, String> {
+        let oids = parse_oids(&ids)?;
+        let store = self.extra.deps.store.clone();
+        let mirror = self.extra.mirror()?;
+        let stats = store
+            .put_objects(&oids, |oid| mirror.read(oid))
+            .map_err(|e| e.to_string())?;
+        self.extra.stats.written += stats.written;
+        self.extra.stats.present += stats.present;
+        self.extra.stats.stored_bytes += stats.stored_bytes;
+        Ok(store::CopyStats {
+            written: stats.written,
+            present: stats.present,
+            stored_bytes: stats.stored_bytes,
+        })
+    }
+
+    fn commit_snapshot(&mut self, request: store::SnapshotRequest) -> Result<String, String> {
+        let ctx = &mut self.extra;
+        let event = &ctx.event;
+        let body = SnapshotBody {
+            repository: event.repository.clone(),
+            source: event.source.clone(),
+            seq: 0,
+            time_ms: now_ms(),
+            delivery_id: event.delivery_id.clone(),
+            event_key: event.event_key.clone(),
+            actor: event.actor.clone(),
+            parent: None,
+            refs: request
+                .refs
+                .into_iter()
+                .map(|r| (r.name, r.target))
+                .collect(),
+            updates: request
+                .updates
+                .into_iter()
+                .map(|u| RefUpdate {
+                    deleted: u.new_target.is_none(),
+                    name: u.name,
+                    old_target: u.old_target,
+                    new_target: u.new_target,
+                    forced: u.forced,
+                })
+                .collect(),
+            stats: ctx.stats,
+        };
+        let snapshot = ctx
+            .deps
+            .store
+            .commit_snapshot(body)
+            .map_err(|e| e.to_string())?;
+        let id = snapshot.id.to_string();
+        ctx.snapshot = Some(snapshot);
+        Ok(id)
+    }
+}
+
+/// What a backup call produced.
+#[derive(Debug)]
+pub struct BackupOutcome {
+    pub snapshot: Option<Snapshot>,
+    pub stats: CopyStats,
+}
+
+/// A loaded backup plugin.
+pub struct BackupPlugin {
+    name: Arc<str>,
+    config_json: Arc<str>,
+    limits: Limits,
+    engine: Engine,
+    pre: bindings::BackupPre<PluginState<BackupCtx>>,
+}
+
+impl BackupPlugin {
+    pub fn load(engine: &Engine, spec: PluginSpec) -> Result<Self, PluginError> {
+        let load_err = |message: String| PluginError::Load {
+            plugin: spec.name.to_string(),
+            world: "backup",
+            message,
+        };
+        let component =
+            Component::from_binary(engine, &spec.bytes).map_err(|e| load_err(format!("{e:#}")))?;
+        let mut linker: Linker<PluginState<BackupCtx>> = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| load_err(format!("{e:#}")))?;
+        bindings::Backup::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| load_err(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_err(format!("{e:#}")))?;
+        let pre = bindings::BackupPre::new(pre).map_err(|e| load_err(format!("{e:#}")))?;
+        Ok(Self {
+            name: spec.name,
+            config_json: spec.config_json,
+            limits: spec.limits,
+            engine: engine.clone(),
+            pre,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Run one backup. Blocking: call from a blocking thread.
+    pub fn run(
+        &self,
+        deps: Arc<BackupDeps>,
+        event: &Event,
+        excluded: &[String],
+    ) -> Result<BackupOutcome, PluginError> {
+        let ctx = BackupCtx {
+            deps,
+            event: event.clone(),
+            mirror: None,
+            stats: CopyStats::default(),
+            snapshot: None,
+        };
+        let mut store = sandbox::new_store(
+            &self.engine,
+            self.name.clone(),
+            self.config_json.clone(),
+            event.delivery_id.clone(),
+            self.limits,
+            ctx,
+        )?;
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_backup(&mut store, &to_wit_event(event, excluded)));
+        let (stdout, stderr) = store.data().output();
+        if !stdout.is_empty() || !stderr.is_empty() {
+            debug!(plugin = %self.name, stdout = %stdout, stderr = %stderr, "plugin output");
+        }
+        match result {
+            Err(e) => Err(sandbox::classify(&self.name, e)),
+            Ok(Err(message)) => Err(PluginError::Reported {
+                plugin: self.name.to_string(),
+                message,
+            }),
+            Ok(Ok(_report)) => {
+                let ctx = &mut store.data_mut().extra;
+                Ok(BackupOutcome {
+                    snapshot: ctx.snapshot.take(),
+                    stats: ctx.stats,
+                })
+            }
+        }
+    }
+}

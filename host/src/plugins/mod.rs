@@ -1,0 +1,156 @@
+//! The plugin host (wasmtime component model). Plugins are compiled once at
+//! start-up into `InstancePre`s; each call gets a fresh store with its own
+//! limits. Capabilities are granted per world: filters get `log` and
+//! `config`; backup plugins also get `git-source` and `store`.
+
+mod backup;
+mod filter;
+mod sandbox;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wasmtime::Engine;
+
+use crate::config::{Config, PluginConfig, PluginKind};
+pub use backup::{BackupDeps, BackupOutcome, BackupPlugin, SourceGit};
+pub use filter::{Decision, FilterPlugin};
+pub use sandbox::{Limits, OUTPUT_CAP};
+
+/// A plugin engine with hookvault's settings (fuel, epoch deadlines, pooling).
+pub fn new_engine() -> Result<Engine, PluginError> {
+    sandbox::engine()
+}
+
+/// The default backup plugin, built from `plugins/git-backup`.
+pub const GIT_BACKUP_WASM: &[u8] = include_bytes!(concat!(
+    env!("HOOKVAULT_PLUGIN_ARTIFACTS"),
+    "/git_backup.wasm"
+));
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin engine: {0}")]
+    Engine(String),
+    #[error("plugin {plugin}: cannot read {path}: {source}")]
+    Read {
+        plugin: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plugin {plugin}: unknown builtin {builtin:?} (known: git-backup)")]
+    UnknownBuiltin { plugin: String, builtin: String },
+    #[error("plugin {plugin}: not a valid component for world {world}: {message}")]
+    Load {
+        plugin: String,
+        world: &'static str,
+        message: String,
+    },
+    #[error("plugin {plugin} {reason}")]
+    Trap {
+        plugin: String,
+        reason: String,
+        detail: String,
+    },
+    #[error("plugin {plugin} reported an error: {message}")]
+    Reported { plugin: String, message: String },
+}
+
+/// Every configured plugin, loaded and linked.
+pub struct PluginHost {
+    engine: Engine,
+    pub filters: Vec<FilterPlugin>,
+    pub backups: Vec<BackupPlugin>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("filters", &self.filters.len())
+            .field("backups", &self.backups.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A plugin's bytes, name, config and limits.
+pub struct PluginSpec {
+    pub name: Arc<str>,
+    pub config_json: Arc<str>,
+    pub limits: Limits,
+    pub bytes: Vec<u8>,
+}
+
+impl PluginSpec {
+    pub fn from_config(plugin: &PluginConfig) -> Result<Self, PluginError> {
+        let bytes = match (&plugin.builtin, &plugin.path) {
+            (Some(builtin), _) => match builtin.as_str() {
+                "git-backup" => GIT_BACKUP_WASM.to_vec(),
+                other => {
+                    return Err(PluginError::UnknownBuiltin {
+                        plugin: plugin.name.clone(),
+                        builtin: other.to_string(),
+                    });
+                }
+            },
+            (None, Some(path)) => std::fs::read(path).map_err(|source| PluginError::Read {
+                plugin: plugin.name.clone(),
+                path: path.clone(),
+                source,
+            })?,
+            (None, None) => Vec::new(),
+        };
+        Ok(Self {
+            name: plugin.name.as_str().into(),
+            config_json: plugin.config_json().into(),
+            limits: Limits {
+                fuel: plugin.fuel(),
+                memory_bytes: plugin.memory_bytes(),
+                timeout: plugin.timeout(),
+            },
+            bytes,
+        })
+    }
+
+    /// The built-in git-backup plugin with default limits.
+    pub fn default_backup() -> Result<Self, PluginError> {
+        Self::from_config(&PluginConfig {
+            name: "git-backup".into(),
+            kind: PluginKind::Backup,
+            builtin: Some("git-backup".into()),
+            path: None,
+            config: None,
+            fuel: None,
+            memory_mib: None,
+            timeout_secs: None,
+        })
+    }
+}
+
+impl PluginHost {
+    /// Compile and link every plugin in `config`. Without a configured
+    /// backup plugin, the built-in git-backup is used.
+    pub fn load(config: &Config) -> Result<Self, PluginError> {
+        let engine = new_engine()?;
+        let mut filters = Vec::new();
+        let mut backups = Vec::new();
+        for plugin in &config.plugins {
+            let spec = PluginSpec::from_config(plugin)?;
+            match plugin.kind {
+                PluginKind::Filter => filters.push(FilterPlugin::load(&engine, spec)?),
+                PluginKind::Backup => backups.push(BackupPlugin::load(&engine, spec)?),
+            }
+        }
+        if backups.is_empty() {
+            backups.push(BackupPlugin::load(&engine, PluginSpec::default_backup()?)?);
+        }
+        Ok(Self {
+            engine,
+            filters,
+            backups,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}

@@ -1,0 +1,260 @@
+//! The sandbox every plugin call runs in: one shared [`Engine`], a fresh
+//! [`Store`] per call (a trap poisons a store), a fuel budget, a memory
+//! limit, WASI with nothing granted (no files, no network, no environment,
+//! no arguments) and stdout/stderr captured into capped in-memory pipes.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::PluginError;
+
+/// Bytes of stdout and of stderr kept per call; the rest is dropped.
+pub const OUTPUT_CAP: usize = 64 * 1024;
+
+/// How often the engine's epoch advances: the granularity of wall-clock
+/// deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(50);
+
+/// Largest linear memory any plugin may have (the per-plugin limit is lower).
+pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
+
+/// Concurrent plugin calls the instance pool is sized for.
+const POOL_CALLS: u32 = 8;
+
+/// Engine settings shared by every plugin: fuel bounds CPU, an epoch
+/// deadline bounds wall-clock time, a pooling allocator keeps instantiation
+/// cheap.
+pub fn engine() -> Result<Engine, PluginError> {
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(true);
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.total_component_instances(2 * POOL_CALLS)
+        .total_core_instances(8 * POOL_CALLS)
+        .total_memories(2 * POOL_CALLS)
+        .total_tables(4 * POOL_CALLS)
+        .total_stacks(POOL_CALLS)
+        .max_unused_warm_slots(POOL_CALLS)
+        .max_memory_size(MAX_MEMORY_BYTES as usize);
+    config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    start_epoch_ticker(&engine)?;
+    Ok(engine)
+}
+
+/// One background thread per engine advances its epoch every tick.
+fn start_epoch_ticker(engine: &Engine) -> Result<(), PluginError> {
+    static TICKERS: OnceLock<Mutex<Vec<Engine>>> = OnceLock::new();
+    let engines = TICKERS.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    if let Some(list) = TICKERS.get()
+                        && let Ok(list) = list.lock()
+                    {
+                        for engine in list.iter() {
+                            engine.increment_epoch();
+                        }
+                    }
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(
+                |e| tracing::error!(error = %e, "cannot start the plugin epoch ticker"),
+            );
+        Mutex::new(Vec::new())
+    });
+    engines
+        .lock()
+        .map_err(|_| PluginError::Engine("epoch ticker lock poisoned".into()))?
+        .push(engine.clone());
+    Ok(())
+}
+
+/// Per-plugin limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Wasm instructions per call (fuel).
+    pub fuel: u64,
+    /// Linear memory per call.
+    pub memory_bytes: usize,
+    /// Wall-clock time per call, host work included; checked whenever the
+    /// plugin runs wasm code.
+    pub timeout: Duration,
+}
+
+/// stdout/stderr sink that keeps the first `cap` bytes and silently drops
+/// the rest, so a flood never fails the plugin's writes.
+#[derive(Clone)]
+pub struct CappedPipe {
+    cap: usize,
+    buf: Arc<Mutex<Vec<u8>>>,
+}
+
+impl CappedPipe {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            buf: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    pub fn contents(&self) -> Vec<u8> {
+        self.buf.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for CappedPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for CappedPipe {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(tokio::io::sink())
+    }
+
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+impl wasmtime_wasi::p2::OutputStream for CappedPipe {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        if let Ok(mut buf) = self.buf.lock() {
+            let room = self.cap.saturating_sub(buf.len());
+            buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for CappedPipe {
+    async fn ready(&mut self) {}
+}
+
+/// The state of one plugin call.
+pub struct PluginState<X> {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    stdout: CappedPipe,
+    stderr: CappedPipe,
+    pub plugin: Arc<str>,
+    pub config_json: Arc<str>,
+    pub delivery_id: String,
+    /// Log lines accepted during this call (capped at [`LOG_LINES_CAP`]).
+    pub log_lines: u32,
+    pub extra: X,
+}
+
+/// Log lines a plugin may emit per call, and bytes per line.
+pub const LOG_LINES_CAP: u32 = 1000;
+pub const LOG_LINE_BYTES: usize = 4096;
+
+impl<X: Send> WasiView for PluginState<X> {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl<X> PluginState<X> {
+    /// What the plugin printed, capped, for the log.
+    pub fn output(&self) -> (String, String) {
+        let text = |pipe: &CappedPipe| String::from_utf8_lossy(&pipe.contents()).into_owned();
+        (text(&self.stdout), text(&self.stderr))
+    }
+}
+
+pub fn new_store<X: Send>(
+    engine: &Engine,
+    plugin: Arc<str>,
+    config_json: Arc<str>,
+    delivery_id: String,
+    limits: Limits,
+    extra: X,
+) -> Result<Store<PluginState<X>>, PluginError> {
+    let stdout = CappedPipe::new(OUTPUT_CAP);
+    let stderr = CappedPipe::new(OUTPUT_CAP);
+    let wasi = WasiCtx::builder()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let state = PluginState {
+        wasi,
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .instances(16)
+            .memories(8)
+            .tables(16)
+            .trap_on_grow_failure(true)
+            .build(),
+        stdout,
+        stderr,
+        plugin,
+        config_json,
+        delivery_id,
+        log_lines: 0,
+        extra,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store
+        .set_fuel(limits.fuel)
+        .map_err(|e| PluginError::Engine(e.to_string()))?;
+    let ticks = limits.timeout.as_millis() / EPOCH_TICK.as_millis();
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
+    store.epoch_deadline_trap();
+    Ok(store)
+}
+
+/// Turn a wasmtime error from a call into a plugin error that says what the
+/// plugin did.
+pub fn classify(plugin: &str, error: wasmtime::Error) -> PluginError {
+    let trap = error.downcast_ref::<Trap>().copied();
+    let text = format!("{error:#}");
+    let reason = match trap {
+        Some(Trap::OutOfFuel) => "exceeded its fuel (instruction) budget".to_string(),
+        Some(Trap::Interrupt) => "exceeded its wall-clock time limit".to_string(),
+        // Rust plugins abort through `unreachable` on a panic and on a failed
+        // allocation (memory limit reached).
+        Some(Trap::UnreachableCodeReached) => {
+            "aborted: it panicked or ran out of memory (unreachable code reached)".to_string()
+        }
+        Some(Trap::AllocationTooLarge) => "exceeded its memory limit".to_string(),
+        Some(other) => format!("trapped: {other}"),
+        None if text.contains("memory") && text.contains("limit") => {
+            "exceeded its memory limit".to_string()
+        }
+        None => format!("failed: {text}"),
+    };
+    PluginError::Trap {
+        plugin: plugin.to_string(),
+        reason,
+        detail: text,
+    }
+}

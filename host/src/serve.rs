@@ -1,0 +1,139 @@
+//! `hookvault serve`: open the store, load the plugins, start the worker and
+//! the HTTP receiver; shut down gracefully on SIGINT/SIGTERM (the delivery in
+//! progress is finished, queued ones stay queued for the next start).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::{Config, ConfigError};
+use crate::plugins::SourceGit;
+use crate::plugins::{BackupDeps, PluginError, PluginHost};
+use crate::queue::{Queue, QueueError};
+use crate::receive::{AppState, app};
+use crate::store::{Store, StoreError};
+use crate::worker::{Worker, WorkerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+    #[error("worker task: {0}")]
+    Join(String),
+}
+
+/// Open the store for the configured data directory.
+pub fn open_store(config: &Config) -> Result<Store, StoreError> {
+    Store::open(&config.store.path, config.store.pack_target_bytes)
+}
+
+/// Resolve every source's git credentials (fails fast on a missing secret).
+pub fn backup_deps(config: &Config, store: Store) -> Result<BackupDeps, ConfigError> {
+    let mut sources = HashMap::new();
+    for source in &config.sources {
+        let authorization = source
+            .credentials
+            .as_ref()
+            .map(|c| c.authorization(&format!("sources.{}.credentials.token", source.name)))
+            .transpose()?;
+        sources.insert(
+            source.name.clone(),
+            SourceGit {
+                config: source.clone(),
+                authorization,
+            },
+        );
+    }
+    Ok(BackupDeps {
+        mirrors_dir: config.store.path.join("mirrors"),
+        store,
+        sources,
+    })
+}
+
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let store = open_store(&config)?;
+    let queue = Queue::open(store.db())?;
+    let deps = Arc::new(backup_deps(&config, store.clone())?);
+    let plugins = Arc::new(tokio::task::block_in_place(|| PluginHost::load(&config))?);
+    info!(
+        filters = plugins.filters.len(),
+        backups = plugins.backups.len(),
+        pending = queue.pending_len(),
+        "plugins loaded"
+    );
+    let state = Arc::new(AppState::new(&config, queue.clone(), store.clone())?);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = Worker {
+        queue: queue.clone(),
+        plugins,
+        deps,
+        config: config.worker.clone(),
+    };
+    let worker = tokio::spawn(worker.run(stop_rx));
+
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(ServeError::Http)?;
+    info!(%addr, "listening");
+    // Machine-readable readiness line on stdout.
+    println!("{}", serde_json::json!({ "listening": addr.to_string() }));
+
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServeError::Http)?;
+    info!("shutting down; finishing the delivery in progress");
+    let _ = stop_tx.send(true);
+    worker
+        .await
+        .map_err(|e| ServeError::Join(e.to_string()))??;
+    store.db().flush().map_err(|source| StoreError::Db {
+        path: config.store.path.join("index"),
+        source,
+    })?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

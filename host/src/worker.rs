@@ -1,0 +1,176 @@
+//! The worker: takes deliveries from the queue one at a time, runs the
+//! filter plugins, then the backup plugins, and records the outcome. A
+//! failure is retried with exponential backoff; after `max_attempts` the
+//! delivery is dead-lettered (status `failed`, kept with its last error).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::config::WorkerConfig;
+use crate::event::Event;
+use crate::plugins::{BackupDeps, Decision, PluginHost};
+use crate::queue::{Queue, QueueError, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// What one delivery came to.
+#[derive(Debug)]
+enum Outcome {
+    Skipped(String),
+    Done(Option<String>),
+}
+
+pub struct Worker {
+    pub queue: Queue,
+    pub plugins: Arc<PluginHost>,
+    pub deps: Arc<BackupDeps>,
+    pub config: WorkerConfig,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Process deliveries until `shutdown` turns true. The delivery in
+    /// progress is finished first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        loop {
+            let claimed = tokio::select! {
+                claimed = self.queue.next() => claimed?,
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            };
+            let mut claimed = claimed;
+            let delivery = &mut claimed.delivery;
+            let span = info_span!(
+                "backup",
+                delivery_id = %delivery.id,
+                repo = delivery.event.as_ref().map(|e| e.repository.to_string()).unwrap_or_default(),
+                attempt = delivery.attempts + 1,
+            );
+            let Some(event) = delivery.event.clone() else {
+                delivery.status = Status::Ignored;
+                self.queue.complete(claimed).await?;
+                continue;
+            };
+            delivery.attempts += 1;
+            let result = self.process(event).instrument(span.clone()).await;
+            let _entered = span.enter();
+            match result {
+                Ok(Outcome::Skipped(reason)) => {
+                    info!(%reason, "skipped by a filter");
+                    delivery.status = Status::Skipped;
+                    delivery.last_error = None;
+                    drop(_entered);
+                    self.queue.complete(claimed).await?;
+                }
+                Ok(Outcome::Done(snapshot)) => {
+                    info!(
+                        snapshot = snapshot.as_deref().unwrap_or("none"),
+                        "backup done"
+                    );
+                    delivery.status = Status::Done;
+                    delivery.snapshot = snapshot;
+                    delivery.last_error = None;
+                    drop(_entered);
+                    self.queue.complete(claimed).await?;
+                }
+                Err(message) if delivery.attempts >= self.config.max_attempts => {
+                    error!(error = %message, "backup failed for good; dead-lettered");
+                    delivery.status = Status::Failed;
+                    delivery.last_error = Some(message);
+                    drop(_entered);
+                    self.queue.complete(claimed).await?;
+                }
+                Err(message) => {
+                    let exponent = delivery.attempts.saturating_sub(1).min(16);
+                    let delay = Duration::from_millis(
+                        self.config.retry_base_ms.saturating_mul(1u64 << exponent),
+                    );
+                    warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "backup failed; will retry");
+                    delivery.last_error = Some(message);
+                    drop(_entered);
+                    self.queue.retry_later(claimed, delay).await?;
+                }
+            }
+        }
+    }
+
+    async fn process(&self, event: Event) -> Result<Outcome, String> {
+        let plugins = self.plugins.clone();
+        let deps = self.deps.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            run_pipeline(&plugins, deps, &event)
+        })
+        .await
+        .map_err(|e| format!("backup task panicked: {e}"))?
+    }
+}
+
+/// Filters, then backups, for one event. Blocking.
+fn run_pipeline(
+    plugins: &PluginHost,
+    deps: Arc<BackupDeps>,
+    event: &Event,
+) -> Result<Outcome, String> {
+    let mut selected: Option<Vec<String>> = None;
+    for filter in &plugins.filters {
+        match filter.run(event).map_err(|e| e.to_string())? {
+            Decision::Keep => {}
+            Decision::Skip(reason) => {
+                return Ok(Outcome::Skipped(format!("{}: {reason}", filter.name())));
+            }
+            Decision::Refs(refs) => {
+                selected = Some(match selected {
+                    None => refs,
+                    Some(prev) => prev.into_iter().filter(|r| refs.contains(r)).collect(),
+                });
+            }
+        }
+    }
+    let excluded: Vec<String> = match &selected {
+        None => Vec::new(),
+        Some(keep) => event
+            .changes
+            .iter()
+            .map(|c| c.name.clone())
+            .filter(|name| !keep.contains(name))
+            .collect(),
+    };
+    if selected.is_some() && excluded.len() == event.changes.len() && !event.changes.is_empty() {
+        return Ok(Outcome::Skipped(
+            "filters selected none of the changed refs".into(),
+        ));
+    }
+    let mut narrowed = event.clone();
+    narrowed.changes.retain(|c| !excluded.contains(&c.name));
+    let mut last_snapshot = None;
+    for backup in &plugins.backups {
+        let outcome = backup
+            .run(deps.clone(), &narrowed, &excluded)
+            .map_err(|e| e.to_string())?;
+        if let Some(snapshot) = outcome.snapshot {
+            info!(
+                plugin = backup.name(),
+                snapshot = %snapshot.id,
+                written = outcome.stats.written,
+                present = outcome.stats.present,
+                stored_bytes = outcome.stats.stored_bytes,
+                "snapshot committed"
+            );
+            last_snapshot = Some(snapshot.id.to_string());
+        }
+    }
+    Ok(Outcome::Done(last_snapshot))
+}
