@@ -1,1 +1,419 @@
+//! End to end, driving the real `hookvault` binary: real git repositories
+//! served over smart HTTP with token auth, real webhooks over loopback,
+//! restores checked with `git fsck --full` and `git for-each-ref`.
+
 mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hookvault::receive::signature::sign;
+use support::*;
+
+const REPO: &str = "acme-eng/billing-service";
+
+/// Push commits, branches and an annotated tag; the webhook becomes a
+/// snapshot; a force-push that drops commits and a branch deletion follow;
+/// both snapshots restore exactly.
+#[test]
+fn push_snapshot_force_push_delete_and_restore() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let upstream = server.create(REPO);
+    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
+    work.commit("README.md", "billing\n", "Initial commit");
+    work.commit("src/invoice.rs", "fn invoice() {}\n", "Add invoices");
+    let dropped = work.commit("src/retry.rs", "fn retry() {}\n", "Retry writes");
+    work.git(&["branch", "feature/export"]);
+    work.git(&["tag", "-a", "v1.0", "-m", "Release 1.0"]);
+    work.git(&["push", "-q", "origin", "main", "feature/export", "v1.0"]);
+    let refs_before = refs_of(&upstream);
+    assert_eq!(refs_before.len(), 3);
+
+    let service = Service::start(&tmp.path().join("hv"), &server, "");
+    let body = cloud_push(
+        REPO,
+        &[Change {
+            branch: "main",
+            kind: "branch",
+            old: None,
+            new: Some(&dropped),
+            forced: false,
+        }],
+    );
+    service.push("{11111111-aaaa-4bbb-8ccc-000000000001}", &body);
+    let first = service.outcome("{11111111-aaaa-4bbb-8ccc-000000000001}");
+    assert_eq!(first["status"], "done", "{first}\n{}", service.log());
+    let snapshots = service.snapshots(REPO);
+    assert_eq!(snapshots.len(), 1);
+    let snap1 = snapshots[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(snapshots[0]["delivery_id"], "{11111111-aaaa-4bbb-8ccc-000000000001}");
+    assert_eq!(snapshots[0]["actor"], "Dana Okafor");
+
+    // Force-push main back two commits with a new commit on top, and
+    // delete the feature branch.
+    work.git(&["reset", "-q", "--hard", "HEAD~2"]);
+    let rewritten = work.commit("src/other.rs", "fn other() {}\n", "Rewrite history");
+    work.git(&["push", "-q", "--force", "origin", "main"]);
+    work.git(&["push", "-q", "origin", "--delete", "feature/export"]);
+    let refs_after = refs_of(&upstream);
+    let body = cloud_push(
+        REPO,
+        &[
+            Change {
+                branch: "main",
+                kind: "branch",
+                old: Some(&dropped),
+                new: Some(&rewritten),
+                forced: true,
+            },
+            Change {
+                branch: "feature/export",
+                kind: "branch",
+                old: Some(&dropped),
+                new: None,
+                forced: false,
+            },
+        ],
+    );
+    service.push("{11111111-aaaa-4bbb-8ccc-000000000002}", &body);
+    let second = service.outcome("{11111111-aaaa-4bbb-8ccc-000000000002}");
+    assert_eq!(second["status"], "done", "{second}\n{}", service.log());
+    let snapshots = service.snapshots(REPO);
+    assert_eq!(snapshots.len(), 2);
+    let snap2 = snapshots[1]["id"].as_str().expect("id").to_string();
+    let updates = snapshots[1]["updates"].as_array().expect("updates");
+    let main = updates
+        .iter()
+        .find(|u| u["name"] == "refs/heads/main")
+        .expect("main updated");
+    assert_eq!(main["forced"], true);
+    let feature = updates
+        .iter()
+        .find(|u| u["name"] == "refs/heads/feature/export")
+        .expect("feature deleted");
+    assert_eq!(feature["deleted"], true);
+
+    let config = service.config.clone();
+    service.stop();
+
+    // The old snapshot still has the history the force-push dropped.
+    let restored1 = tmp.path().join("restore-1");
+    let out = restore(&config, REPO, Some(&snap1[..10]), &restored1);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_fsck_clean(&restored1);
+    assert_eq!(refs_of(&restored1), refs_before);
+    let log = git(&restored1, &["log", "--format=%s", "main"]);
+    assert!(log.contains("Retry writes") && log.contains("Add invoices"), "{log}");
+
+    let restored2 = tmp.path().join("restore-2");
+    let out = restore(&config, REPO, Some(&snap2), &restored2);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_fsck_clean(&restored2);
+    assert_eq!(refs_of(&restored2), refs_after);
+
+    // The latest is the default; a used directory is refused.
+    let out = restore(&config, REPO, None, &restored2);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+
+    // `hookvault snapshots` lists both, as JSON too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookvault"))
+        .arg("--config")
+        .arg(&config)
+        .args(["snapshots", "--repo", REPO, "--json"])
+        .output()
+        .expect("snapshots");
+    assert!(out.status.success());
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let ids: Vec<&str> = listed.iter().filter_map(|s| s["id"].as_str()).collect();
+    assert_eq!(ids, vec![snap1.as_str(), snap2.as_str()]);
+}
+
+fn objects_in_store(service: &Service) -> u64 {
+    service.stats()["store"]["objects"].as_u64().expect("objects")
+}
+
+/// A second push stores only the new objects; a fork stores only its own.
+#[test]
+fn deduplicates_across_pushes_and_forks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let upstream = server.create(REPO);
+    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
+    for i in 0..5 {
+        work.commit(&format!("src/mod{i}/lib.rs"), &format!("// module {i}\n"), &format!("Module {i}"));
+    }
+    let head1 = work.commit("README.md", "billing\n", "Readme");
+    work.git(&["push", "-q", "origin", "main"]);
+    let service = Service::start(&tmp.path().join("hv"), &server, "");
+    let push = |delivery: &str, repo: &str, old: Option<&str>, new: &str| {
+        let body = cloud_push(
+            repo,
+            &[Change {
+                branch: "main",
+                kind: "branch",
+                old,
+                new: Some(new),
+                forced: false,
+            }],
+        );
+        service.push(delivery, &body);
+        let outcome = service.outcome(delivery);
+        assert_eq!(outcome["status"], "done", "{outcome}\n{}", service.log());
+    };
+    push("d-initial", REPO, None, &head1);
+    let after_initial = objects_in_store(&service);
+    let git_objects: u64 = git(&upstream, &["rev-list", "--objects", "--all"]).lines().count() as u64;
+    assert_eq!(after_initial, git_objects, "initial backup stores every object once");
+
+    // One commit changing one file at the root: commit + root tree + blob.
+    let head2 = work.commit("README.md", "billing service\n", "Better readme");
+    work.git(&["push", "-q", "origin", "main"]);
+    push("d-second", REPO, Some(&head1), &head2);
+    assert_eq!(objects_in_store(&service), after_initial + 3);
+    let snapshots = service.snapshots(REPO);
+    assert_eq!(snapshots[1]["stats"]["written"], 3, "{}", snapshots[1]);
+
+    // A fork with the whole history plus one commit of its own.
+    let fork = server.root.join("dana/billing-fork.git");
+    git(
+        tmp.path(),
+        &["clone", "-q", "--bare", upstream.to_str().expect("utf8"), fork.to_str().expect("utf8")],
+    );
+    let fork_work = WorkTree::new(&tmp.path().join("fork-work"), &fork);
+    fork_work.git(&["pull", "-q", "origin", "main"]);
+    let fork_head = fork_work.commit("FORK.md", "mine\n", "Fork note");
+    fork_work.git(&["push", "-q", "origin", "main"]);
+    let before_fork = objects_in_store(&service);
+    push("d-fork", "dana/billing-fork", None, &fork_head);
+    assert_eq!(objects_in_store(&service), before_fork + 3, "the fork adds only its own objects");
+    let fork_snaps = service.snapshots("dana/billing-fork");
+    assert_eq!(fork_snaps.len(), 1);
+    assert_eq!(fork_snaps[0]["stats"]["written"], 3);
+    assert!(fork_snaps[0]["stats"]["present"].as_u64().expect("present") >= after_initial);
+
+    let config = service.config.clone();
+    service.stop();
+    let restored = tmp.path().join("fork-restore");
+    let out = restore(&config, "dana/billing-fork", None, &restored);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_fsck_clean(&restored);
+    assert_eq!(refs_of(&restored), refs_of(&fork));
+}
+
+/// Bad input gets the right status, nothing is stored, the server goes on.
+#[test]
+fn bad_input_is_rejected_and_nothing_is_stored() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let upstream = server.create(REPO);
+    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
+    let head = work.commit("a.txt", "a\n", "A");
+    work.git(&["push", "-q", "origin", "main"]);
+    let service = Service::start(&tmp.path().join("hv"), &server, "");
+    let good = cloud_push(
+        REPO,
+        &[Change {
+            branch: "main",
+            kind: "branch",
+            old: None,
+            new: Some(&head),
+            forced: false,
+        }],
+    );
+    let signed = sign(SECRET.as_bytes(), &good);
+
+    let cases: Vec<(&str, Vec<u8>, Option<String>, u16)> = vec![
+        ("unsigned", good.clone(), None, 401),
+        ("wrong-secret", good.clone(), Some(sign(b"not the secret", &good)), 401),
+        (
+            "sha1-prefix",
+            good.clone(),
+            Some(signed.replacen("sha256=", "sha1=", 1)),
+            401,
+        ),
+        ("garbage-signature", good.clone(), Some("sha256=zzzz".into()), 401),
+        (
+            "tampered-body",
+            {
+                let mut b = good.clone();
+                b.push(b' ');
+                b
+            },
+            Some(signed.clone()),
+            401,
+        ),
+        ("malformed-json", b"{\"push\": [".to_vec(), Some(sign(SECRET.as_bytes(), b"{\"push\": [")), 400),
+    ];
+    for (name, body, signature, expected) in cases {
+        let delivery = format!("bad-{name}");
+        let (status, reply) = service.deliver("repo:push", &delivery, &body, signature.as_deref());
+        assert_eq!(status, expected, "{name}: {reply}");
+        assert!(reply["error"].is_string(), "{name}: a clear error: {reply}");
+        assert_eq!(service.api(&format!("deliveries/{delivery}")).0, 404, "{name} was stored");
+    }
+
+    // Oversized: over max_body_bytes (256 KiB in the test config).
+    let mut huge = good.clone();
+    huge.truncate(huge.len() - 1);
+    huge.extend(std::iter::repeat_n(b' ', 300 * 1024));
+    huge.push(b'}');
+    let (status, _) = service.deliver("repo:push", "bad-huge", &huge, Some(&sign(SECRET.as_bytes(), &huge)));
+    assert_eq!(status, 413);
+    assert_eq!(service.api("deliveries/bad-huge").0, 404);
+
+    // Hostile repository names, correctly signed.
+    for hostile in ["../../etc/passwd", "acme/..", "/abs/path", "acme/na me", "acme/a/b", "acme/.git"] {
+        let body = cloud_push(
+            hostile,
+            &[Change {
+                branch: "main",
+                kind: "branch",
+                old: None,
+                new: Some(&head),
+                forced: false,
+            }],
+        );
+        let (status, reply) =
+            service.deliver("repo:push", "bad-name", &body, Some(&sign(SECRET.as_bytes(), &body)));
+        assert_eq!(status, 400, "{hostile}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap_or("").contains("invalid repository name"),
+            "{hostile}: {reply}"
+        );
+    }
+    assert_eq!(service.api("deliveries/bad-name").0, 404);
+    assert!(!service.dir.join("data/mirrors/cloud/..").join("etc").exists());
+
+    let stats = service.stats();
+    assert_eq!(stats["store"]["snapshots"], 0);
+    assert_eq!(stats["store"]["objects"], 0);
+    assert_eq!(stats["queue"]["pending"], 0);
+
+    // The server still serves: a good push is accepted once, a redelivery
+    // with the same id is acknowledged and not processed twice.
+    service.push("good-1", &good);
+    let (status, reply) = service.deliver("repo:push", "good-1", &good, Some(&signed));
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["status"], "duplicate");
+    assert_eq!(service.outcome("good-1")["status"], "done");
+    assert_eq!(service.snapshots(REPO).len(), 1);
+    // The rotated-out secret is still accepted during rotation.
+    let (status, _) = service.deliver(
+        "repo:push",
+        "good-2",
+        &good,
+        Some(&sign(b"old-secret-being-rotated", &good)),
+    );
+    assert_eq!(status, 202);
+    // An unchanged repository makes no second snapshot.
+    assert_eq!(service.outcome("good-2")["status"], "done");
+    assert_eq!(service.snapshots(REPO).len(), 1);
+    service.stop();
+}
+
+/// The example custom filter skips what its config says.
+#[test]
+fn custom_filter_plugin_skips_configured_refs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let upstream = server.create(REPO);
+    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
+    let main1 = work.commit("a.txt", "a\n", "A");
+    work.git(&["push", "-q", "origin", "main"]);
+    let plugin = Path::new(env!("HOOKVAULT_PLUGIN_ARTIFACTS")).join("skip_refs.wasm");
+    let extra = format!(
+        r#"
+[[plugins]]
+name = "skip-wip"
+kind = "filter"
+path = "{}"
+config = {{ skip = ["refs/heads/wip/*"] }}
+"#,
+        plugin.display()
+    );
+    let service = Service::start(&tmp.path().join("hv"), &server, &extra);
+    let change = |branch: &'static str, new: &str| -> (String, String) { (branch.to_string(), new.to_string()) };
+    let push = |delivery: &str, changes: &[(String, String)]| {
+        let changes: Vec<Change<'_>> = changes
+            .iter()
+            .map(|(b, n)| Change {
+                branch: b,
+                kind: "branch",
+                old: None,
+                new: Some(n),
+                forced: false,
+            })
+            .collect();
+        service.push(delivery, &cloud_push(REPO, &changes));
+        service.outcome(delivery)
+    };
+    assert_eq!(push("f-1", &[change("main", &main1)])["status"], "done");
+
+    // Only a wip branch: skipped, no snapshot.
+    work.git(&["checkout", "-q", "-b", "wip/spike"]);
+    let wip = work.commit("spike.txt", "s\n", "Spike");
+    work.git(&["push", "-q", "origin", "wip/spike"]);
+    let outcome = push("f-2", &[change("wip/spike", &wip)]);
+    assert_eq!(outcome["status"], "skipped", "{outcome}");
+    assert_eq!(service.snapshots(REPO).len(), 1);
+
+    // main and another wip branch together: main is backed up, wip is not.
+    work.git(&["checkout", "-q", "main"]);
+    let main2 = work.commit("b.txt", "b\n", "B");
+    work.git(&["checkout", "-q", "-b", "wip/other"]);
+    let wip2 = work.commit("o.txt", "o\n", "Other");
+    work.git(&["push", "-q", "origin", "main", "wip/other"]);
+    let outcome = push("f-3", &[change("main", &main2), change("wip/other", &wip2)]);
+    assert_eq!(outcome["status"], "done", "{outcome}\n{}", service.log());
+    let snapshots = service.snapshots(REPO);
+    assert_eq!(snapshots.len(), 2);
+    let refs: BTreeMap<String, String> =
+        serde_json::from_value(snapshots[1]["refs"].clone()).expect("refs");
+    assert_eq!(refs.get("refs/heads/main"), Some(&main2));
+    assert!(!refs.contains_key("refs/heads/wip/other"), "{refs:?}");
+    service.stop();
+}
+
+/// A plugin stuck in a loop costs one delivery; the service goes on.
+#[test]
+fn hostile_filter_fails_its_delivery_and_the_service_survives() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let upstream = server.create(REPO);
+    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
+    let head = work.commit("a.txt", "a\n", "A");
+    work.git(&["push", "-q", "origin", "main"]);
+    let plugin = Path::new(env!("HOOKVAULT_PLUGIN_ARTIFACTS")).join("hostile.wasm");
+    let extra = format!(
+        r#"
+[[plugins]]
+name = "looper"
+kind = "filter"
+path = "{}"
+config = {{ mode = "loop" }}
+fuel = 50000000
+"#,
+        plugin.display()
+    );
+    let service = Service::start(&tmp.path().join("hv"), &server, &extra);
+    let body = cloud_push(
+        REPO,
+        &[Change {
+            branch: "main",
+            kind: "branch",
+            old: None,
+            new: Some(&head),
+            forced: false,
+        }],
+    );
+    service.push("h-1", &body);
+    let outcome = service.outcome("h-1");
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    assert_eq!(outcome["attempts"], 2, "retried, then dead-lettered");
+    assert!(outcome["last_error"].as_str().unwrap_or("").contains("fuel"), "{outcome}");
+    let (status, _) = service.api("stats");
+    assert_eq!(status, 200, "service still answers");
+    service.stop();
+}

@@ -422,7 +422,8 @@ credentials = {{ kind = "access-token", token = "{TOKEN}" }}
             .send()
             .expect("API GET");
         let status = response.status().as_u16();
-        (status, response.json().unwrap_or(serde_json::Value::Null))
+        let text = response.text().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
     }
 
     /// Wait until a delivery has an outcome; return its record.
