@@ -47,7 +47,10 @@ fn push_snapshot_force_push_delete_and_restore() {
     let snapshots = service.snapshots(REPO);
     assert_eq!(snapshots.len(), 1);
     let snap1 = snapshots[0]["id"].as_str().expect("id").to_string();
-    assert_eq!(snapshots[0]["delivery_id"], "{11111111-aaaa-4bbb-8ccc-000000000001}");
+    assert_eq!(
+        snapshots[0]["delivery_id"],
+        "{11111111-aaaa-4bbb-8ccc-000000000001}"
+    );
     assert_eq!(snapshots[0]["actor"], "Dana Okafor");
 
     // Force-push main back two commits with a new commit on top, and
@@ -100,15 +103,26 @@ fn push_snapshot_force_push_delete_and_restore() {
     // The old snapshot still has the history the force-push dropped.
     let restored1 = tmp.path().join("restore-1");
     let out = restore(&config, REPO, Some(&snap1[..10]), &restored1);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_fsck_clean(&restored1);
     assert_eq!(refs_of(&restored1), refs_before);
     let log = git(&restored1, &["log", "--format=%s", "main"]);
-    assert!(log.contains("Retry writes") && log.contains("Add invoices"), "{log}");
+    assert!(
+        log.contains("Retry writes") && log.contains("Add invoices"),
+        "{log}"
+    );
 
     let restored2 = tmp.path().join("restore-2");
     let out = restore(&config, REPO, Some(&snap2), &restored2);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_fsck_clean(&restored2);
     assert_eq!(refs_of(&restored2), refs_after);
 
@@ -131,7 +145,9 @@ fn push_snapshot_force_push_delete_and_restore() {
 }
 
 fn objects_in_store(service: &Service) -> u64 {
-    service.stats()["store"]["objects"].as_u64().expect("objects")
+    service.stats()["store"]["objects"]
+        .as_u64()
+        .expect("objects")
 }
 
 /// A second push stores only the new objects; a fork stores only its own.
@@ -142,7 +158,11 @@ fn deduplicates_across_pushes_and_forks() {
     let upstream = server.create(REPO);
     let work = WorkTree::new(&tmp.path().join("work"), &upstream);
     for i in 0..5 {
-        work.commit(&format!("src/mod{i}/lib.rs"), &format!("// module {i}\n"), &format!("Module {i}"));
+        work.commit(
+            &format!("src/mod{i}/lib.rs"),
+            &format!("// module {i}\n"),
+            &format!("Module {i}"),
+        );
     }
     let head1 = work.commit("README.md", "billing\n", "Readme");
     work.git(&["push", "-q", "origin", "main"]);
@@ -164,8 +184,13 @@ fn deduplicates_across_pushes_and_forks() {
     };
     push("d-initial", REPO, None, &head1);
     let after_initial = objects_in_store(&service);
-    let git_objects: u64 = git(&upstream, &["rev-list", "--objects", "--all"]).lines().count() as u64;
-    assert_eq!(after_initial, git_objects, "initial backup stores every object once");
+    let git_objects: u64 = git(&upstream, &["rev-list", "--objects", "--all"])
+        .lines()
+        .count() as u64;
+    assert_eq!(
+        after_initial, git_objects,
+        "initial backup stores every object once"
+    );
 
     // One commit changing one file at the root: commit + root tree + blob.
     let head2 = work.commit("README.md", "billing service\n", "Better readme");
@@ -179,7 +204,13 @@ fn deduplicates_across_pushes_and_forks() {
     let fork = server.root.join("dana/billing-fork.git");
     git(
         tmp.path(),
-        &["clone", "-q", "--bare", upstream.to_str().expect("utf8"), fork.to_str().expect("utf8")],
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            upstream.to_str().expect("utf8"),
+            fork.to_str().expect("utf8"),
+        ],
     );
     let fork_work = WorkTree::new(&tmp.path().join("fork-work"), &fork);
     fork_work.git(&["pull", "-q", "origin", "main"]);
@@ -187,7 +218,11 @@ fn deduplicates_across_pushes_and_forks() {
     fork_work.git(&["push", "-q", "origin", "main"]);
     let before_fork = objects_in_store(&service);
     push("d-fork", "dana/billing-fork", None, &fork_head);
-    assert_eq!(objects_in_store(&service), before_fork + 3, "the fork adds only its own objects");
+    assert_eq!(
+        objects_in_store(&service),
+        before_fork + 3,
+        "the fork adds only its own objects"
+    );
     let fork_snaps = service.snapshots("dana/billing-fork");
     assert_eq!(fork_snaps.len(), 1);
     assert_eq!(fork_snaps[0]["stats"]["written"], 3);
@@ -197,7 +232,11 @@ fn deduplicates_across_pushes_and_forks() {
     service.stop();
     let restored = tmp.path().join("fork-restore");
     let out = restore(&config, "dana/billing-fork", None, &restored);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_fsck_clean(&restored);
     assert_eq!(refs_of(&restored), refs_of(&fork));
 }
@@ -226,14 +265,24 @@ fn bad_input_is_rejected_and_nothing_is_stored() {
 
     let cases: Vec<(&str, Vec<u8>, Option<String>, u16)> = vec![
         ("unsigned", good.clone(), None, 401),
-        ("wrong-secret", good.clone(), Some(sign(b"not the secret", &good)), 401),
+        (
+            "wrong-secret",
+            good.clone(),
+            Some(sign(b"not the secret", &good)),
+            401,
+        ),
         (
             "sha1-prefix",
             good.clone(),
             Some(signed.replacen("sha256=", "sha1=", 1)),
             401,
         ),
-        ("garbage-signature", good.clone(), Some("sha256=zzzz".into()), 401),
+        (
+            "garbage-signature",
+            good.clone(),
+            Some("sha256=zzzz".into()),
+            401,
+        ),
         (
             "tampered-body",
             {
@@ -244,14 +293,23 @@ fn bad_input_is_rejected_and_nothing_is_stored() {
             Some(signed.clone()),
             401,
         ),
-        ("malformed-json", b"{\"push\": [".to_vec(), Some(sign(SECRET.as_bytes(), b"{\"push\": [")), 400),
+        (
+            "malformed-json",
+            b"{\"push\": [".to_vec(),
+            Some(sign(SECRET.as_bytes(), b"{\"push\": [")),
+            400,
+        ),
     ];
     for (name, body, signature, expected) in cases {
         let delivery = format!("bad-{name}");
         let (status, reply) = service.deliver("repo:push", &delivery, &body, signature.as_deref());
         assert_eq!(status, expected, "{name}: {reply}");
         assert!(reply["error"].is_string(), "{name}: a clear error: {reply}");
-        assert_eq!(service.api(&format!("deliveries/{delivery}")).0, 404, "{name} was stored");
+        assert_eq!(
+            service.api(&format!("deliveries/{delivery}")).0,
+            404,
+            "{name} was stored"
+        );
     }
 
     // Oversized: over max_body_bytes (256 KiB in the test config).
@@ -259,12 +317,24 @@ fn bad_input_is_rejected_and_nothing_is_stored() {
     huge.truncate(huge.len() - 1);
     huge.extend(std::iter::repeat_n(b' ', 300 * 1024));
     huge.push(b'}');
-    let (status, _) = service.deliver("repo:push", "bad-huge", &huge, Some(&sign(SECRET.as_bytes(), &huge)));
+    let (status, _) = service.deliver(
+        "repo:push",
+        "bad-huge",
+        &huge,
+        Some(&sign(SECRET.as_bytes(), &huge)),
+    );
     assert_eq!(status, 413);
     assert_eq!(service.api("deliveries/bad-huge").0, 404);
 
     // Hostile repository names, correctly signed.
-    for hostile in ["../../etc/passwd", "acme/..", "/abs/path", "acme/na me", "acme/a/b", "acme/.git"] {
+    for hostile in [
+        "../../etc/passwd",
+        "acme/..",
+        "/abs/path",
+        "acme/na me",
+        "acme/a/b",
+        "acme/.git",
+    ] {
         let body = cloud_push(
             hostile,
             &[Change {
@@ -275,16 +345,29 @@ fn bad_input_is_rejected_and_nothing_is_stored() {
                 forced: false,
             }],
         );
-        let (status, reply) =
-            service.deliver("repo:push", "bad-name", &body, Some(&sign(SECRET.as_bytes(), &body)));
+        let (status, reply) = service.deliver(
+            "repo:push",
+            "bad-name",
+            &body,
+            Some(&sign(SECRET.as_bytes(), &body)),
+        );
         assert_eq!(status, 400, "{hostile}: {reply}");
         assert!(
-            reply["error"].as_str().unwrap_or("").contains("invalid repository name"),
+            reply["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("invalid repository name"),
             "{hostile}: {reply}"
         );
     }
     assert_eq!(service.api("deliveries/bad-name").0, 404);
-    assert!(!service.dir.join("data/mirrors/cloud/..").join("etc").exists());
+    assert!(
+        !service
+            .dir
+            .join("data/mirrors/cloud/..")
+            .join("etc")
+            .exists()
+    );
 
     let stats = service.stats();
     assert_eq!(stats["store"]["snapshots"], 0);
@@ -334,7 +417,9 @@ config = {{ skip = ["refs/heads/wip/*"] }}
         plugin.display()
     );
     let service = Service::start(&tmp.path().join("hv"), &server, &extra);
-    let change = |branch: &'static str, new: &str| -> (String, String) { (branch.to_string(), new.to_string()) };
+    let change = |branch: &'static str, new: &str| -> (String, String) {
+        (branch.to_string(), new.to_string())
+    };
     let push = |delivery: &str, changes: &[(String, String)]| {
         let changes: Vec<Change<'_>> = changes
             .iter()
@@ -412,7 +497,13 @@ fuel = 50000000
     let outcome = service.outcome("h-1");
     assert_eq!(outcome["status"], "failed", "{outcome}");
     assert_eq!(outcome["attempts"], 2, "retried, then dead-lettered");
-    assert!(outcome["last_error"].as_str().unwrap_or("").contains("fuel"), "{outcome}");
+    assert!(
+        outcome["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("fuel"),
+        "{outcome}"
+    );
     let (status, _) = service.api("stats");
     assert_eq!(status, 200, "service still answers");
     service.stop();

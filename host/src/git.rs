@@ -398,7 +398,7 @@ impl Mirror {
                 continue;
             };
             let tree = tree.into_tree();
-            let decoded = tree.decode().map_err(|e| self.walk_err(e.into()))?;
+            let decoded = tree.decode().map_err(|e| self.walk_err(e))?;
             for entry in decoded.entries {
                 let child = entry.oid.to_owned();
                 if entry.mode.is_commit() || !seen.insert(child) {
@@ -430,7 +430,7 @@ impl Mirror {
                 kind: ObjectKind::Tree,
                 size: tree.data.len() as u64,
             });
-            let decoded = tree.decode().map_err(|e| self.walk_err(e.into()))?;
+            let decoded = tree.decode().map_err(|e| self.walk_err(e))?;
             for entry in decoded.entries {
                 let child = entry.oid.to_owned();
                 // Submodule gitlinks point into another repository.

@@ -423,7 +423,10 @@ credentials = {{ kind = "access-token", token = "{TOKEN}" }}
             .expect("API GET");
         let status = response.status().as_u16();
         let text = response.text().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Wait until a delivery has an outcome; return its record.

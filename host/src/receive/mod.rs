@@ -276,9 +276,10 @@ fn parse(
     }
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// `Some(response)` when the request may not use the API.
+fn api_denied(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = &state.admin_token else {
-        return Err(error(
+        return Some(error(
             StatusCode::NOT_FOUND,
             "the API is disabled: set server.admin_token",
         ));
@@ -288,9 +289,9 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
         .unwrap_or("");
     // blake3::Hash compares in constant time.
     if blake3::hash(given.as_bytes()) == blake3::hash(expected.expose().as_bytes()) {
-        Ok(())
+        None
     } else {
-        Err(error(
+        Some(error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token",
         ))
@@ -302,7 +303,7 @@ async fn list_snapshots(
     Path((owner, slug)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = authorized(&state, &headers) {
+    if let Some(denied) = api_denied(&state, &headers) {
         return denied;
     }
     let repo = match RepoName::parse(&format!("{owner}/{slug}")) {
@@ -320,7 +321,7 @@ async fn get_delivery(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = authorized(&state, &headers) {
+    if let Some(denied) = api_denied(&state, &headers) {
         return denied;
     }
     match state.queue.get(&id) {
@@ -331,7 +332,7 @@ async fn get_delivery(
 }
 
 async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(denied) = authorized(&state, &headers) {
+    if let Some(denied) = api_denied(&state, &headers) {
         return denied;
     }
     match state.store.stats() {

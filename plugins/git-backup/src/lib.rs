@@ -9,6 +9,9 @@
 //! Config (all optional): `{"batch": 5000}` — how many object ids to hand the
 //! host per copy call.
 
+// The generated guest glue takes every field of a record as an argument.
+#![allow(clippy::too_many_arguments)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 wit_bindgen::generate!({
@@ -74,7 +77,13 @@ impl Guest for GitBackup {
 
         let known: Vec<String> = previous
             .as_ref()
-            .map(|p| p.values().cloned().collect::<BTreeSet<_>>().into_iter().collect())
+            .map(|p| {
+                p.values()
+                    .cloned()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect()
+            })
             .unwrap_or_default();
         let known_set: BTreeSet<&String> = known.iter().collect();
         let tips: Vec<String> = refs
@@ -139,10 +148,7 @@ fn ref_updates(
             if old == new {
                 return None;
             }
-            let forced = event
-                .changes
-                .iter()
-                .any(|c| &c.name == name && c.forced);
+            let forced = event.changes.iter().any(|c| &c.name == name && c.forced);
             Some(RefUpdate {
                 name: name.clone(),
                 old_target: old.cloned(),

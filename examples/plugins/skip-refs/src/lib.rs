@@ -13,6 +13,9 @@
 //! A push that only touches matching refs is skipped; a push that touches
 //! others too is backed up without the matching ones.
 
+// The generated guest glue takes every field of a record as an argument.
+#![allow(clippy::too_many_arguments)]
+
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 wit_bindgen::generate!({
@@ -34,7 +37,8 @@ fn patterns() -> Result<GlobSet, String> {
         .map_err(|e| format!("skip-refs: invalid config: {e}"))?;
     let mut builder = GlobSetBuilder::new();
     for pattern in &settings.skip {
-        let glob = Glob::new(pattern).map_err(|e| format!("skip-refs: bad glob {pattern:?}: {e}"))?;
+        let glob =
+            Glob::new(pattern).map_err(|e| format!("skip-refs: bad glob {pattern:?}: {e}"))?;
         builder.add(glob);
     }
     builder.build().map_err(|e| format!("skip-refs: {e}"))
@@ -60,9 +64,15 @@ impl Guest for SkipRefs {
         if skipped.is_empty() {
             Decision::Keep
         } else if kept.is_empty() {
-            Decision::Skip(format!("every changed ref matches a skip pattern: {}", skipped.join(", ")))
+            Decision::Skip(format!(
+                "every changed ref matches a skip pattern: {}",
+                skipped.join(", ")
+            ))
         } else {
-            log::log(Level::Info, &format!("not backing up {}", skipped.join(", ")));
+            log::log(
+                Level::Info,
+                &format!("not backing up {}", skipped.join(", ")),
+            );
             Decision::Refs(kept)
         }
     }
