@@ -508,3 +508,42 @@ fuel = 50000000
     assert_eq!(status, 200, "service still answers");
     service.stop();
 }
+
+/// A wrong git token: the delivery fails with a clear error that names the
+/// repository, never the token, and nothing is snapshotted.
+#[test]
+fn wrong_git_token_fails_clearly_without_leaking_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let upstream = server.create(REPO);
+    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
+    let head = work.commit("a.txt", "a\n", "A");
+    work.git(&["push", "-q", "origin", "main"]);
+    let service = Service::start(&tmp.path().join("hv"), &server, "");
+    let wrong = "wrong-token-e3d1";
+    let config = std::fs::read_to_string(&service.config)
+        .expect("config")
+        .replace(TOKEN, wrong);
+    service.stop();
+    std::fs::write(tmp.path().join("hv/hookvault.toml"), config).expect("config");
+    let service = Service::launch(&tmp.path().join("hv"), tmp.path().join("hv/hookvault.toml"));
+    let body = cloud_push(
+        REPO,
+        &[Change {
+            branch: "main",
+            kind: "branch",
+            old: None,
+            new: Some(&head),
+            forced: false,
+        }],
+    );
+    service.push("t-1", &body);
+    let outcome = service.outcome("t-1");
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    let error = outcome["last_error"].as_str().unwrap_or("");
+    assert!(error.contains(REPO), "error names the repository: {error}");
+    assert!(!error.contains(wrong), "error leaks the token: {error}");
+    assert!(!service.log().contains(wrong), "log leaks the token");
+    assert!(service.snapshots(REPO).is_empty());
+    service.stop();
+}

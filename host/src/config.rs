@@ -158,12 +158,36 @@ pub struct SourceConfig {
     /// Default for Cloud: `https://bitbucket.org/{repo}.git`.
     #[serde(default)]
     pub git_url: Option<String>,
-    /// Credentials for fetching over HTTPS. They stay in the host process.
+    /// Credentials for git over HTTPS and for the REST API. They stay in
+    /// the host process.
     #[serde(default)]
     pub credentials: Option<GitCredentials>,
+    /// REST API base. Default for Cloud: `https://api.bitbucket.org/2.0`;
+    /// Data Center: `https://<server>/rest/api/latest` (required there for
+    /// reconciliation and `hooks`).
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// Cloud workspaces (or Data Center project keys) whose repositories
+    /// the reconciler lists and backs up. Workspace listing is gone from
+    /// Bitbucket's API, so they must be named here.
+    #[serde(default)]
+    pub workspaces: Vec<String>,
+    /// Client addresses or CIDR ranges allowed to deliver webhooks to this
+    /// source (defence in depth; empty allows any).
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
 }
 
 impl SourceConfig {
+    /// The REST API base URL, without a trailing slash.
+    pub fn api_base(&self) -> Option<String> {
+        match (&self.api_url, self.kind) {
+            (Some(url), _) => Some(url.trim_end_matches('/').to_string()),
+            (None, SourceKind::Cloud) => Some("https://api.bitbucket.org/2.0".to_string()),
+            (None, SourceKind::DataCenter) => None,
+        }
+    }
+
     /// The clone URL of a repository of this source.
     pub fn clone_url(&self, repo: &RepoName) -> String {
         let template = self.git_url.as_deref().unwrap_or(match self.kind {
@@ -181,6 +205,10 @@ impl SourceConfig {
 pub struct GitCredentials {
     pub kind: CredentialKind,
     pub token: Secret,
+    /// The Atlassian account email: REST calls with an API token use
+    /// Basic `email:token`.
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -210,6 +238,22 @@ impl GitCredentials {
             CredentialKind::AccessToken => basic("x-token-auth"),
             CredentialKind::ApiToken => basic("x-bitbucket-api-token-auth"),
             CredentialKind::HttpAccessToken => format!("Bearer {}", token.expose()),
+        }))
+    }
+}
+
+impl GitCredentials {
+    /// The `Authorization` header value for the REST API: Basic
+    /// `email:token` for Cloud API tokens, Bearer for access tokens.
+    pub fn rest_authorization(&self, what: &str) -> Result<SecretString, ConfigError> {
+        use base64::Engine as _;
+        let token = self.token.resolve(what)?;
+        Ok(SecretString(match (self.kind, &self.email) {
+            (CredentialKind::ApiToken, Some(email)) => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{email}:{}", token.expose()))
+            ),
+            _ => format!("Bearer {}", token.expose()),
         }))
     }
 }
@@ -329,6 +373,12 @@ impl Secret {
 /// A resolved secret. Its `Debug` never shows the value.
 #[derive(Clone)]
 pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+}
 
 impl SecretString {
     pub fn expose(&self) -> &str {
@@ -478,6 +528,7 @@ mod tests {
         let creds = GitCredentials {
             kind: CredentialKind::AccessToken,
             token: Secret::Literal("tok".into()),
+            email: None,
         };
         // base64("x-token-auth:tok")
         assert_eq!(

@@ -2,6 +2,7 @@
 //! repositories. Data flows one way: receive → queue → plugins → store →
 //! restore. See ARCHITECTURE.md.
 
+pub mod bitbucket_api;
 pub mod config;
 pub mod event;
 pub mod git;

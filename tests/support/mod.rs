@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod bitbucket_double;
+
 use hookvault::receive::signature::sign;
 
 pub const TOKEN: &str = "test-token-5f1c";

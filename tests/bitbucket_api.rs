@@ -1,0 +1,2 @@
+//! The REST client against the REST double. Placeholder.
+mod support;

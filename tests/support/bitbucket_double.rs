@@ -1,0 +1,1 @@
+//! A double of Bitbucket's documented REST endpoints. Placeholder.
