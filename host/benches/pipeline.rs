@@ -47,8 +47,12 @@ fn fast_import(repo: &Path, commits: usize) {
     for c in 0..commits {
         writeln!(input, "commit refs/heads/main").expect("write");
         writeln!(input, "mark :{}", c + 1).expect("write");
-        writeln!(input, "committer Bench <bench@example.com> {} +0000", 1_700_000_000 + c * 60)
-            .expect("write");
+        writeln!(
+            input,
+            "committer Bench <bench@example.com> {} +0000",
+            1_700_000_000 + c * 60
+        )
+        .expect("write");
         let message = format!("Change {c}");
         writeln!(input, "data {}\n{message}", message.len()).expect("write");
         if c > 0 {
@@ -64,7 +68,10 @@ fn fast_import(repo: &Path, commits: usize) {
             let mut content = String::new();
             for line in 0..(20 + next() % 60) {
                 let w = words[(next() % words.len() as u64) as usize];
-                content.push_str(&format!("fn {w}_{line}_{c}() -> u64 {{ {} }}\n", next() % 1000));
+                content.push_str(&format!(
+                    "fn {w}_{line}_{c}() -> u64 {{ {} }}\n",
+                    next() % 1000
+                ));
             }
             writeln!(input, "M 100644 inline src/dir{}/file{f}.rs", f % 40).expect("write");
             writeln!(input, "data {}\n{content}", content.len()).expect("write");
@@ -82,7 +89,11 @@ fn du(path: &Path) -> u64 {
                 Ok(m) => m,
                 Err(_) => continue,
             };
-            total += if meta.is_dir() { du(&entry.path()) } else { meta.len() };
+            total += if meta.is_dir() {
+                du(&entry.path())
+            } else {
+                meta.len()
+            };
         }
     }
     total
@@ -119,20 +130,40 @@ fn main() {
     let upstream = server.create(REPO);
     fast_import(&upstream, commits);
     git(&upstream, &["repack", "-adq"]);
-    let objects = git(&upstream, &["rev-list", "--objects", "--all"]).lines().count();
+    let objects = git(&upstream, &["rev-list", "--objects", "--all"])
+        .lines()
+        .count();
     let head = git(&upstream, &["rev-parse", "main"]).trim().to_string();
-    println!("fixture: {commits} commits, {objects} objects, upstream pack {} KiB", du(&upstream) / 1024);
+    println!(
+        "fixture: {commits} commits, {objects} objects, upstream pack {} KiB",
+        du(&upstream) / 1024
+    );
 
     // Reference: git clone --mirror over the same server.
     let mirror = tmp.path().join("reference.git");
     let start = Instant::now();
-    git_auth(tmp.path(), &["clone", "-q", "--mirror", &server.url(REPO), mirror.to_str().expect("utf8")]);
+    git_auth(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            &server.url(REPO),
+            mirror.to_str().expect("utf8"),
+        ],
+    );
     let clone_time = start.elapsed();
 
     let service = Service::start(&tmp.path().join("hv"), &server, "");
     let body = cloud_push(
         REPO,
-        &[Change { branch: "main", kind: "branch", old: None, new: Some(&head), forced: false }],
+        &[Change {
+            branch: "main",
+            kind: "branch",
+            old: None,
+            new: Some(&head),
+            forced: false,
+        }],
     );
     let start = Instant::now();
     service.push("bench-initial", &body);
@@ -162,14 +193,24 @@ fn main() {
     let (mut hv, mut fetch) = (Vec::new(), Vec::new());
     let mut old = head.clone();
     for i in 0..15 {
-        let new = work.commit(&format!("src/dir{i}/file{i}.rs"), &format!("// edit {i}\n"), &format!("Edit {i}"));
+        let new = work.commit(
+            &format!("src/dir{i}/file{i}.rs"),
+            &format!("// edit {i}\n"),
+            &format!("Edit {i}"),
+        );
         work.git(&["push", "-q", "origin", "HEAD:main"]);
         let start = Instant::now();
         git_auth(&mirror, &["fetch", "-q"]);
         fetch.push(start.elapsed());
         let body = cloud_push(
             REPO,
-            &[Change { branch: "main", kind: "branch", old: Some(&old), new: Some(&new), forced: false }],
+            &[Change {
+                branch: "main",
+                kind: "branch",
+                old: Some(&old),
+                new: Some(&new),
+                forced: false,
+            }],
         );
         let delivery = format!("bench-push-{i}");
         let start = Instant::now();

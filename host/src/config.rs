@@ -251,7 +251,8 @@ impl GitCredentials {
         Ok(SecretString(match (self.kind, &self.email) {
             (CredentialKind::ApiToken, Some(email)) => format!(
                 "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{email}:{}", token.expose()))
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{email}:{}", token.expose()))
             ),
             _ => format!("Bearer {}", token.expose()),
         }))
@@ -538,10 +539,25 @@ mod tests {
         let dc = GitCredentials {
             kind: CredentialKind::HttpAccessToken,
             token: Secret::Literal("tok".into()),
+            email: None,
         };
         assert_eq!(
             dc.authorization("t").expect("header").expose(),
             "Bearer tok"
+        );
+        assert_eq!(
+            dc.rest_authorization("t").expect("header").expose(),
+            "Bearer tok"
+        );
+        let api = GitCredentials {
+            kind: CredentialKind::ApiToken,
+            token: Secret::Literal("tok".into()),
+            email: Some("dana@acme.example".into()),
+        };
+        // base64("dana@acme.example:tok")
+        assert_eq!(
+            api.rest_authorization("t").expect("header").expose(),
+            "Basic ZGFuYUBhY21lLmV4YW1wbGU6dG9r"
         );
     }
 }
