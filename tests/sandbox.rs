@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hookvault::event::{Event, RefChange, RefKind};
+use hookvault::event::{Event, EventKind, RefChange, RefKind};
 use hookvault::ids::RepoName;
 use hookvault::plugins::{Decision, FilterPlugin, Limits, PluginError, PluginSpec};
 
@@ -14,6 +14,7 @@ fn event() -> Event {
         delivery_id: "d-1".into(),
         source: "cloud".into(),
         event_key: "repo:push".into(),
+        kind: EventKind::Push,
         repository: RepoName::parse("acme/app").expect("name"),
         actor: Some("Dana".into()),
         changes: vec![RefChange {
@@ -24,6 +25,9 @@ fn event() -> Event {
             forced: false,
         }],
         received_at_ms: 0,
+        pull_request: None,
+        comment: None,
+        previous_name: None,
     }
 }
 

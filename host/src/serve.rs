@@ -101,10 +101,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Machine-readable readiness line on stdout.
     println!("{}", serde_json::json!({ "listening": addr.to_string() }));
 
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(ServeError::Http)?;
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(ServeError::Http)?;
     info!("shutting down; finishing the delivery in progress");
     let _ = stop_tx.send(true);
     worker

@@ -24,6 +24,8 @@ pub enum PayloadError {
     },
     #[error("change has a ref with no name")]
     NoRefName,
+    #[error("payload has no {0}")]
+    Missing(&'static str),
 }
 
 #[derive(Deserialize)]

@@ -7,14 +7,17 @@
 //! 503 when the store cannot record (Bitbucket Cloud retries 5xx).
 
 pub mod bitbucket;
+pub mod lenient;
+pub mod normalize;
 pub mod signature;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -32,6 +35,15 @@ pub struct Source {
     pub name: String,
     pub kind: SourceKind,
     pub secrets: Vec<SecretString>,
+    /// Allowed client networks; empty allows any.
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+impl Source {
+    fn admits(&self, client: Option<IpAddr>) -> bool {
+        self.allow.is_empty()
+            || client.is_some_and(|ip| self.allow.iter().any(|net| net.contains(&ip)))
+    }
 }
 
 /// What the handlers share.
@@ -58,10 +70,27 @@ impl AppState {
                 .enumerate()
                 .map(|(i, s)| s.resolve(&format!("sources.{}.secrets[{i}]", source.name)))
                 .collect::<Result<Vec<_>, _>>()?;
+            let allow = source
+                .allow_ips
+                .iter()
+                .map(|entry| {
+                    entry
+                        .parse::<ipnet::IpNet>()
+                        .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| crate::config::ConfigError::Invalid {
+                            path: "allow_ips".into(),
+                            message: format!(
+                                "source {:?}: {entry:?} is not an IP address or CIDR range",
+                                source.name
+                            ),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             sources.push(Source {
                 name: source.name.clone(),
                 kind: source.kind,
                 secrets,
+                allow,
             });
         }
         let admin_token = config
@@ -109,21 +138,29 @@ async fn health() -> &'static str {
     "ok\n"
 }
 
+fn client_ip(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
 async fn webhook_any(
     State(state): State<Arc<AppState>>,
+    extensions: Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    receive(state, None, headers, body).await
+    receive(state, None, client_ip(&extensions), headers, body).await
 }
 
 async fn webhook_for_source(
     State(state): State<Arc<AppState>>,
     Path(source): Path<String>,
+    extensions: Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    receive(state, Some(source), headers, body).await
+    receive(state, Some(source), client_ip(&extensions), headers, body).await
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -150,6 +187,7 @@ fn delivery_id(headers: &HeaderMap, body: &[u8]) -> Result<String, &'static str>
 async fn receive(
     state: Arc<AppState>,
     source_name: Option<String>,
+    client: Option<IpAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -179,6 +217,17 @@ async fn receive(
         };
         if candidates.is_empty() {
             return error(StatusCode::NOT_FOUND, "no such source");
+        }
+        let candidates: Vec<&Source> = candidates
+            .into_iter()
+            .filter(|s| s.admits(client))
+            .collect();
+        if candidates.is_empty() {
+            warn!(client = ?client, "rejected delivery: address not allowed");
+            return error(
+                StatusCode::FORBIDDEN,
+                "client address not allowed for this source",
+            );
         }
         let Some(source) = candidates.into_iter().find(|s| {
             s.secrets
@@ -251,28 +300,16 @@ fn parse(
     body: &[u8],
     received_at_ms: u64,
 ) -> Result<(Status, Option<Event>), String> {
-    match (source.kind, event_key) {
-        (SourceKind::Cloud, "repo:push") => {
-            let push = bitbucket::parse_cloud_push(body).map_err(|e| e.to_string())?;
-            Ok((
-                Status::Queued,
-                Some(Event {
-                    delivery_id: id.to_string(),
-                    source: source.name.clone(),
-                    event_key: event_key.to_string(),
-                    repository: push.repository,
-                    actor: push.actor,
-                    changes: push.changes,
-                    received_at_ms,
-                }),
-            ))
-        }
-        _ => {
-            // Not acted on yet, but still only well-formed JSON is accepted.
-            serde_json::from_slice::<serde_json::Value>(body)
-                .map_err(|e| format!("body is not valid JSON for {event_key}: {e}"))?;
-            Ok((Status::Ignored, None))
-        }
+    let envelope = normalize::Envelope {
+        source: &source.name,
+        source_kind: source.kind,
+        event_key,
+        delivery_id: id,
+        received_at_ms,
+    };
+    match normalize::parse(&envelope, body).map_err(|e| e.to_string())? {
+        normalize::Parsed::Event(event) => Ok((Status::Queued, Some(*event))),
+        normalize::Parsed::Ignored => Ok((Status::Ignored, None)),
     }
 }
 

@@ -568,7 +568,16 @@ mod tests {
             let s = store.stats().expect("stats");
             assert_eq!((s.objects, s.contents), (3, 2));
         }
-        let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+        // sled's flusher thread may hold the lock a moment after the drop.
+        let start = std::time::Instant::now();
+        let store = loop {
+            match Store::open(dir.path(), 1 << 20) {
+                Err(StoreError::Locked { .. }) if start.elapsed().as_secs() < 10 => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.expect("reopen"),
+            }
+        };
         assert_eq!(store.read_object(&oid(3)).expect("read").1, b"one");
         assert_eq!(
             store.missing(&[oid(1), oid(9)]).expect("missing"),
