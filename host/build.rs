@@ -54,7 +54,7 @@ fn run() -> Result<(), String> {
         &target_dir,
     )?;
     let artifacts = target_dir.join(TARGET).join("release");
-    for name in ["git_backup", "hostile", "skip_refs"] {
+    for name in ["git_backup", "pr_metadata", "hostile", "skip_refs"] {
         let file = artifacts.join(format!("{name}.wasm"));
         if !file.is_file() {
             return Err(format!("plugin build produced no {}", file.display()));

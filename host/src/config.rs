@@ -43,6 +43,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub worker: WorkerConfig,
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
@@ -135,6 +137,34 @@ impl Default for WorkerConfig {
         Self {
             max_attempts: default_attempts(),
             retry_base_ms: default_retry_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Compare every listed repository with its latest snapshot at start-up
+    /// and then every `interval_secs`.
+    #[serde(default = "default_reconcile_enabled")]
+    pub enabled: bool,
+    #[serde(default = "default_reconcile_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_reconcile_enabled() -> bool {
+    true
+}
+
+fn default_reconcile_interval() -> u64 {
+    900
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            enabled: default_reconcile_enabled(),
+            interval_secs: default_reconcile_interval(),
         }
     }
 }

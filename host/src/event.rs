@@ -92,6 +92,9 @@ pub struct Event {
     pub pull_request: Option<PullRequest>,
     #[serde(default)]
     pub comment: Option<Comment>,
+    /// Every comment of the pull request (backfill by the reconciler).
+    #[serde(default)]
+    pub comments: Vec<Comment>,
     /// The repository's earlier name, when a rename or transfer moved it.
     #[serde(default)]
     pub previous_name: Option<RepoName>,

@@ -73,13 +73,16 @@ pub fn to_kind(kind: gix::object::Kind) -> ObjectKind {
     }
 }
 
-pub fn from_kind(kind: ObjectKind) -> gix::object::Kind {
-    match kind {
+/// The git kind of a stored object; `None` for documents, which are not
+/// git objects.
+pub fn from_kind(kind: ObjectKind) -> Option<gix::object::Kind> {
+    Some(match kind {
         ObjectKind::Commit => gix::object::Kind::Commit,
         ObjectKind::Tree => gix::object::Kind::Tree,
         ObjectKind::Blob => gix::object::Kind::Blob,
         ObjectKind::Tag => gix::object::Kind::Tag,
-    }
+        ObjectKind::Document => return None,
+    })
 }
 
 pub fn to_gix(oid: &GitOid) -> ObjectId {
@@ -172,12 +175,31 @@ impl Mirror {
         }
     }
 
-    /// Fetch every branch and tag (forced, pruned: the mirror equals the
-    /// remote afterwards) and return the remote's refs.
-    pub fn fetch(&mut self) -> Result<Vec<RemoteRef>, GitError> {
+    /// Transport options carrying the `Authorization` header, if any.
+    fn transport_options(&self) -> Result<Option<Box<dyn std::any::Any>>, GitError> {
         type HttpOptions = gix::protocol::transport::client::blocking_io::http::Options;
-        let remote = self
+        let Some(authorization) = &self.authorization else {
+            return Ok(None);
+        };
+        let not_http = || GitError::NotHttp {
+            repo: self.repo_name.clone(),
+            url: self.url.clone(),
+        };
+        let mut options = self
             .repo
+            .transport_options(self.url.as_str(), None)
+            .map_err(|e| self.fetch_err(e))?
+            .ok_or_else(not_http)?;
+        options
+            .downcast_mut::<HttpOptions>()
+            .ok_or_else(not_http)?
+            .extra_headers
+            .push(format!("Authorization: {}", authorization.expose()));
+        Ok(Some(options))
+    }
+
+    fn remote(&self) -> Result<gix::Remote<'_>, GitError> {
+        self.repo
             .remote_at(self.url.as_str())
             .map_err(|e| self.fetch_err(e))?
             .with_fetch_tags(gix::remote::fetch::Tags::None)
@@ -185,27 +207,57 @@ impl Mirror {
                 ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
                 Direction::Fetch,
             )
-            .map_err(|e| self.fetch_err(e))?;
+            .map_err(|e| self.fetch_err(e))
+    }
+
+    /// Branches and tags of a ref map, sorted by name.
+    fn branches_and_tags(refs: &[Ref]) -> Vec<RemoteRef> {
+        let mut out: Vec<RemoteRef> = refs
+            .iter()
+            .filter(|r| !matches!(r, Ref::Unborn { .. }))
+            .filter_map(|r| {
+                let (name, target, _peeled) = r.unpack();
+                let name = name.to_string();
+                let wanted = name.starts_with("refs/heads/") || name.starts_with("refs/tags/");
+                Some(RemoteRef {
+                    name,
+                    target: from_gix(target?),
+                })
+                .filter(|_| wanted)
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The remote's branches and tags, without fetching any objects
+    /// (`git ls-remote`).
+    pub fn ls_remote(&self) -> Result<Vec<RemoteRef>, GitError> {
+        let remote = self.remote()?;
         let mut connection = remote
             .connect(Direction::Fetch)
             .map_err(|e| self.fetch_err(e))?;
-        if let Some(authorization) = &self.authorization {
-            let mut options = self
-                .repo
-                .transport_options(self.url.as_str(), None)
-                .map_err(|e| self.fetch_err(e))?
-                .ok_or_else(|| GitError::NotHttp {
-                    repo: self.repo_name.clone(),
-                    url: self.url.clone(),
-                })?;
-            let http = options
-                .downcast_mut::<HttpOptions>()
-                .ok_or_else(|| GitError::NotHttp {
-                    repo: self.repo_name.clone(),
-                    url: self.url.clone(),
-                })?;
-            http.extra_headers
-                .push(format!("Authorization: {}", authorization.expose()));
+        if let Some(options) = self.transport_options()? {
+            connection.set_transport_options(options);
+        }
+        let connection = connection.with_credentials(|_| Ok(None));
+        let prepare = connection
+            .prepare_fetch(
+                gix::progress::Discard,
+                gix::remote::ref_map::Options::default(),
+            )
+            .map_err(|e| self.fetch_err(e))?;
+        Ok(Self::branches_and_tags(&prepare.ref_map().remote_refs))
+    }
+
+    /// Fetch every branch and tag (forced, pruned: the mirror equals the
+    /// remote afterwards) and return the remote's refs.
+    pub fn fetch(&mut self) -> Result<Vec<RemoteRef>, GitError> {
+        let remote = self.remote()?;
+        let mut connection = remote
+            .connect(Direction::Fetch)
+            .map_err(|e| self.fetch_err(e))?;
+        if let Some(options) = self.transport_options()? {
             connection.set_transport_options(options);
         }
         // Never consult credential helpers or prompt: a 401 is an error.
@@ -219,23 +271,8 @@ impl Mirror {
             .map_err(|e| self.fetch_err(e))?
             .receive(gix::progress::Discard, &interrupt)
             .map_err(|e| self.fetch_err(e))?;
-
-        let mut remote_refs = Vec::new();
-        for r in &outcome.ref_map.remote_refs {
-            let (name, target, _peeled) = r.unpack();
-            let name = name.to_string();
-            if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
-                continue;
-            }
-            if let (Some(target), false) = (target, matches!(r, Ref::Unborn { .. })) {
-                remote_refs.push(RemoteRef {
-                    name,
-                    target: from_gix(target),
-                });
-            }
-        }
+        let remote_refs = Self::branches_and_tags(&outcome.ref_map.remote_refs);
         self.prune(&remote_refs)?;
-        remote_refs.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(remote_refs)
     }
 

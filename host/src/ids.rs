@@ -160,6 +160,8 @@ pub enum ObjectKind {
     Tree,
     Blob,
     Tag,
+    /// Not a git object: a versioned JSON document (pull requests, ...).
+    Document,
 }
 
 impl ObjectKind {
@@ -170,6 +172,7 @@ impl ObjectKind {
             Self::Tree => 2,
             Self::Blob => 3,
             Self::Tag => 4,
+            Self::Document => 5,
         }
     }
 
@@ -179,6 +182,7 @@ impl ObjectKind {
             2 => Self::Tree,
             3 => Self::Blob,
             4 => Self::Tag,
+            5 => Self::Document,
             _ => return None,
         })
     }
@@ -189,6 +193,7 @@ impl ObjectKind {
             Self::Tree => "tree",
             Self::Blob => "blob",
             Self::Tag => "tag",
+            Self::Document => "document",
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod plugins;
 pub mod queue;
 pub mod receive;
+pub mod reconcile;
 pub mod restore;
 pub mod serve;
 pub mod store;

@@ -51,7 +51,7 @@ fn children(oid: GitOid, kind: ObjectKind, data: &[u8]) -> Result<Vec<GitOid>, R
         message,
     };
     Ok(match kind {
-        ObjectKind::Blob => Vec::new(),
+        ObjectKind::Blob | ObjectKind::Document => Vec::new(),
         ObjectKind::Commit => {
             let commit = gix::objs::CommitRef::from_bytes(data, gix::hash::Kind::Sha1)
                 .map_err(|e| decode(e.to_string()))?;
@@ -113,9 +113,14 @@ pub fn restore(
     let (mut objects, mut bytes) = (0u64, 0u64);
     while let Some(oid) = stack.pop() {
         let (kind, data) = store.read_object(&oid)?;
+        let git_kind = from_kind(kind).ok_or_else(|| RestoreError::Decode {
+            oid,
+            kind: kind.as_str(),
+            message: "a document is indexed as a git object".into(),
+        })?;
         let written = repo
             .objects
-            .write_buf(from_kind(kind), &data)
+            .write_buf(git_kind, &data)
             .map_err(|e| write_err(format!("writing object {oid}: {e}")))?;
         let written = from_gix(&written);
         if written != oid {

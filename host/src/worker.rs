@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::WorkerConfig;
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 use crate::plugins::{BackupDeps, Decision, PluginHost};
 use crate::queue::{Queue, QueueError, Status};
 
@@ -155,6 +155,16 @@ fn run_pipeline(
     }
     let mut narrowed = event.clone();
     narrowed.changes.retain(|c| !excluded.contains(&c.name));
+    match event.kind {
+        EventKind::Push | EventKind::Repository | EventKind::Reconcile => {}
+        EventKind::RepositoryDeleted => {
+            info!("repository deleted upstream; its snapshots are kept");
+            return Ok(Outcome::Done(None));
+        }
+        EventKind::PullRequest | EventKind::Comment => {
+            return run_metadata(plugins, deps, &narrowed);
+        }
+    }
     let mut last_snapshot = None;
     for backup in &plugins.backups {
         let outcome = backup
@@ -173,4 +183,26 @@ fn run_pipeline(
         }
     }
     Ok(Outcome::Done(last_snapshot))
+}
+
+/// Pull-request and comment events go to the metadata plugins.
+fn run_metadata(
+    plugins: &PluginHost,
+    deps: Arc<BackupDeps>,
+    event: &Event,
+) -> Result<Outcome, String> {
+    let mut versions = Vec::new();
+    for plugin in &plugins.metadata {
+        let written = plugin.run(deps.clone(), event).map_err(|e| e.to_string())?;
+        info!(
+            plugin = plugin.name(),
+            documents = written.len(),
+            "metadata stored"
+        );
+        versions.extend(written);
+    }
+    if plugins.metadata.is_empty() {
+        info!("no metadata plugin configured; event recorded only");
+    }
+    Ok(Outcome::Done(versions.pop()))
 }

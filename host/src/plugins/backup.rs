@@ -121,7 +121,7 @@ impl git_source::Host for PluginState<BackupCtx> {
                     ObjectKind::Commit => git_source::ObjectKind::Commit,
                     ObjectKind::Tree => git_source::ObjectKind::Tree,
                     ObjectKind::Blob => git_source::ObjectKind::Blob,
-                    ObjectKind::Tag => git_source::ObjectKind::Tag,
+                    ObjectKind::Tag | ObjectKind::Document => git_source::ObjectKind::Tag,
                 },
                 size,
             })

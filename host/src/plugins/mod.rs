@@ -5,6 +5,7 @@
 
 mod backup;
 mod filter;
+mod metadata;
 mod sandbox;
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use wasmtime::Engine;
 use crate::config::{Config, PluginConfig, PluginKind};
 pub use backup::{BackupDeps, BackupOutcome, BackupPlugin, SourceGit};
 pub use filter::{Decision, FilterPlugin};
+pub use metadata::MetadataPlugin;
 pub use sandbox::{Limits, OUTPUT_CAP};
 
 /// A plugin engine with hookvault's settings (fuel, epoch deadlines, pooling).
@@ -28,6 +30,12 @@ pub const GIT_BACKUP_WASM: &[u8] = include_bytes!(concat!(
     "/git_backup.wasm"
 ));
 
+/// The pull-request backup plugin, built from `plugins/pr-metadata`.
+pub const PR_METADATA_WASM: &[u8] = include_bytes!(concat!(
+    env!("HOOKVAULT_PLUGIN_ARTIFACTS"),
+    "/pr_metadata.wasm"
+));
+
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     #[error("plugin engine: {0}")]
@@ -38,7 +46,7 @@ pub enum PluginError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("plugin {plugin}: unknown builtin {builtin:?} (known: git-backup)")]
+    #[error("plugin {plugin}: unknown builtin {builtin:?} (known: git-backup, pr-metadata)")]
     UnknownBuiltin { plugin: String, builtin: String },
     #[error("plugin {plugin}: not a valid component for world {world}: {message}")]
     Load {
@@ -60,7 +68,10 @@ pub enum PluginError {
 pub struct PluginHost {
     engine: Engine,
     pub filters: Vec<FilterPlugin>,
+    /// World `backup` (0.1.0): git.
     pub backups: Vec<BackupPlugin>,
+    /// World `metadata-backup` (0.2.0): pull requests and comments.
+    pub metadata: Vec<MetadataPlugin>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -68,6 +79,7 @@ impl std::fmt::Debug for PluginHost {
         f.debug_struct("PluginHost")
             .field("filters", &self.filters.len())
             .field("backups", &self.backups.len())
+            .field("metadata", &self.metadata.len())
             .finish_non_exhaustive()
     }
 }
@@ -85,6 +97,7 @@ impl PluginSpec {
         let bytes = match (&plugin.builtin, &plugin.path) {
             (Some(builtin), _) => match builtin.as_str() {
                 "git-backup" => GIT_BACKUP_WASM.to_vec(),
+                "pr-metadata" => PR_METADATA_WASM.to_vec(),
                 other => {
                     return Err(PluginError::UnknownBuiltin {
                         plugin: plugin.name.clone(),
@@ -133,11 +146,31 @@ impl PluginHost {
         let engine = new_engine()?;
         let mut filters = Vec::new();
         let mut backups = Vec::new();
+        let mut metadata = Vec::new();
         for plugin in &config.plugins {
             let spec = PluginSpec::from_config(plugin)?;
             match plugin.kind {
                 PluginKind::Filter => filters.push(FilterPlugin::load(&engine, spec)?),
-                PluginKind::Backup => backups.push(BackupPlugin::load(&engine, spec)?),
+                PluginKind::Backup => {
+                    // The world is told by what the component imports.
+                    let component =
+                        wasmtime::component::Component::from_binary(&engine, &spec.bytes).map_err(
+                            |e| PluginError::Load {
+                                plugin: spec.name.to_string(),
+                                world: "backup",
+                                message: format!("{e:#}"),
+                            },
+                        )?;
+                    let wants_documents = component
+                        .component_type()
+                        .imports(&engine)
+                        .any(|(name, _)| name.starts_with("hookvault:plugin/documents@"));
+                    if wants_documents {
+                        metadata.push(MetadataPlugin::load(&engine, &spec, &component)?);
+                    } else {
+                        backups.push(BackupPlugin::load(&engine, spec)?);
+                    }
+                }
             }
         }
         if backups.is_empty() {
@@ -147,6 +180,7 @@ impl PluginHost {
             engine,
             filters,
             backups,
+            metadata,
         })
     }
 

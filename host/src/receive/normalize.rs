@@ -58,6 +58,7 @@ impl Envelope<'_> {
             received_at_ms: self.received_at_ms,
             pull_request: None,
             comment: None,
+            comments: Vec::new(),
             previous_name: None,
         }
     }

@@ -14,6 +14,7 @@
 //! between 2 and 3 leaves indexed objects that a later backup deduplicates
 //! against.
 
+pub mod documents;
 pub mod pack;
 pub mod snapshot;
 
@@ -65,6 +66,8 @@ pub enum StoreError {
     NoSnapshots { repo: RepoName },
     #[error("a store lock was poisoned by a panic")]
     Poisoned,
+    #[error("document refused: {message}")]
+    BadDocument { message: String },
 }
 
 /// Counters over the whole store.
@@ -76,6 +79,7 @@ pub struct StoreStats {
     pub pack_bytes: u64,
     pub snapshots: u64,
     pub repositories: u64,
+    pub document_versions: u64,
 }
 
 struct Inner {
@@ -90,6 +94,8 @@ struct Inner {
     snapshots: sled::Tree,
     /// store-wide counters: `next-pack`
     meta: sled::Tree,
+    /// repo ‖ 0 ‖ collection ‖ 0 ‖ key ‖ 0 ‖ time (u64 BE) ‖ seq (u64 BE) → version JSON
+    documents: sled::Tree,
     writer: Mutex<Option<PackWriter>>,
     readers: Mutex<HashMap<u32, Arc<File>>>,
     pack_target_bytes: u64,
@@ -187,6 +193,7 @@ impl Store {
                 contents: tree("contents")?,
                 snapshots: tree("snapshots")?,
                 meta: tree("meta")?,
+                documents: tree("documents")?,
                 db,
                 writer: Mutex::new(None),
                 readers: Mutex::new(HashMap::new()),
@@ -516,6 +523,7 @@ impl Store {
             pack_bytes,
             snapshots,
             repositories: repos.len() as u64,
+            document_versions: self.inner.documents.len() as u64,
         })
     }
 }

@@ -1,0 +1,198 @@
+//! The `metadata-backup` world (WIT 0.2.0): pull requests and comments,
+//! stored as versioned documents. It reuses the 0.1.0 `types`, `log` and
+//! `config` interfaces unchanged and adds `metadata` and `documents`.
+
+use std::sync::Arc;
+
+use tracing::debug;
+use wasmtime::Engine;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use super::backup::BackupDeps;
+use super::filter::to_wit_event;
+use super::sandbox::{self, Limits, PluginState};
+use super::{PluginError, PluginSpec};
+use crate::event::{Comment, Event, EventKind, PullRequest, now_ms};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/plugin@0.2.0",
+        world: "metadata-backup",
+        with: {
+            "hookvault:plugin/types@0.1.0": crate::plugins::filter::bindings::hookvault::plugin::types,
+            "hookvault:plugin/log@0.1.0": crate::plugins::filter::bindings::hookvault::plugin::log,
+            "hookvault:plugin/config@0.1.0": crate::plugins::filter::bindings::hookvault::plugin::config,
+        },
+    });
+}
+
+use bindings::hookvault::plugin0_2_0::{documents, metadata};
+
+/// Per-call state of a metadata plugin.
+pub struct MetadataCtx {
+    deps: Arc<BackupDeps>,
+    event: Event,
+}
+
+impl metadata::Host for PluginState<MetadataCtx> {
+    fn current_kind(&mut self) -> metadata::EventKind {
+        match self.extra.event.kind {
+            EventKind::Push => metadata::EventKind::Push,
+            EventKind::PullRequest => metadata::EventKind::PullRequest,
+            EventKind::Comment => metadata::EventKind::Comment,
+            EventKind::Repository => metadata::EventKind::Repository,
+            EventKind::RepositoryDeleted => metadata::EventKind::RepositoryDeleted,
+            EventKind::Reconcile => metadata::EventKind::Reconcile,
+        }
+    }
+
+    fn current_pull_request(&mut self) -> Option<metadata::PullRequest> {
+        self.extra
+            .event
+            .pull_request
+            .clone()
+            .map(|p: PullRequest| metadata::PullRequest {
+                id: p.id,
+                title: p.title,
+                description: p.description,
+                state: p.state,
+                author: p.author,
+                source_branch: p.source_branch,
+                source_commit: p.source_commit,
+                destination_branch: p.destination_branch,
+                destination_commit: p.destination_commit,
+                reviewers: p.reviewers,
+                created: p.created,
+                updated: p.updated,
+            })
+    }
+
+    fn current_comments(&mut self) -> Vec<metadata::Comment> {
+        let event = &self.extra.event;
+        event
+            .comment
+            .iter()
+            .chain(event.comments.iter())
+            .cloned()
+            .map(|c: Comment| metadata::Comment {
+                id: c.id,
+                text: c.text,
+                author: c.author,
+                created: c.created,
+                updated: c.updated,
+                parent: c.parent,
+                path: c.path,
+                line: c.line,
+                deleted: c.deleted,
+            })
+            .collect()
+    }
+}
+
+impl documents::Host for PluginState<MetadataCtx> {
+    fn put(&mut self, collection: String, key: String, json: String) -> Result<String, String> {
+        let ctx = &self.extra;
+        ctx.deps
+            .store
+            .put_document(
+                &ctx.event.repository,
+                &collection,
+                &key,
+                json.as_bytes(),
+                &ctx.event.delivery_id,
+                now_ms(),
+            )
+            .map(|id| id.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    fn get(&mut self, collection: String, key: String) -> Result<Option<String>, String> {
+        let ctx = &self.extra;
+        let store = &ctx.deps.store;
+        let Some(version) = store
+            .document_at(&ctx.event.repository, &collection, &key, None)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let bytes = store.read_document(&version).map_err(|e| e.to_string())?;
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| format!("document {collection}/{key} is not UTF-8"))
+    }
+}
+
+/// A loaded metadata plugin.
+pub struct MetadataPlugin {
+    name: Arc<str>,
+    config_json: Arc<str>,
+    limits: Limits,
+    engine: Engine,
+    pre: bindings::MetadataBackupPre<PluginState<MetadataCtx>>,
+}
+
+impl MetadataPlugin {
+    pub fn load(
+        engine: &Engine,
+        spec: &PluginSpec,
+        component: &Component,
+    ) -> Result<Self, PluginError> {
+        let load_err = |message: String| PluginError::Load {
+            plugin: spec.name.to_string(),
+            world: "metadata-backup",
+            message,
+        };
+        let mut linker: Linker<PluginState<MetadataCtx>> = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| load_err(format!("{e:#}")))?;
+        bindings::MetadataBackup::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| load_err(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| load_err(format!("{e:#}")))?;
+        let pre = bindings::MetadataBackupPre::new(pre).map_err(|e| load_err(format!("{e:#}")))?;
+        Ok(Self {
+            name: spec.name.clone(),
+            config_json: spec.config_json.clone(),
+            limits: spec.limits,
+            engine: engine.clone(),
+            pre,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Store the event's metadata. Blocking. Returns the versions written.
+    pub fn run(&self, deps: Arc<BackupDeps>, event: &Event) -> Result<Vec<String>, PluginError> {
+        let ctx = MetadataCtx {
+            deps,
+            event: event.clone(),
+        };
+        let mut store = sandbox::new_store(
+            &self.engine,
+            self.name.clone(),
+            self.config_json.clone(),
+            event.delivery_id.clone(),
+            self.limits,
+            ctx,
+        )?;
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_backup(&mut store, &to_wit_event(event, &[])));
+        let (stdout, stderr) = store.data().output();
+        if !stdout.is_empty() || !stderr.is_empty() {
+            debug!(plugin = %self.name, stdout = %stdout, stderr = %stderr, "plugin output");
+        }
+        match result {
+            Err(e) => Err(sandbox::classify(&self.name, e)),
+            Ok(Err(message)) => Err(PluginError::Reported {
+                plugin: self.name.to_string(),
+                message,
+            }),
+            Ok(Ok(versions)) => Ok(versions),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The reconciler: webhooks get lost (size limits, retries that give up,
+//! Bitbucket incidents), so at start-up and on an interval hookvault lists
+//! the repositories of every configured workspace or project, compares each
+//! repository's remote refs (`ls-remote` through gix) with its latest
+//! snapshot, and queues a backup for every difference — through the same
+//! queue, filters and plugins as a webhook.
+//!
+//! A difference is queued under a delivery id derived from the remote
+//! state, so a difference that persists (a filter skipping a ref, a backup
+//! failing) is not queued again by every pass.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::bitbucket_api::Api;
+use crate::config::SourceConfig;
+use crate::event::{Event, EventKind, RefChange, RefKind, now_ms};
+use crate::git::{Mirror, RemoteRef};
+use crate::ids::RepoName;
+use crate::plugins::BackupDeps;
+use crate::queue::{Delivery, Queue, Recorded, Status};
+
+/// What one pass found.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReconcileReport {
+    pub repositories: usize,
+    pub queued: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Reconciler {
+    pub sources: Vec<SourceConfig>,
+    pub deps: Arc<BackupDeps>,
+    pub queue: Queue,
+}
+
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler").finish_non_exhaustive()
+    }
+}
+
+fn kind_of(name: &str) -> RefKind {
+    if name.starts_with("refs/heads/") {
+        RefKind::Branch
+    } else if name.starts_with("refs/tags/") {
+        RefKind::Tag
+    } else {
+        RefKind::Other
+    }
+}
+
+/// The ref changes that take `snapshot` to `remote`.
+pub fn diff(snapshot: &BTreeMap<String, String>, remote: &[RemoteRef]) -> Vec<RefChange> {
+    let remote: BTreeMap<&str, String> = remote
+        .iter()
+        .map(|r| (r.name.as_str(), r.target.to_hex()))
+        .collect();
+    let mut changes = Vec::new();
+    for (name, target) in &remote {
+        let old = snapshot.get(*name);
+        if old != Some(target) {
+            changes.push(RefChange {
+                name: (*name).to_string(),
+                kind: kind_of(name),
+                old_target: old.cloned(),
+                new_target: Some(target.clone()),
+                forced: false,
+            });
+        }
+    }
+    for (name, old) in snapshot {
+        if !remote.contains_key(name.as_str()) {
+            changes.push(RefChange {
+                name: name.clone(),
+                kind: kind_of(name),
+                old_target: Some(old.clone()),
+                new_target: None,
+                forced: false,
+            });
+        }
+    }
+    changes
+}
+
+impl Reconciler {
+    /// Run a pass now, then one every `interval`, until `shutdown`.
+    pub async fn run(self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let report = self.pass().await;
+            info!(
+                repositories = report.repositories,
+                queued = report.queued.len(),
+                errors = report.errors.len(),
+                "reconcile pass done"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// One pass over every source with workspaces configured.
+    pub async fn pass(&self) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        for source in self.sources.iter().filter(|s| !s.workspaces.is_empty()) {
+            let api = match Api::from_source(source) {
+                Ok(api) => api,
+                Err(e) => {
+                    report.errors.push(format!("source {}: {e}", source.name));
+                    continue;
+                }
+            };
+            for workspace in &source.workspaces {
+                let repos = match api.list_repositories(workspace).await {
+                    Ok(repos) => repos,
+                    Err(e) => {
+                        warn!(source = %source.name, %workspace, error = %e, "cannot list repositories");
+                        report
+                            .errors
+                            .push(format!("listing {workspace} on {}: {e}", source.name));
+                        continue;
+                    }
+                };
+                for repo in repos {
+                    report.repositories += 1;
+                    let span = info_span!("reconcile", source = %source.name, repo = %repo.name);
+                    match self.check(source, &repo.name).instrument(span).await {
+                        Ok(Some(id)) => report.queued.push(id),
+                        Ok(None) => {}
+                        Err(e) => report.errors.push(format!("{}: {e}", repo.name)),
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Compare one repository with its latest snapshot; queue a backup when
+    /// they differ. Returns the delivery id queued.
+    async fn check(
+        &self,
+        source: &SourceConfig,
+        repo: &RepoName,
+    ) -> Result<Option<String>, String> {
+        let deps = self.deps.clone();
+        let source_name = source.name.clone();
+        let repo_owned = repo.clone();
+        let remote = tokio::task::spawn_blocking(move || {
+            let git = deps
+                .sources
+                .get(&source_name)
+                .ok_or_else(|| format!("source {source_name} is not configured"))?;
+            let url = git.config.clone_url(&repo_owned);
+            let mirror = Mirror::open(
+                &deps.mirrors_dir,
+                &source_name,
+                &repo_owned,
+                url,
+                git.authorization.clone(),
+            )
+            .map_err(|e| e.to_string())?;
+            mirror.ls_remote().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("ls-remote task failed: {e}"))??;
+
+        let latest = self
+            .deps
+            .store
+            .latest_snapshot(repo)
+            .map_err(|e| e.to_string())?;
+        let snapshot_refs = latest.map(|s| s.body.refs).unwrap_or_default();
+        let changes = diff(&snapshot_refs, &remote);
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let mut hasher = blake3::Hasher::new();
+        for r in &remote {
+            hasher.update(r.name.as_bytes());
+            hasher.update(&r.target.0);
+        }
+        let id = format!(
+            "reconcile:{}:{repo}:{}",
+            source.name,
+            &hasher.finalize().to_hex()[..16]
+        );
+        let received_at_ms = now_ms();
+        let delivery = Delivery {
+            id: id.clone(),
+            source: source.name.clone(),
+            event_key: "hookvault:reconcile".into(),
+            received_at_ms,
+            status: Status::Queued,
+            attempts: 0,
+            last_error: None,
+            event: Some(Event {
+                delivery_id: id.clone(),
+                source: source.name.clone(),
+                event_key: "hookvault:reconcile".into(),
+                kind: EventKind::Reconcile,
+                repository: repo.clone(),
+                actor: None,
+                changes,
+                received_at_ms,
+                pull_request: None,
+                comment: None,
+                comments: Vec::new(),
+                previous_name: None,
+            }),
+            snapshot: None,
+        };
+        match self
+            .queue
+            .record(delivery)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Recorded::New => {
+                info!(delivery_id = %id, "remote differs from the latest snapshot; backup queued");
+                Ok(Some(id))
+            }
+            Recorded::Duplicate => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::GitOid;
+
+    #[test]
+    fn diff_finds_new_moved_and_deleted_refs() {
+        let a = GitOid([1; 20]);
+        let b = GitOid([2; 20]);
+        let snapshot: BTreeMap<String, String> = [
+            ("refs/heads/main".to_string(), a.to_hex()),
+            ("refs/heads/gone".to_string(), a.to_hex()),
+            ("refs/tags/v1".to_string(), a.to_hex()),
+        ]
+        .into_iter()
+        .collect();
+        let remote = vec![
+            RemoteRef {
+                name: "refs/heads/main".into(),
+                target: b,
+            },
+            RemoteRef {
+                name: "refs/heads/new".into(),
+                target: a,
+            },
+            RemoteRef {
+                name: "refs/tags/v1".into(),
+                target: a,
+            },
+        ];
+        let changes = diff(&snapshot, &remote);
+        let names: Vec<&str> = changes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["refs/heads/main", "refs/heads/new", "refs/heads/gone"]
+        );
+        assert_eq!(changes[2].new_target, None);
+        assert!(
+            diff(
+                &snapshot,
+                &[
+                    RemoteRef {
+                        name: "refs/heads/main".into(),
+                        target: a
+                    },
+                    RemoteRef {
+                        name: "refs/heads/gone".into(),
+                        target: a
+                    },
+                    RemoteRef {
+                        name: "refs/tags/v1".into(),
+                        target: a
+                    },
+                ]
+            )
+            .is_empty()
+        );
+    }
+}
