@@ -5,7 +5,10 @@
 pub mod bitbucket_api;
 pub mod config;
 pub mod event;
+pub mod export;
 pub mod git;
+pub mod hook_secrets;
+pub mod hooks;
 pub mod ids;
 pub mod plugins;
 pub mod queue;

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use hookvault::config::Config;
+use hookvault::bitbucket_api::{Api, HookTarget};
+use hookvault::config::{Config, SecretString};
 use hookvault::ids::RepoName;
 use hookvault::store::{Snapshot, StoreError};
 use hookvault::{restore, serve};
@@ -68,6 +69,205 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a repository's pull requests and comments out as JSON and Markdown.
+    ExportMetadata {
+        #[arg(long)]
+        repo: String,
+        /// As they were at this moment (RFC 3339); default: now.
+        #[arg(long)]
+        at: Option<String>,
+        /// A new (or empty) directory.
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage hookvault's webhook on Bitbucket (REST API, idempotent).
+    Hooks {
+        #[command(subcommand)]
+        action: HooksAction,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false, id = "where")]
+struct HookWhere {
+    /// A repository: `workspace/slug` (Cloud) or `PROJECT/slug` (Data Center).
+    #[arg(long, group = "where")]
+    repo: Option<String>,
+    /// A whole Cloud workspace or Data Center project (by key).
+    #[arg(long, group = "where")]
+    workspace: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum HooksAction {
+    /// Create hookvault's webhook unless one with the same URL exists.
+    Register {
+        /// The configured source to talk to.
+        #[arg(long)]
+        source: String,
+        #[command(flatten)]
+        target: HookWhere,
+        /// Where Bitbucket should deliver (this service's public URL).
+        #[arg(long)]
+        url: String,
+        /// Webhook secret; generated when absent. Read from this
+        /// environment variable, never from the command line.
+        #[arg(long)]
+        secret_env: Option<String>,
+        #[arg(long, default_value = "hookvault")]
+        description: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the webhooks of a repository, workspace or project.
+    List {
+        #[arg(long)]
+        source: String,
+        #[command(flatten)]
+        target: HookWhere,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a webhook by id, or every webhook with a URL.
+    Remove {
+        #[arg(long)]
+        source: String,
+        #[command(flatten)]
+        target: HookWhere,
+        #[arg(long, required_unless_present = "url")]
+        id: Option<String>,
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_at(at: &str) -> anyhow::Result<u64> {
+    let moment = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("--at {at:?} is not an RFC 3339 time"))?;
+    Ok(u64::try_from(moment.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+}
+
+fn hook_target(target: &HookWhere) -> anyhow::Result<HookTarget> {
+    Ok(match (&target.repo, &target.workspace) {
+        (Some(repo), _) => HookTarget::Repository(RepoName::parse(repo)?),
+        (None, Some(ws)) => {
+            // A workspace or project key names a path segment too.
+            RepoName::parse(&format!("{ws}/x"))?;
+            HookTarget::Workspace(ws.clone())
+        }
+        (None, None) => anyhow::bail!("give --repo or --workspace"),
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn print_hooks(hooks: &[hookvault::hooks::HookView], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(hooks)?);
+    } else {
+        for h in hooks {
+            println!(
+                "{}  {}  {}  active={}  events={}",
+                h.id,
+                h.url,
+                h.description,
+                h.active,
+                h.events.join(",")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_hooks(config: &Config, action: HooksAction) -> anyhow::Result<()> {
+    let (source_name, target, json) = match &action {
+        HooksAction::Register {
+            source,
+            target,
+            json,
+            ..
+        }
+        | HooksAction::List {
+            source,
+            target,
+            json,
+        }
+        | HooksAction::Remove {
+            source,
+            target,
+            json,
+            ..
+        } => (source.clone(), target, *json),
+    };
+    let source = config
+        .source(&source_name)
+        .with_context(|| format!("no source named {source_name:?} in the config"))?;
+    let api = Api::from_source(source)?;
+    let target = hook_target(target)?;
+    let rt = runtime()?;
+    match action {
+        HooksAction::Register {
+            url,
+            secret_env,
+            description,
+            ..
+        } => {
+            let secret = secret_env
+                .map(|var| {
+                    std::env::var(&var)
+                        .map(SecretString::new)
+                        .with_context(|| format!("environment variable {var} is not set"))
+                })
+                .transpose()?;
+            let outcome = rt.block_on(hookvault::hooks::register(
+                &api,
+                &config.store.path,
+                &source.name,
+                &target,
+                &url,
+                secret,
+                &description,
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else {
+                match outcome {
+                    hookvault::hooks::Registered::Created { hook } => {
+                        eprintln!("registered hook {} → {}", hook.id, hook.url)
+                    }
+                    hookvault::hooks::Registered::AlreadyRegistered { hook } => {
+                        eprintln!("already registered: hook {} → {}", hook.id, hook.url)
+                    }
+                }
+            }
+        }
+        HooksAction::List { .. } => {
+            let hooks = rt.block_on(hookvault::hooks::list(&api, &target))?;
+            print_hooks(&hooks, json)?;
+        }
+        HooksAction::Remove { id, url, .. } => {
+            let removed = rt.block_on(hookvault::hooks::remove(
+                &api,
+                &target,
+                id.as_deref(),
+                url.as_deref(),
+            ))?;
+            print_hooks(&removed, json)?;
+            if !json {
+                eprintln!("removed {} hook(s)", removed.len());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -110,11 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Serve => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(serve::serve(config))?;
+            runtime()?.block_on(serve::serve(config))?;
         }
         Command::Snapshots { repo, json } => {
             let repo = RepoName::parse(&repo)?;
@@ -141,13 +337,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = serve::open_store(&config)?;
             let chosen = match at {
                 Some(at) => {
-                    let moment = time::OffsetDateTime::parse(
-                        &at,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .with_context(|| format!("--at {at:?} is not an RFC 3339 time"))?;
-                    let at_ms =
-                        u64::try_from(moment.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                    let at_ms = parse_at(&at)?;
                     store
                         .snapshots(&repo)?
                         .into_iter()
@@ -171,6 +361,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::ExportMetadata { repo, at, to, json } => {
+            let repo = RepoName::parse(&repo)?;
+            let at_ms = at.as_deref().map(parse_at).transpose()?;
+            let store = serve::open_store(&config)?;
+            let report = hookvault::export::export_metadata(&store, &repo, at_ms, &to)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                eprintln!(
+                    "exported {} pull requests ({} comments) of {repo} to {}",
+                    report.pull_requests,
+                    report.comments,
+                    to.display()
+                );
+            }
+        }
+        Command::Hooks { action } => run_hooks(&config, action)?,
         Command::Stats { json } => {
             let store = serve::open_store(&config)?;
             let stats = store.stats()?;

@@ -18,12 +18,13 @@ use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::bitbucket_api::Api;
-use crate::config::SourceConfig;
+use crate::config::{SourceConfig, SourceKind};
 use crate::event::{Event, EventKind, RefChange, RefKind, now_ms};
 use crate::git::{Mirror, RemoteRef};
 use crate::ids::RepoName;
 use crate::plugins::BackupDeps;
 use crate::queue::{Delivery, Queue, Recorded, Status};
+use crate::receive::normalize;
 
 /// What one pass found.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -38,6 +39,9 @@ pub struct Reconciler {
     pub sources: Vec<SourceConfig>,
     pub deps: Arc<BackupDeps>,
     pub queue: Queue,
+    /// Also page through every repository's pull requests and comments
+    /// (when a metadata plugin is configured).
+    pub backfill_pull_requests: bool,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -132,15 +136,150 @@ impl Reconciler {
                 for repo in repos {
                     report.repositories += 1;
                     let span = info_span!("reconcile", source = %source.name, repo = %repo.name);
-                    match self.check(source, &repo.name).instrument(span).await {
+                    match self
+                        .check(source, &repo.name)
+                        .instrument(span.clone())
+                        .await
+                    {
                         Ok(Some(id)) => report.queued.push(id),
                         Ok(None) => {}
                         Err(e) => report.errors.push(format!("{}: {e}", repo.name)),
+                    }
+                    if self.backfill_pull_requests {
+                        match self
+                            .backfill(source, &api, &repo.name)
+                            .instrument(span)
+                            .await
+                        {
+                            Ok(ids) => report.queued.extend(ids),
+                            Err(e) => report
+                                .errors
+                                .push(format!("pull requests of {}: {e}", repo.name)),
+                        }
                     }
                 }
             }
         }
         report
+    }
+
+    /// Queue every pull request (with its comments) that changed since its
+    /// stored version. Pull requests whose `updated` time matches the
+    /// stored document are not listed again.
+    async fn backfill(
+        &self,
+        source: &SourceConfig,
+        api: &Api,
+        repo: &RepoName,
+    ) -> Result<Vec<String>, String> {
+        let mut queued = Vec::new();
+        let pull_requests = api
+            .list_pull_requests(repo)
+            .await
+            .map_err(|e| e.to_string())?;
+        for raw in pull_requests {
+            let pr = match source.kind {
+                SourceKind::Cloud => normalize::cloud_pull_request(&raw),
+                SourceKind::DataCenter => normalize::dc_pull_request(&raw),
+            }
+            .map_err(|e| e.to_string())?;
+            if self.stored_pr_updated(repo, pr.id)? == Some(pr.updated.clone()) {
+                continue;
+            }
+            let raw_comments = api
+                .list_pr_comments(repo, pr.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut comments = Vec::new();
+            for c in &raw_comments {
+                comments.push(
+                    match source.kind {
+                        SourceKind::Cloud => normalize::cloud_comment(c),
+                        SourceKind::DataCenter => normalize::dc_comment(c, None),
+                    }
+                    .map_err(|e| e.to_string())?,
+                );
+            }
+            let digest = blake3::hash(
+                serde_json::to_string(&(&pr, &comments))
+                    .map_err(|e| e.to_string())?
+                    .as_bytes(),
+            );
+            let id = format!(
+                "backfill:{}:{repo}:pr{}:{}",
+                source.name,
+                pr.id,
+                &digest.to_hex()[..16]
+            );
+            let received_at_ms = now_ms();
+            let event = Event {
+                delivery_id: id.clone(),
+                source: source.name.clone(),
+                event_key: "hookvault:backfill".into(),
+                kind: EventKind::PullRequest,
+                repository: repo.clone(),
+                actor: None,
+                changes: Vec::new(),
+                received_at_ms,
+                pull_request: Some(pr),
+                comment: None,
+                comments,
+                previous_name: None,
+            };
+            if self.enqueue(&event).await? {
+                queued.push(id);
+            }
+        }
+        Ok(queued)
+    }
+
+    /// The `updated` field of the stored document of a pull request.
+    fn stored_pr_updated(
+        &self,
+        repo: &RepoName,
+        id: u64,
+    ) -> Result<Option<Option<String>>, String> {
+        let store = &self.deps.store;
+        let Some(version) = store
+            .document_at(repo, "pull-requests", &id.to_string(), None)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let bytes = store.read_document(&version).map_err(|e| e.to_string())?;
+        let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        Ok(Some(
+            doc.pointer("/pull_request/updated")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string),
+        ))
+    }
+
+    /// Record and queue a synthetic event; false if it was already there.
+    async fn enqueue(&self, event: &Event) -> Result<bool, String> {
+        let delivery = Delivery {
+            id: event.delivery_id.clone(),
+            source: event.source.clone(),
+            event_key: event.event_key.clone(),
+            received_at_ms: event.received_at_ms,
+            status: Status::Queued,
+            attempts: 0,
+            last_error: None,
+            event: Some(event.clone()),
+            snapshot: None,
+        };
+        match self
+            .queue
+            .record(delivery)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Recorded::New => {
+                info!(delivery_id = %event.delivery_id, "queued");
+                Ok(true)
+            }
+            Recorded::Duplicate => Ok(false),
+        }
     }
 
     /// Compare one repository with its latest snapshot; queue a backup when
@@ -193,42 +332,21 @@ impl Reconciler {
             &hasher.finalize().to_hex()[..16]
         );
         let received_at_ms = now_ms();
-        let delivery = Delivery {
-            id: id.clone(),
+        let event = Event {
+            delivery_id: id.clone(),
             source: source.name.clone(),
             event_key: "hookvault:reconcile".into(),
+            kind: EventKind::Reconcile,
+            repository: repo.clone(),
+            actor: None,
+            changes,
             received_at_ms,
-            status: Status::Queued,
-            attempts: 0,
-            last_error: None,
-            event: Some(Event {
-                delivery_id: id.clone(),
-                source: source.name.clone(),
-                event_key: "hookvault:reconcile".into(),
-                kind: EventKind::Reconcile,
-                repository: repo.clone(),
-                actor: None,
-                changes,
-                received_at_ms,
-                pull_request: None,
-                comment: None,
-                comments: Vec::new(),
-                previous_name: None,
-            }),
-            snapshot: None,
+            pull_request: None,
+            comment: None,
+            comments: Vec::new(),
+            previous_name: None,
         };
-        match self
-            .queue
-            .record(delivery)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Recorded::New => {
-                info!(delivery_id = %id, "remote differs from the latest snapshot; backup queued");
-                Ok(Some(id))
-            }
-            Recorded::Duplicate => Ok(None),
-        }
+        Ok(self.enqueue(&event).await?.then_some(id))
     }
 }
 

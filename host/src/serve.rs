@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::sync::watch;
 use tracing::info;
 
@@ -13,6 +15,7 @@ use crate::plugins::SourceGit;
 use crate::plugins::{BackupDeps, PluginError, PluginHost};
 use crate::queue::{Queue, QueueError};
 use crate::receive::{AppState, app};
+use crate::reconcile::Reconciler;
 use crate::store::{Store, StoreError};
 use crate::worker::{Worker, WorkerError};
 
@@ -79,9 +82,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         pending = queue.pending_len(),
         "plugins loaded"
     );
-    let state = Arc::new(AppState::new(&config, queue.clone(), store.clone())?);
-
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut state = AppState::new(&config, queue.clone(), store.clone())?;
+    if config.reconcile.enabled && config.sources.iter().any(|s| !s.workspaces.is_empty()) {
+        let reconciler = Reconciler {
+            sources: config.sources.clone(),
+            deps: deps.clone(),
+            queue: queue.clone(),
+            backfill_pull_requests: !plugins.metadata.is_empty(),
+        };
+        state.reconciler = Some(reconciler.clone());
+        let interval = Duration::from_secs(config.reconcile.interval_secs.max(1));
+        tokio::spawn(reconciler.run(interval, stop_rx.clone()));
+    }
+    let state = Arc::new(state);
+
     let worker = Worker {
         queue: queue.clone(),
         plugins,

@@ -54,6 +54,10 @@ pub struct AppState {
     pub store: Store,
     pub admin_token: Option<SecretString>,
     pub max_body_bytes: usize,
+    /// For `POST /api/v1/reconcile`.
+    pub reconciler: Option<crate::reconcile::Reconciler>,
+    /// Where `hookvault hooks register` keeps the secrets it made.
+    pub store_dir: std::path::PathBuf,
 }
 
 impl AppState {
@@ -105,6 +109,8 @@ impl AppState {
             store,
             admin_token,
             max_body_bytes: config.server.max_body_bytes,
+            reconciler: None,
+            store_dir: config.store.path.clone(),
         })
     }
 }
@@ -122,6 +128,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/deliveries/{id}", get(get_delivery))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/reconcile", post(reconcile_now))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -229,11 +236,24 @@ async fn receive(
                 "client address not allowed for this source",
             );
         }
-        let Some(source) = candidates.into_iter().find(|s| {
-            s.secrets
+        let verifies = |secrets: &[SecretString]| {
+            secrets
                 .iter()
                 .any(|secret| signature::verify(secret.expose().as_bytes(), &body, &signature))
-        }) else {
+        };
+        let matched = candidates
+            .iter()
+            .copied()
+            .find(|s| verifies(&s.secrets))
+            .or_else(|| {
+                // Secrets registered by `hookvault hooks register`.
+                candidates.iter().copied().find(|s| {
+                    crate::hook_secrets::load(&state.store_dir, &s.name)
+                        .map(|secrets| verifies(&secrets))
+                        .unwrap_or(false)
+                })
+            });
+        let Some(source) = matched else {
             warn!("rejected delivery: signature matches no secret");
             return error(
                 StatusCode::UNAUTHORIZED,
@@ -378,5 +398,19 @@ async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respon
             json!({ "store": stats, "queue": { "pending": state.queue.pending_len() } }),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Run a reconcile pass now and answer with its report.
+async fn reconcile_now(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(denied) = api_denied(&state, &headers) {
+        return denied;
+    }
+    match &state.reconciler {
+        None => error(
+            StatusCode::NOT_FOUND,
+            "reconciliation is off: configure workspaces on a source",
+        ),
+        Some(reconciler) => reply(StatusCode::OK, json!(reconciler.pass().await)),
     }
 }
