@@ -27,6 +27,7 @@ fn event() -> Event {
         received_at_ms: 0,
         pull_request: None,
         comment: None,
+        comments: Vec::new(),
         previous_name: None,
     }
 }

@@ -336,6 +336,50 @@ credentials = {{ kind = "access-token", token = "{TOKEN}" }}
         Self::launch(dir, config)
     }
 
+    /// Start on a config written from `text`.
+    pub fn start_config(dir: &Path, text: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let config = dir.join("hookvault.toml");
+        std::fs::write(&config, text).expect("config");
+        Self::launch(dir, config)
+    }
+
+    /// POST a body with arbitrary headers to a path.
+    pub fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .client
+            .post(format!("http://{}{path}", self.addr))
+            .header("Content-Type", "application/json")
+            .body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().expect("POST");
+        let status = response.status().as_u16();
+        let text = response.text().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// Run a reconcile pass now (admin API) and return its report.
+    pub fn reconcile(&self) -> serde_json::Value {
+        let response = self
+            .client
+            .post(format!("http://{}/api/v1/reconcile", self.addr))
+            .bearer_auth(ADMIN)
+            .send()
+            .expect("reconcile POST");
+        assert_eq!(response.status().as_u16(), 200);
+        response.json_value()
+    }
+
     /// Start on an existing config.
     pub fn launch(dir: &Path, config: PathBuf) -> Self {
         let log = std::fs::File::create(dir.join("hookvault.log")).expect("log file");
@@ -480,6 +524,17 @@ credentials = {{ kind = "access-token", token = "{TOKEN}" }}
             .args(args)
             .output()
             .expect("hookvault CLI")
+    }
+}
+
+trait JsonValue {
+    fn json_value(self) -> serde_json::Value;
+}
+
+impl JsonValue for reqwest::blocking::Response {
+    fn json_value(self) -> serde_json::Value {
+        let text = self.text().unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
     }
 }
 
