@@ -540,6 +540,14 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../examples/hookvault.toml");
+        let config = Config::from_toml(text, Path::new("examples/hookvault.toml")).expect("valid");
+        assert_eq!(config.plugins.len(), 2);
+        assert!(config.reconcile.enabled);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let text = format!("{MINIMAL}\nsurprise = 1\n");
         let err = Config::from_toml(&text, Path::new("t.toml")).expect_err("unknown key");

@@ -115,15 +115,20 @@ impl git_source::Host for PluginState<BackupCtx> {
         let objects = mirror.walk(&tips, &known).map_err(|e| e.to_string())?;
         Ok(objects
             .into_iter()
-            .map(|ObjectInfo { id, kind, size }| git_source::ObjectInfo {
-                id: id.to_hex(),
-                kind: match kind {
+            .filter_map(|ObjectInfo { id, kind, size }| {
+                let kind = match kind {
                     ObjectKind::Commit => git_source::ObjectKind::Commit,
                     ObjectKind::Tree => git_source::ObjectKind::Tree,
                     ObjectKind::Blob => git_source::ObjectKind::Blob,
-                    ObjectKind::Tag | ObjectKind::Document => git_source::ObjectKind::Tag,
-                },
-                size,
+                    ObjectKind::Tag => git_source::ObjectKind::Tag,
+                    // A git walk never yields documents.
+                    ObjectKind::Document => return None,
+                };
+                Some(git_source::ObjectInfo {
+                    id: id.to_hex(),
+                    kind,
+                    size,
+                })
             })
             .collect())
     }
