@@ -33,6 +33,8 @@ pub enum QueueError {
     },
     #[error("queue entry points at delivery {0}, which is not recorded")]
     Dangling(String),
+    #[error("queue flush task failed: {0}")]
+    Task(String),
 }
 
 impl From<TransactionError<QueueError>> for QueueError {
@@ -122,6 +124,16 @@ impl Queue {
         })
     }
 
+    /// Make everything written so far durable. sled's synchronous flush
+    /// on tokio's blocking pool (sled's own `flush_async` pool is avoided).
+    async fn flush(&self) -> Result<(), QueueError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| QueueError::Task(e.to_string()))??;
+        Ok(())
+    }
+
     /// Record a delivery; queue it when `delivery.status` is `Queued`.
     /// Durable (flushed) when this returns.
     pub async fn record(&self, delivery: Delivery) -> Result<Recorded, QueueError> {
@@ -141,7 +153,7 @@ impl Queue {
         });
         let recorded = result?;
         if recorded == Recorded::New {
-            self.db.flush_async().await?;
+            self.flush().await?;
             if queued {
                 self.wake.notify_one();
             }
@@ -205,7 +217,7 @@ impl Queue {
             pending.remove(claimed.key.as_slice())?;
             Ok::<_, ConflictableTransactionError<QueueError>>(())
         })?;
-        self.db.flush_async().await?;
+        self.flush().await?;
         Ok(())
     }
 
@@ -223,7 +235,7 @@ impl Queue {
             pending.insert(new_key.as_slice(), id.as_bytes())?;
             Ok::<_, ConflictableTransactionError<QueueError>>(())
         })?;
-        self.db.flush_async().await?;
+        self.flush().await?;
         Ok(())
     }
 }

@@ -42,6 +42,8 @@ pub struct Reconciler {
     /// Also page through every repository's pull requests and comments
     /// (when a metadata plugin is configured).
     pub backfill_pull_requests: bool,
+    /// One pass at a time: a pass asked for while one runs waits for it.
+    pub running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -113,6 +115,7 @@ impl Reconciler {
 
     /// One pass over every source with workspaces configured.
     pub async fn pass(&self) -> ReconcileReport {
+        let _one_at_a_time = self.running.lock().await;
         let mut report = ReconcileReport::default();
         for source in self.sources.iter().filter(|s| !s.workspaces.is_empty()) {
             let api = match Api::from_source(source) {

@@ -90,6 +90,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             deps: deps.clone(),
             queue: queue.clone(),
             backfill_pull_requests: !plugins.metadata.is_empty(),
+            running: Arc::default(),
         };
         state.reconciler = Some(reconciler.clone());
         let interval = Duration::from_secs(config.reconcile.interval_secs.max(1));

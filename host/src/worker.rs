@@ -42,8 +42,27 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     /// Process deliveries until `shutdown` turns true. The delivery in
-    /// progress is finished first.
+    /// progress is finished first. A queue error is logged and retried after
+    /// a pause: the worker never stops while the service runs.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        loop {
+            match self.run_until_error(&mut shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    error!(error = %e, "worker: queue error; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_until_error(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), WorkerError> {
         loop {
             let claimed = tokio::select! {
                 claimed = self.queue.next() => claimed?,

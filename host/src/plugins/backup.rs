@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tracing::debug;
 use wasmtime::Engine;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::HasSelf;
 
 use super::filter::to_wit_event;
-use super::sandbox::{self, Limits, PluginState};
+use super::sandbox::{self, Loaded, PluginState};
 use super::{PluginError, PluginSpec};
 use crate::config::{SecretString, SourceConfig};
 use crate::event::{Event, now_ms};
@@ -229,42 +228,26 @@ pub struct BackupOutcome {
 
 /// A loaded backup plugin.
 pub struct BackupPlugin {
-    name: Arc<str>,
-    config_json: Arc<str>,
-    limits: Limits,
-    engine: Engine,
+    base: Loaded,
     pre: bindings::BackupPre<PluginState<BackupCtx>>,
 }
 
 impl BackupPlugin {
     pub fn load(engine: &Engine, spec: PluginSpec) -> Result<Self, PluginError> {
-        let load_err = |message: String| PluginError::Load {
-            plugin: spec.name.to_string(),
-            world: "backup",
-            message,
-        };
-        let component =
-            Component::from_binary(engine, &spec.bytes).map_err(|e| load_err(format!("{e:#}")))?;
-        let mut linker: Linker<PluginState<BackupCtx>> = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| load_err(format!("{e:#}")))?;
-        bindings::Backup::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| load_err(format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| load_err(format!("{e:#}")))?;
-        let pre = bindings::BackupPre::new(pre).map_err(|e| load_err(format!("{e:#}")))?;
+        let component = sandbox::compile(engine, &spec, "backup")?;
+        let pre = sandbox::link(engine, &spec.name, "backup", &component, |linker| {
+            bindings::Backup::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
+        })?;
+        let pre =
+            bindings::BackupPre::new(pre).map_err(sandbox::load_error(&spec.name, "backup"))?;
         Ok(Self {
-            name: spec.name,
-            config_json: spec.config_json,
-            limits: spec.limits,
-            engine: engine.clone(),
+            base: Loaded::new(engine, &spec),
             pre,
         })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.base.name
     }
 
     /// Run one backup. Blocking: call from a blocking thread.
@@ -281,35 +264,16 @@ impl BackupPlugin {
             stats: CopyStats::default(),
             snapshot: None,
         };
-        let mut store = sandbox::new_store(
-            &self.engine,
-            self.name.clone(),
-            self.config_json.clone(),
-            event.delivery_id.clone(),
-            self.limits,
-            ctx,
-        )?;
+        let mut store = self.base.store(&event.delivery_id, ctx)?;
         let result = self
             .pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_backup(&mut store, &to_wit_event(event, excluded)));
-        let (stdout, stderr) = store.data().output();
-        if !stdout.is_empty() || !stderr.is_empty() {
-            debug!(plugin = %self.name, stdout = %stdout, stderr = %stderr, "plugin output");
-        }
-        match result {
-            Err(e) => Err(sandbox::classify(&self.name, e)),
-            Ok(Err(message)) => Err(PluginError::Reported {
-                plugin: self.name.to_string(),
-                message,
-            }),
-            Ok(Ok(_report)) => {
-                let ctx = &mut store.data_mut().extra;
-                Ok(BackupOutcome {
-                    snapshot: ctx.snapshot.take(),
-                    stats: ctx.stats,
-                })
-            }
-        }
+        self.base.reported(self.base.finish(&store, result)?)?;
+        let ctx = &mut store.data_mut().extra;
+        Ok(BackupOutcome {
+            snapshot: ctx.snapshot.take(),
+            stats: ctx.stats,
+        })
     }
 }

@@ -2,13 +2,11 @@
 //! Also home of the host side of the `log` and `config` imports, which the
 //! backup world reuses.
 
-use std::sync::Arc;
-
 use tracing::{debug, error, info, trace, warn};
 use wasmtime::Engine;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::HasSelf;
 
-use super::sandbox::{self, LOG_LINE_BYTES, LOG_LINES_CAP, Limits, PluginState};
+use super::sandbox::{self, LOG_LINE_BYTES, LOG_LINES_CAP, Loaded, PluginState};
 use super::{PluginError, PluginSpec};
 use crate::event::{Event, RefKind};
 
@@ -96,64 +94,36 @@ pub(super) fn to_wit_event(event: &Event, excluded: &[String]) -> types::Event {
 
 /// A loaded filter plugin.
 pub struct FilterPlugin {
-    name: Arc<str>,
-    config_json: Arc<str>,
-    limits: Limits,
-    engine: Engine,
+    base: Loaded,
     pre: bindings::FilterPre<PluginState<()>>,
 }
 
 impl FilterPlugin {
     pub fn load(engine: &Engine, spec: PluginSpec) -> Result<Self, PluginError> {
-        let load_err = |message: String| PluginError::Load {
-            plugin: spec.name.to_string(),
-            world: "filter",
-            message,
-        };
-        let component =
-            Component::from_binary(engine, &spec.bytes).map_err(|e| load_err(format!("{e:#}")))?;
-        let mut linker: Linker<PluginState<()>> = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| load_err(format!("{e:#}")))?;
-        bindings::Filter::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| load_err(format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| load_err(format!("{e:#}")))?;
-        let pre = bindings::FilterPre::new(pre).map_err(|e| load_err(format!("{e:#}")))?;
+        let component = sandbox::compile(engine, &spec, "filter")?;
+        let pre = sandbox::link(engine, &spec.name, "filter", &component, |linker| {
+            bindings::Filter::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
+        })?;
+        let pre =
+            bindings::FilterPre::new(pre).map_err(sandbox::load_error(&spec.name, "filter"))?;
         Ok(Self {
-            name: spec.name,
-            config_json: spec.config_json,
-            limits: spec.limits,
-            engine: engine.clone(),
+            base: Loaded::new(engine, &spec),
             pre,
         })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.base.name
     }
 
     /// Run the filter on an event. Blocking: call from a blocking thread.
     pub fn run(&self, event: &Event) -> Result<Decision, PluginError> {
-        let mut store = sandbox::new_store(
-            &self.engine,
-            self.name.clone(),
-            self.config_json.clone(),
-            event.delivery_id.clone(),
-            self.limits,
-            (),
-        )?;
+        let mut store = self.base.store(&event.delivery_id, ())?;
         let result = self
             .pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_filter(&mut store, &to_wit_event(event, &[])));
-        let (stdout, stderr) = store.data().output();
-        if !stdout.is_empty() || !stderr.is_empty() {
-            debug!(plugin = %self.name, stdout = %stdout, stderr = %stderr, "plugin output");
-        }
-        let decision = result.map_err(|e| sandbox::classify(&self.name, e))?;
-        Ok(match decision {
+        Ok(match self.base.finish(&store, result)? {
             bindings::Decision::Keep => Decision::Keep,
             bindings::Decision::Skip(reason) => Decision::Skip(reason),
             bindings::Decision::Refs(refs) => Decision::Refs(refs),

@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use tracing::debug;
 use wasmtime::Engine;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf};
 
 use super::backup::BackupDeps;
 use super::filter::to_wit_event;
-use super::sandbox::{self, Limits, PluginState};
+use super::sandbox::{self, Loaded, PluginState};
 use super::{PluginError, PluginSpec};
 use crate::event::{Comment, Event, EventKind, PullRequest, now_ms};
 
@@ -124,10 +123,7 @@ impl documents::Host for PluginState<MetadataCtx> {
 
 /// A loaded metadata plugin.
 pub struct MetadataPlugin {
-    name: Arc<str>,
-    config_json: Arc<str>,
-    limits: Limits,
-    engine: Engine,
+    base: Loaded,
     pre: bindings::MetadataBackupPre<PluginState<MetadataCtx>>,
 }
 
@@ -137,31 +133,20 @@ impl MetadataPlugin {
         spec: &PluginSpec,
         component: &Component,
     ) -> Result<Self, PluginError> {
-        let load_err = |message: String| PluginError::Load {
-            plugin: spec.name.to_string(),
-            world: "metadata-backup",
-            message,
-        };
-        let mut linker: Linker<PluginState<MetadataCtx>> = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| load_err(format!("{e:#}")))?;
-        bindings::MetadataBackup::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| load_err(format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(component)
-            .map_err(|e| load_err(format!("{e:#}")))?;
-        let pre = bindings::MetadataBackupPre::new(pre).map_err(|e| load_err(format!("{e:#}")))?;
+        const WORLD: &str = "metadata-backup";
+        let pre = sandbox::link(engine, &spec.name, WORLD, component, |linker| {
+            bindings::MetadataBackup::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
+        })?;
+        let pre = bindings::MetadataBackupPre::new(pre)
+            .map_err(sandbox::load_error(&spec.name, WORLD))?;
         Ok(Self {
-            name: spec.name.clone(),
-            config_json: spec.config_json.clone(),
-            limits: spec.limits,
-            engine: engine.clone(),
+            base: Loaded::new(engine, spec),
             pre,
         })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.base.name
     }
 
     /// Store the event's metadata. Blocking. Returns the versions written.
@@ -170,29 +155,11 @@ impl MetadataPlugin {
             deps,
             event: event.clone(),
         };
-        let mut store = sandbox::new_store(
-            &self.engine,
-            self.name.clone(),
-            self.config_json.clone(),
-            event.delivery_id.clone(),
-            self.limits,
-            ctx,
-        )?;
+        let mut store = self.base.store(&event.delivery_id, ctx)?;
         let result = self
             .pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_backup(&mut store, &to_wit_event(event, &[])));
-        let (stdout, stderr) = store.data().output();
-        if !stdout.is_empty() || !stderr.is_empty() {
-            debug!(plugin = %self.name, stdout = %stdout, stderr = %stderr, "plugin output");
-        }
-        match result {
-            Err(e) => Err(sandbox::classify(&self.name, e)),
-            Ok(Err(message)) => Err(PluginError::Reported {
-                plugin: self.name.to_string(),
-                message,
-            }),
-            Ok(Ok(versions)) => Ok(versions),
-        }
+        self.base.reported(self.base.finish(&store, result)?)
     }
 }

@@ -258,3 +258,95 @@ pub fn classify(plugin: &str, error: wasmtime::Error) -> PluginError {
         detail: text,
     }
 }
+
+/// What every loaded plugin has, whatever its world.
+#[derive(Clone)]
+pub struct Loaded {
+    pub name: Arc<str>,
+    pub config_json: Arc<str>,
+    pub limits: Limits,
+    pub engine: Engine,
+}
+
+impl Loaded {
+    pub fn new(engine: &Engine, spec: &super::PluginSpec) -> Self {
+        Self {
+            name: spec.name.clone(),
+            config_json: spec.config_json.clone(),
+            limits: spec.limits,
+            engine: engine.clone(),
+        }
+    }
+
+    /// A fresh store for one call.
+    pub fn store<X: Send>(
+        &self,
+        delivery_id: &str,
+        extra: X,
+    ) -> Result<Store<PluginState<X>>, PluginError> {
+        new_store(
+            &self.engine,
+            self.name.clone(),
+            self.config_json.clone(),
+            delivery_id.to_string(),
+            self.limits,
+            extra,
+        )
+    }
+
+    /// Log what the call printed and turn a trap into a plugin error.
+    pub fn finish<X, T>(
+        &self,
+        store: &Store<PluginState<X>>,
+        result: wasmtime::Result<T>,
+    ) -> Result<T, PluginError> {
+        let (stdout, stderr) = store.data().output();
+        if !stdout.is_empty() || !stderr.is_empty() {
+            tracing::debug!(plugin = %self.name, stdout = %stdout, stderr = %stderr, "plugin output");
+        }
+        result.map_err(|e| classify(&self.name, e))
+    }
+
+    /// An error the plugin itself returned.
+    pub fn reported<T>(&self, result: Result<T, String>) -> Result<T, PluginError> {
+        result.map_err(|message| PluginError::Reported {
+            plugin: self.name.to_string(),
+            message,
+        })
+    }
+}
+
+/// A load error for `plugin` in `world`.
+pub fn load_error(plugin: &str, world: &'static str) -> impl Fn(wasmtime::Error) -> PluginError {
+    let plugin = plugin.to_string();
+    move |e| PluginError::Load {
+        plugin: plugin.clone(),
+        world,
+        message: format!("{e:#}"),
+    }
+}
+
+/// Compile a plugin's bytes.
+pub fn compile(
+    engine: &Engine,
+    spec: &super::PluginSpec,
+    world: &'static str,
+) -> Result<wasmtime::component::Component, PluginError> {
+    wasmtime::component::Component::from_binary(engine, &spec.bytes)
+        .map_err(load_error(&spec.name, world))
+}
+
+/// Link WASI (nothing granted) and a world's imports, and pre-instantiate.
+pub fn link<X: Send + 'static>(
+    engine: &Engine,
+    plugin: &str,
+    world: &'static str,
+    component: &wasmtime::component::Component,
+    add_world: impl FnOnce(&mut wasmtime::component::Linker<PluginState<X>>) -> wasmtime::Result<()>,
+) -> Result<wasmtime::component::InstancePre<PluginState<X>>, PluginError> {
+    let err = load_error(plugin, world);
+    let mut linker = wasmtime::component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(&err)?;
+    add_world(&mut linker).map_err(&err)?;
+    linker.instantiate_pre(component).map_err(&err)
+}
