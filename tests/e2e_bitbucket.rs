@@ -525,6 +525,40 @@ fn every_payload_shape_through_the_endpoint() {
         serde_json::to_vec(&modified).expect("json"),
         "repository",
     ));
+    let forked = json!({
+        "eventKey": "repo:forked", "date": "2026-03-04T17:41:27+0100",
+        "actor": { "name": "dokafor" },
+        "repository": { "slug": "billing-fork", "project": { "key": "~dokafor" },
+                        "origin": { "slug": "billing-service", "project": { "key": "PAY" } } }
+    });
+    dc_cases.push((
+        "repo:forked",
+        serde_json::to_vec(&forked).expect("json"),
+        "repository",
+    ));
+    let mut mirrored: Value =
+        serde_json::from_slice(&example("dc-repo-refs-changed.json")).expect("json");
+    let changes = mirrored
+        .as_object_mut()
+        .expect("object")
+        .remove("changes")
+        .expect("changes");
+    mirrored["refChanges"] = changes;
+    dc_cases.push((
+        "mirror:repo_synchronized",
+        serde_json::to_vec(&mirrored).expect("json"),
+        "push",
+    ));
+    dc_cases.push((
+        "pr:declined",
+        serde_json::to_vec(&pr).expect("json"),
+        "pull-request",
+    ));
+    dc_cases.push((
+        "pr:comment:edited",
+        serde_json::to_vec(&comment).expect("json"),
+        "comment",
+    ));
 
     for (n, (key, body, kind)) in dc_cases.iter().enumerate() {
         let id = format!("dc-{n}");
@@ -560,6 +594,17 @@ fn every_payload_shape_through_the_endpoint() {
         "2026-03-04T16:45:03Z"
     );
     assert_eq!(delivery("dc-5").1["event"]["previous_name"], "PAY/billing");
+    assert_eq!(
+        delivery("dc-6").1["event"]["repository"],
+        "~dokafor/billing-fork"
+    );
+    assert_eq!(
+        delivery("dc-7").1["event"]["changes"]
+            .as_array()
+            .map(Vec::len),
+        Some(3),
+        "refChanges spelling"
+    );
 
     let mut cloud_cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("repo:push", example("cloud-repo-push.json"), "push"),
@@ -606,6 +651,38 @@ fn every_payload_shape_through_the_endpoint() {
         serde_json::to_vec(&deleted).expect("json"),
         "repository-deleted",
     ));
+    let renamed = json!({
+        "actor": { "display_name": "Dana Okafor" },
+        "repository": { "full_name": REPO },
+        "changes": { "full_name": { "old": "acme-eng/billing", "new": REPO } }
+    });
+    cloud_cases.push((
+        "repo:updated",
+        serde_json::to_vec(&renamed).expect("json"),
+        "repository",
+    ));
+    let transferred = json!({
+        "repository": { "full_name": REPO },
+        "previous_workspace": { "slug": "acme-old" }
+    });
+    cloud_cases.push((
+        "repo:transfer",
+        serde_json::to_vec(&transferred).expect("json"),
+        "repository",
+    ));
+    let mut merged: Value =
+        serde_json::from_slice(&example("cloud-pullrequest-created.json")).expect("json");
+    merged["pullrequest"]["state"] = json!("MERGED");
+    cloud_cases.push((
+        "pullrequest:fulfilled",
+        serde_json::to_vec(&merged).expect("json"),
+        "pull-request",
+    ));
+    cloud_cases.push((
+        "pullrequest:comment_deleted",
+        example("cloud-pullrequest-comment-created.json"),
+        "comment",
+    ));
     for (n, (key, body, kind)) in cloud_cases.iter().enumerate() {
         let id = format!("cloud-{n}");
         let signature = sign(SECRET.as_bytes(), body);
@@ -621,6 +698,19 @@ fn every_payload_shape_through_the_endpoint() {
         delivery("cloud-4").1["event"]["repository"],
         "acme-eng/billing-service-fork"
     );
+    assert_eq!(
+        delivery("cloud-6").1["event"]["previous_name"],
+        "acme-eng/billing"
+    );
+    assert_eq!(
+        delivery("cloud-7").1["event"]["previous_name"],
+        "acme-old/billing-service"
+    );
+    assert_eq!(
+        delivery("cloud-8").1["event"]["pull_request"]["state"],
+        "MERGED"
+    );
+    assert_eq!(delivery("cloud-9").1["event"]["comment"]["deleted"], true);
 
     // Unknown keys: 202, recorded, ignored.
     let body = br#"{"issue":{"id":1}}"#;
