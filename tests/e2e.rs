@@ -458,6 +458,23 @@ config = {{ skip = ["refs/heads/wip/*"] }}
         serde_json::from_value(snapshots[1]["refs"].clone()).expect("refs");
     assert_eq!(refs.get("refs/heads/main"), Some(&main2));
     assert!(!refs.contains_key("refs/heads/wip/other"), "{refs:?}");
+
+    // A later push that names only main: the wip branches, still on the
+    // remote, stay out of the backup.
+    work.git(&["checkout", "-q", "main"]);
+    let main3 = work.commit("c.txt", "c\n", "C");
+    work.git(&["push", "-q", "origin", "main"]);
+    let outcome = push("f-4", &[change("main", &main3)]);
+    assert_eq!(outcome["status"], "done", "{outcome}\n{}", service.log());
+    let snapshots = service.snapshots(REPO);
+    assert_eq!(snapshots.len(), 3);
+    let refs: BTreeMap<String, String> =
+        serde_json::from_value(snapshots[2]["refs"].clone()).expect("refs");
+    assert_eq!(refs.get("refs/heads/main"), Some(&main3));
+    assert!(
+        refs.keys().all(|r| !r.starts_with("refs/heads/wip/")),
+        "excluded refs stay excluded: {refs:?}"
+    );
     service.stop();
 }
 

@@ -24,6 +24,8 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("secret {what} is empty")]
+    EmptySecret { what: String },
     #[error("secret {what}: environment variable {var} is not set")]
     MissingEnv { what: String, var: String },
     #[error("secret {what}: cannot read {path}: {source}")]
@@ -379,7 +381,19 @@ impl fmt::Debug for Secret {
 }
 
 impl Secret {
+    /// The secret's value; an empty one is refused (an empty HMAC key or
+    /// bearer token would let anyone in).
     pub fn resolve(&self, what: &str) -> Result<SecretString, ConfigError> {
+        let value = self.resolve_raw(what)?;
+        if value.0.is_empty() {
+            return Err(ConfigError::EmptySecret {
+                what: what.to_string(),
+            });
+        }
+        Ok(value)
+    }
+
+    fn resolve_raw(&self, what: &str) -> Result<SecretString, ConfigError> {
         match self {
             Self::Literal(value) => Ok(SecretString(value.clone())),
             Self::Env { env } => {
@@ -552,6 +566,12 @@ mod tests {
         let text = format!("{MINIMAL}\nsurprise = 1\n");
         let err = Config::from_toml(&text, Path::new("t.toml")).expect_err("unknown key");
         assert!(err.to_string().contains("surprise"), "{err}");
+    }
+
+    #[test]
+    fn empty_secrets_are_refused() {
+        let err = Secret::Literal(String::new()).resolve("sources.cloud.secrets[0]");
+        assert!(matches!(err, Err(ConfigError::EmptySecret { .. })));
     }
 
     #[test]

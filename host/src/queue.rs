@@ -152,11 +152,11 @@ impl Queue {
             Ok::<_, ConflictableTransactionError<QueueError>>(Recorded::New)
         });
         let recorded = result?;
-        if recorded == Recorded::New {
-            self.flush().await?;
-            if queued {
-                self.wake.notify_one();
-            }
+        // Also for a duplicate: the first copy may still be on its way to
+        // disk, and a 2xx promises it is there.
+        self.flush().await?;
+        if recorded == Recorded::New && queued {
+            self.wake.notify_one();
         }
         Ok(recorded)
     }
@@ -180,7 +180,9 @@ impl Queue {
         self.pending.len()
     }
 
-    /// Wait for the next delivery whose time has come.
+    /// Wait for the next delivery whose time has come. An entry whose
+    /// record is missing or unreadable is taken off the queue (and logged),
+    /// so it can never block the deliveries behind it.
     pub async fn next(&self) -> Result<Claimed, QueueError> {
         loop {
             let notified = self.wake.notified();
@@ -191,11 +193,23 @@ impl Queue {
                 let now = now_ms();
                 if not_before <= now {
                     let id = String::from_utf8_lossy(&id).into_owned();
-                    let delivery = self.get(&id)?.ok_or(QueueError::Dangling(id))?;
-                    return Ok(Claimed {
-                        key: key.to_vec(),
-                        delivery,
-                    });
+                    match self.get(&id) {
+                        Ok(Some(delivery)) => {
+                            return Ok(Claimed {
+                                key: key.to_vec(),
+                                delivery,
+                            });
+                        }
+                        Ok(None) => {
+                            tracing::error!(delivery_id = %id, "queue entry without a record; dropped");
+                        }
+                        Err(e) => {
+                            tracing::error!(delivery_id = %id, error = %e, "unreadable delivery; taken off the queue");
+                        }
+                    }
+                    self.pending.remove(&key)?;
+                    self.flush().await?;
+                    continue;
                 }
                 let wait = Duration::from_millis(not_before - now);
                 tokio::select! {
@@ -206,6 +220,15 @@ impl Queue {
                 notified.await;
             }
         }
+    }
+
+    /// Count an attempt durably before it starts, so a delivery that
+    /// crashes the process still reaches `max_attempts`.
+    pub async fn start_attempt(&self, claimed: &mut Claimed) -> Result<(), QueueError> {
+        claimed.delivery.attempts += 1;
+        self.deliveries
+            .insert(claimed.delivery.id.as_bytes(), encode(&claimed.delivery))?;
+        self.flush().await
     }
 
     /// Record the outcome and take the delivery off the queue, atomically.
@@ -327,5 +350,42 @@ mod tests {
             queue.get("x").expect("get").expect("present").status,
             Status::Done
         );
+    }
+
+    #[tokio::test]
+    async fn corrupt_head_entry_never_blocks_the_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path()).expect("db");
+        let queue = Queue::open(&db).expect("queue");
+        let mut bad = delivery("bad", Status::Queued);
+        bad.received_at_ms = 1;
+        queue.record(bad).await.expect("record");
+        queue
+            .record(delivery("good", Status::Queued))
+            .await
+            .expect("record");
+        // Corrupt the first record, as a crash or an incompatible upgrade might.
+        queue
+            .deliveries
+            .insert("bad", b"{not json".to_vec())
+            .expect("insert");
+        let claimed = queue.next().await.expect("next");
+        assert_eq!(claimed.delivery.id, "good");
+        assert_eq!(queue.pending_len(), 1, "the corrupt entry was taken off");
+    }
+
+    #[tokio::test]
+    async fn attempts_are_durable_before_the_attempt_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path()).expect("db");
+        let queue = Queue::open(&db).expect("queue");
+        queue
+            .record(delivery("x", Status::Queued))
+            .await
+            .expect("record");
+        let mut claimed = queue.next().await.expect("next");
+        queue.start_attempt(&mut claimed).await.expect("start");
+        // As if the process died now: the attempt is on disk.
+        assert_eq!(queue.get("x").expect("get").expect("present").attempts, 1);
     }
 }

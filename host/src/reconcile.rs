@@ -186,7 +186,8 @@ impl Reconciler {
                 SourceKind::DataCenter => normalize::dc_pull_request(&raw),
             }
             .map_err(|e| e.to_string())?;
-            if self.stored_pr_updated(repo, pr.id)? == Some(pr.updated.clone()) {
+            let stored = self.stored_pr(repo, pr.id)?;
+            if stored.as_ref().map(|(_, updated)| updated) == Some(&pr.updated) {
                 continue;
             }
             let raw_comments = api
@@ -203,8 +204,11 @@ impl Reconciler {
                     .map_err(|e| e.to_string())?,
                 );
             }
+            // Keyed by the API state and the stored version it would
+            // replace, so a stored document that drifted is repaired.
+            let stored_content = stored.map(|(content, _)| content).unwrap_or_default();
             let digest = blake3::hash(
-                serde_json::to_string(&(&pr, &comments))
+                serde_json::to_string(&(&pr, &comments, stored_content))
                     .map_err(|e| e.to_string())?
                     .as_bytes(),
             );
@@ -236,12 +240,13 @@ impl Reconciler {
         Ok(queued)
     }
 
-    /// The `updated` field of the stored document of a pull request.
-    fn stored_pr_updated(
+    /// The stored document of a pull request: its content id and its
+    /// `updated` field.
+    fn stored_pr(
         &self,
         repo: &RepoName,
         id: u64,
-    ) -> Result<Option<Option<String>>, String> {
+    ) -> Result<Option<(String, Option<String>)>, String> {
         let store = &self.deps.store;
         let Some(version) = store
             .document_at(repo, "pull-requests", &id.to_string(), None)
@@ -251,11 +256,11 @@ impl Reconciler {
         };
         let bytes = store.read_document(&version).map_err(|e| e.to_string())?;
         let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-        Ok(Some(
-            doc.pointer("/pull_request/updated")
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_string),
-        ))
+        let updated = doc
+            .pointer("/pull_request/updated")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string);
+        Ok(Some((version.content, updated)))
     }
 
     /// Record and queue a synthetic event; false if it was already there.
@@ -319,12 +324,17 @@ impl Reconciler {
             .store
             .latest_snapshot(repo)
             .map_err(|e| e.to_string())?;
+        // The id names the pair (latest snapshot, remote state): a remote
+        // that returns to an earlier state is queued again.
+        let mut hasher = blake3::Hasher::new();
+        if let Some(latest) = &latest {
+            hasher.update(latest.id.0.as_bytes());
+        }
         let snapshot_refs = latest.map(|s| s.body.refs).unwrap_or_default();
         let changes = diff(&snapshot_refs, &remote);
         if changes.is_empty() {
             return Ok(None);
         }
-        let mut hasher = blake3::Hasher::new();
         for r in &remote {
             hasher.update(r.name.as_bytes());
             hasher.update(&r.target.0);

@@ -11,6 +11,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::WorkerConfig;
 use crate::event::{Event, EventKind};
+use crate::git::Mirror;
 use crate::plugins::{BackupDeps, Decision, PluginHost};
 use crate::queue::{Queue, QueueError, Status};
 
@@ -81,7 +82,8 @@ impl Worker {
                 self.queue.complete(claimed).await?;
                 continue;
             };
-            delivery.attempts += 1;
+            self.queue.start_attempt(&mut claimed).await?;
+            let delivery = &mut claimed.delivery;
             let result = self.process(event).instrument(span.clone()).await;
             let _entered = span.enter();
             match result {
@@ -143,6 +145,20 @@ fn run_pipeline(
     deps: Arc<BackupDeps>,
     event: &Event,
 ) -> Result<Outcome, String> {
+    // Filters decide per ref. So that a ref they exclude stays excluded on
+    // every later event (not only on the push that named it), they are shown
+    // the repository's real changes since its latest snapshot.
+    let truthful;
+    let event = if !plugins.filters.is_empty()
+        && matches!(
+            event.kind,
+            EventKind::Push | EventKind::Repository | EventKind::Reconcile
+        ) {
+        truthful = with_real_changes(&deps, event)?;
+        &truthful
+    } else {
+        event
+    };
     let mut selected: Option<Vec<String>> = None;
     for filter in &plugins.filters {
         match filter.run(event).map_err(|e| e.to_string())? {
@@ -224,4 +240,39 @@ fn run_metadata(
         info!("no metadata plugin configured; event recorded only");
     }
     Ok(Outcome::Done(versions.pop()))
+}
+
+/// The event with `changes` replaced by every difference between the
+/// repository's latest snapshot and the remote now (`ls-remote`); the
+/// `forced` flags Bitbucket reported are kept.
+fn with_real_changes(deps: &BackupDeps, event: &Event) -> Result<Event, String> {
+    let source = deps
+        .sources
+        .get(&event.source)
+        .ok_or_else(|| format!("source {:?} is not configured", event.source))?;
+    let mirror = Mirror::open(
+        &deps.mirrors_dir,
+        &event.source,
+        &event.repository,
+        source.config.clone_url(&event.repository),
+        source.authorization.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+    let remote = mirror.ls_remote().map_err(|e| e.to_string())?;
+    let snapshot_refs = deps
+        .store
+        .latest_snapshot(&event.repository)
+        .map_err(|e| e.to_string())?
+        .map(|s| s.body.refs)
+        .unwrap_or_default();
+    let mut changes = crate::reconcile::diff(&snapshot_refs, &remote);
+    for change in &mut changes {
+        change.forced = event
+            .changes
+            .iter()
+            .any(|c| c.name == change.name && c.forced);
+    }
+    let mut real = event.clone();
+    real.changes = changes;
+    Ok(real)
 }

@@ -28,13 +28,14 @@ fn parse_iso(s: &str) -> Option<OffsetDateTime> {
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
         return Some(t);
     }
-    // `+1000` / `-0530` → `+10:00` / `-05:30`.
-    let bytes = s.as_bytes();
-    if bytes.len() > 5 {
-        let tail = &s[s.len() - 5..];
+    // `+1000` / `-0530` → `+10:00` / `-05:30`. Slicing by bytes only
+    // where the tail is ASCII (never panics on other input).
+    if let Some(split) = s.len().checked_sub(5)
+        && let (Some(head), Some(tail)) = (s.get(..split), s.get(split..))
+    {
         let sign = tail.as_bytes()[0];
         if (sign == b'+' || sign == b'-') && tail[1..].bytes().all(|b| b.is_ascii_digit()) {
-            let fixed = format!("{}{}:{}", &s[..s.len() - 5], &tail[..3], &tail[3..]);
+            let fixed = format!("{head}{}:{}", &tail[..3], &tail[3..]);
             if let Ok(t) = OffsetDateTime::parse(&fixed, &Rfc3339) {
                 return Some(t);
             }
@@ -96,6 +97,9 @@ mod tests {
             Some("2026-03-04T16:45:03.118204Z")
         );
         assert_eq!(time(&json!("yesterday")), None);
+        // Multi-byte characters where an offset would be must not panic.
+        assert_eq!(time(&json!("x€€")), None);
+        assert_eq!(time(&json!("2026-03-04T17:41:27€")), None);
         assert_eq!(time(&json!(null)), None);
     }
 

@@ -315,6 +315,11 @@ impl Store {
         &self,
         slot: &'a mut MutexGuard<'_, Option<PackWriter>>,
     ) -> Result<&'a mut PackWriter, StoreError> {
+        if slot.as_ref().is_some_and(PackWriter::failed) {
+            // Abandon a pack whose writes failed; its indexed records stay
+            // readable, the rest is an unreferenced tail.
+            **slot = None;
+        }
         let full = slot
             .as_ref()
             .is_some_and(|w| w.len() >= self.inner.pack_target_bytes);

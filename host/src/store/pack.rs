@@ -97,6 +97,9 @@ pub struct PackWriter {
     path: PathBuf,
     out: BufWriter<File>,
     len: u64,
+    /// A write or sync failed: the file may hold bytes `len` does not
+    /// count, so no further record may be appended (a new pack is started).
+    failed: bool,
 }
 
 impl PackWriter {
@@ -113,12 +116,26 @@ impl PackWriter {
             .map_err(io)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(PACK_MAGIC).map_err(io)?;
+        // The new file's directory entry must survive a crash before any
+        // index entry points into it.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| PackError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         Ok(Self {
             id,
             path,
             out,
             len: PACK_MAGIC.len() as u64,
+            failed: false,
         })
+    }
+
+    /// Whether a write or sync failed; such a writer must be replaced.
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 
     pub fn len(&self) -> u64 {
@@ -131,6 +148,17 @@ impl PackWriter {
 
     /// Compress and append one object; returns where it went.
     pub fn append(
+        &mut self,
+        id: &ContentId,
+        kind: ObjectKind,
+        data: &[u8],
+    ) -> Result<Location, PackError> {
+        let result = self.append_inner(id, kind, data);
+        self.failed |= result.is_err();
+        result
+    }
+
+    fn append_inner(
         &mut self,
         id: &ContentId,
         kind: ObjectKind,
@@ -170,12 +198,16 @@ impl PackWriter {
 
     /// Make everything appended so far durable.
     pub fn sync(&mut self) -> Result<(), PackError> {
-        let io = |source| PackError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.out.flush().map_err(io)?;
-        self.out.get_ref().sync_data().map_err(io)
+        let path = self.path.clone();
+        let result = self
+            .out
+            .flush()
+            .and_then(|()| self.out.get_ref().sync_data())
+            .map_err(|source| PackError::Io { path, source });
+        // After a failed fsync the kernel may have dropped the data: never
+        // trust this file again.
+        self.failed |= result.is_err();
+        result
     }
 }
 
