@@ -47,7 +47,7 @@ fn run() -> Result<(), String> {
         ));
     }
 
-    let target_dir = plugin_target_dir()?;
+    let target_dir = plugin_target_dir(&root)?;
     build(&root.join("plugins/Cargo.toml"), &target_dir)?;
     build(
         &root.join("examples/plugins/skip-refs/Cargo.toml"),
@@ -67,9 +67,12 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// `<outer target dir>/wasm-plugins`, found from OUT_DIR
-/// (`<target>/<profile>/build/<pkg>-<hash>/out`).
-fn plugin_target_dir() -> Result<PathBuf, String> {
+/// `<outer target dir>/wasm-plugins/<checkout>`, found from OUT_DIR
+/// (`<target>/<profile>/build/<pkg>-<hash>/out`). One directory per
+/// checkout: two clones sharing a target directory (as CI's cache allows)
+/// must never pick up each other's plugins.
+fn plugin_target_dir(root: &Path) -> Result<PathBuf, String> {
+    use std::hash::{Hash, Hasher};
     if let Ok(dir) = env::var("HOOKVAULT_PLUGIN_TARGET_DIR") {
         return Ok(PathBuf::from(dir));
     }
@@ -78,7 +81,11 @@ fn plugin_target_dir() -> Result<PathBuf, String> {
         .ancestors()
         .nth(4)
         .ok_or("OUT_DIR is not inside a target directory")?;
-    Ok(target.join("wasm-plugins"))
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    root.hash(&mut hasher);
+    Ok(target
+        .join("wasm-plugins")
+        .join(format!("{:016x}", hasher.finish())))
 }
 
 fn build(manifest: &Path, target_dir: &Path) -> Result<(), String> {

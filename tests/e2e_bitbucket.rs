@@ -319,6 +319,16 @@ fn pull_requests_and_comments_export_to_markdown() {
         "pr-3",
         &serde_json::to_vec(&reply).expect("json"),
     );
+    // An older state arriving late (a retried delivery) must not win.
+    let mut stale: Value =
+        serde_json::from_slice(&example("cloud-pullrequest-created.json")).expect("json");
+    stale["pullrequest"]["title"] = json!("Stale title");
+    stale["pullrequest"]["updated_on"] = json!("2026-03-04T16:40:00+00:00");
+    send(
+        "pullrequest:updated",
+        "pr-4",
+        &serde_json::to_vec(&stale).expect("json"),
+    );
 
     // History from before hookvault: a merged PR with a thread, via REST.
     double.add_repo(SourceKind::Cloud, REPO);
@@ -591,7 +601,7 @@ fn every_payload_shape_through_the_endpoint() {
     );
     assert_eq!(
         delivery("dc-3").1["event"]["pull_request"]["created"],
-        "2026-03-04T16:45:03Z"
+        "2026-03-04T16:45:03.000Z"
     );
     assert_eq!(delivery("dc-5").1["event"]["previous_name"], "PAY/billing");
     assert_eq!(

@@ -6,8 +6,9 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
-/// A Bitbucket timestamp as RFC 3339 UTC, from epoch milliseconds (number
-/// or numeric string) or an ISO 8601 string with any offset spelling.
+/// A Bitbucket timestamp as RFC 3339 UTC with milliseconds
+/// (`2026-03-04T16:41:27.000Z`), from epoch milliseconds (number or numeric
+/// string) or an ISO 8601 string with any offset spelling.
 pub fn time(value: &Value) -> Option<String> {
     let parsed = match value {
         Value::Number(n) => from_millis(n.as_i64()?),
@@ -17,7 +18,12 @@ pub fn time(value: &Value) -> Option<String> {
         },
         _ => None,
     }?;
-    parsed.to_offset(UtcOffset::UTC).format(&Rfc3339).ok()
+    // Fixed width (milliseconds, `Z`): still RFC 3339, and two normalised
+    // times compare correctly as text.
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    parsed.to_offset(UtcOffset::UTC).format(&format).ok()
 }
 
 fn from_millis(ms: i64) -> Option<OffsetDateTime> {
@@ -80,7 +86,7 @@ mod tests {
 
     #[test]
     fn accepts_every_bitbucket_time_spelling() {
-        let utc = "2026-03-04T16:41:27Z";
+        let utc = "2026-03-04T16:41:27.000Z";
         for v in [
             json!("2026-03-04T17:41:27+0100"),
             json!("2026-03-04T17:41:27+01:00"),
@@ -94,8 +100,12 @@ mod tests {
         }
         assert_eq!(
             time(&json!("2026-03-04T16:45:03.118204+00:00")).as_deref(),
-            Some("2026-03-04T16:45:03.118204Z")
+            Some("2026-03-04T16:45:03.118Z")
         );
+        // Fixed width: text order is time order.
+        let a = time(&json!("2026-03-04T16:45:03Z")).expect("a");
+        let b = time(&json!("2026-03-04T16:45:03.5Z")).expect("b");
+        assert!(a < b, "{a} < {b}");
         assert_eq!(time(&json!("yesterday")), None);
         // Multi-byte characters where an offset would be must not panic.
         assert_eq!(time(&json!("x€€")), None);

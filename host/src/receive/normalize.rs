@@ -399,7 +399,7 @@ mod tests {
         let pr = e.pull_request.expect("pr");
         assert_eq!((pr.id, pr.state.as_str()), (42, "OPEN"));
         assert_eq!(pr.source_branch.as_deref(), Some("feature/invoice-retries"));
-        assert_eq!(pr.created.as_deref(), Some("2026-03-04T16:45:03.118204Z"));
+        assert_eq!(pr.created.as_deref(), Some("2026-03-04T16:45:03.118Z"));
 
         let body =
             include_bytes!("../../../examples/payloads/cloud-pullrequest-comment-created.json");

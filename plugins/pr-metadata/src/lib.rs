@@ -3,9 +3,10 @@
 //!
 //! Each pull request is one document, `pull-requests/<id>`: the pull
 //! request's fields and every comment seen so far. An event updates the
-//! pull request's fields and merges its comments by id (a deleted comment
-//! stays, marked deleted), then stores the result as a new version; the
-//! store keeps every earlier version.
+//! pull request's fields (unless it is older than the stored state) and
+//! merges its comments by id (a deleted comment stays, marked deleted), then
+//! stores the result as a new version; the store keeps every earlier
+//! version.
 
 // The generated guest glue takes every field of a record as an argument.
 #![allow(clippy::too_many_arguments)]
@@ -113,7 +114,21 @@ impl Guest for PrMetadata {
                 comments: Vec::new(),
             },
         };
-        doc.pull_request = pr;
+        // Deliveries can arrive out of order (retries, reconciliation): never
+        // let an older state of the pull request replace a newer one. Times
+        // are fixed-width RFC 3339 UTC, so they compare as text.
+        let older = matches!(
+            (&pr.updated, &doc.pull_request.updated),
+            (Some(incoming), Some(stored)) if incoming < stored
+        );
+        if older {
+            log::log(
+                Level::Info,
+                &format!("pull request {key}: event is older than the stored state; fields kept"),
+            );
+        } else {
+            doc.pull_request = pr;
+        }
         for comment in metadata::current_comments() {
             let comment = CommentDoc::from(comment);
             match doc.comments.iter_mut().find(|c| c.id == comment.id) {
