@@ -31,16 +31,7 @@ fn push_snapshot_force_push_delete_and_restore() {
     assert_eq!(refs_before.len(), 3);
 
     let service = Service::start(&tmp.path().join("hv"), &server, "");
-    let body = cloud_push(
-        REPO,
-        &[Change {
-            branch: "main",
-            kind: "branch",
-            old: None,
-            new: Some(&dropped),
-            forced: false,
-        }],
-    );
+    let body = branch_push(REPO, "main", None, &dropped);
     service.push("{11111111-aaaa-4bbb-8ccc-000000000001}", &body);
     let first = service.outcome("{11111111-aaaa-4bbb-8ccc-000000000001}");
     assert_eq!(first["status"], "done", "{first}\n{}", service.log());
@@ -251,16 +242,7 @@ fn bad_input_is_rejected_and_nothing_is_stored() {
     let head = work.commit("a.txt", "a\n", "A");
     work.git(&["push", "-q", "origin", "main"]);
     let service = Service::start(&tmp.path().join("hv"), &server, "");
-    let good = cloud_push(
-        REPO,
-        &[Change {
-            branch: "main",
-            kind: "branch",
-            old: None,
-            new: Some(&head),
-            forced: false,
-        }],
-    );
+    let good = branch_push(REPO, "main", None, &head);
     let signed = sign(SECRET.as_bytes(), &good);
 
     let cases: Vec<(&str, Vec<u8>, Option<String>, u16)> = vec![
@@ -335,16 +317,7 @@ fn bad_input_is_rejected_and_nothing_is_stored() {
         "acme/a/b",
         "acme/.git",
     ] {
-        let body = cloud_push(
-            hostile,
-            &[Change {
-                branch: "main",
-                kind: "branch",
-                old: None,
-                new: Some(&head),
-                forced: false,
-            }],
-        );
+        let body = branch_push(hostile, "main", None, &head);
         let (status, reply) = service.deliver(
             "repo:push",
             "bad-name",
@@ -500,16 +473,7 @@ fuel = 50000000
         plugin.display()
     );
     let service = Service::start(&tmp.path().join("hv"), &server, &extra);
-    let body = cloud_push(
-        REPO,
-        &[Change {
-            branch: "main",
-            kind: "branch",
-            old: None,
-            new: Some(&head),
-            forced: false,
-        }],
-    );
+    let body = branch_push(REPO, "main", None, &head);
     service.push("h-1", &body);
     let outcome = service.outcome("h-1");
     assert_eq!(outcome["status"], "failed", "{outcome}");
@@ -544,16 +508,7 @@ fn wrong_git_token_fails_clearly_without_leaking_it() {
     service.stop();
     std::fs::write(tmp.path().join("hv/hookvault.toml"), config).expect("config");
     let service = Service::launch(&tmp.path().join("hv"), tmp.path().join("hv/hookvault.toml"));
-    let body = cloud_push(
-        REPO,
-        &[Change {
-            branch: "main",
-            kind: "branch",
-            old: None,
-            new: Some(&head),
-            forced: false,
-        }],
-    );
+    let body = branch_push(REPO, "main", None, &head);
     service.push("t-1", &body);
     let outcome = service.outcome("t-1");
     assert_eq!(outcome["status"], "failed", "{outcome}");

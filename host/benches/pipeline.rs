@@ -155,16 +155,7 @@ fn main() {
     let clone_time = start.elapsed();
 
     let service = Service::start(&tmp.path().join("hv"), &server, "");
-    let body = cloud_push(
-        REPO,
-        &[Change {
-            branch: "main",
-            kind: "branch",
-            old: None,
-            new: Some(&head),
-            forced: false,
-        }],
-    );
+    let body = branch_push(REPO, "main", None, &head);
     let start = Instant::now();
     service.push("bench-initial", &body);
     let outcome = service.outcome("bench-initial");
@@ -202,16 +193,7 @@ fn main() {
         let start = Instant::now();
         git_auth(&mirror, &["fetch", "-q"]);
         fetch.push(start.elapsed());
-        let body = cloud_push(
-            REPO,
-            &[Change {
-                branch: "main",
-                kind: "branch",
-                old: Some(&old),
-                new: Some(&new),
-                forced: false,
-            }],
-        );
+        let body = branch_push(REPO, "main", Some(&old), &new);
         let delivery = format!("bench-push-{i}");
         let start = Instant::now();
         service.push(&delivery, &body);

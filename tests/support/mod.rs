@@ -253,6 +253,20 @@ pub struct Change<'a> {
     pub forced: bool,
 }
 
+/// A Cloud `repo:push` body for one branch moving from `old` to `new`.
+pub fn branch_push(repo: &str, branch: &str, old: Option<&str>, new: &str) -> Vec<u8> {
+    cloud_push(
+        repo,
+        &[Change {
+            branch,
+            kind: "branch",
+            old,
+            new: Some(new),
+            forced: false,
+        }],
+    )
+}
+
 /// A Cloud `repo:push` body in the documented shape.
 pub fn cloud_push(repo: &str, changes: &[Change<'_>]) -> Vec<u8> {
     let side = |name: &str, kind: &str, hash: Option<&str>| match hash {
