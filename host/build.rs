@@ -14,17 +14,44 @@ use std::process::{Command, ExitCode};
 
 const TARGET: &str = "wasm32-wasip2";
 
+/// Why the build script failed.
+enum Failure {
+    /// Complete in one line: nothing else to show.
+    OneLine(String),
+    /// The nested build's output (already on stderr) explains it.
+    WithOutput(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self::WithOutput(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Self::WithOutput(message.to_string())
+    }
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        // `cargo::error` fails the build by itself; exiting 0 keeps cargo
+        // from dumping the script's output around a message that says it all.
+        Err(Failure::OneLine(message)) => {
+            println!("cargo::error={message}");
+            ExitCode::SUCCESS
+        }
+        // Exiting non-zero makes cargo show the plugin compiler's output.
+        Err(Failure::WithOutput(message)) => {
             println!("cargo::error={message}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run() -> Result<(), String> {
+fn run() -> Result<(), Failure> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
     let root = manifest_dir
         .parent()
@@ -42,9 +69,9 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("cannot run {rustc}: {e}"))?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
     if !sysroot.join("lib/rustlib").join(TARGET).is_dir() {
-        return Err(format!(
+        return Err(Failure::OneLine(format!(
             "the {TARGET} Rust target is not installed; install it with `rustup target add {TARGET}`"
-        ));
+        )));
     }
 
     let target_dir = plugin_target_dir(&root)?;
@@ -57,7 +84,7 @@ fn run() -> Result<(), String> {
     for name in ["git_backup", "pr_metadata", "hostile", "skip_refs"] {
         let file = artifacts.join(format!("{name}.wasm"));
         if !file.is_file() {
-            return Err(format!("plugin build produced no {}", file.display()));
+            return Err(format!("plugin build produced no {}", file.display()).into());
         }
     }
     println!(
