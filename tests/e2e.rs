@@ -235,12 +235,9 @@ fn deduplicates_across_pushes_and_forks() {
 /// Bad input gets the right status, nothing is stored, the server goes on.
 #[test]
 fn bad_input_is_rejected_and_nothing_is_stored() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = GitServer::start(&tmp.path().join("remote"));
-    let upstream = server.create(REPO);
-    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
-    let head = work.commit("a.txt", "a\n", "A");
-    work.git(&["push", "-q", "origin", "main"]);
+    let OneCommitRepo {
+        tmp, server, head, ..
+    } = one_commit_repo(REPO);
     let service = Service::start(&tmp.path().join("hv"), &server, "");
     let good = branch_push(REPO, "main", None, &head);
     let signed = sign(SECRET.as_bytes(), &good);
@@ -372,12 +369,13 @@ fn bad_input_is_rejected_and_nothing_is_stored() {
 /// The example custom filter skips what its config says.
 #[test]
 fn custom_filter_plugin_skips_configured_refs() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = GitServer::start(&tmp.path().join("remote"));
-    let upstream = server.create(REPO);
-    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
-    let main1 = work.commit("a.txt", "a\n", "A");
-    work.git(&["push", "-q", "origin", "main"]);
+    let OneCommitRepo {
+        tmp,
+        server,
+        work,
+        head: main1,
+        ..
+    } = one_commit_repo(REPO);
     let plugin = Path::new(env!("HOOKVAULT_PLUGIN_ARTIFACTS")).join("skip_refs.wasm");
     let extra = format!(
         r#"
@@ -454,12 +452,9 @@ config = {{ skip = ["refs/heads/wip/*"] }}
 /// A plugin stuck in a loop costs one delivery; the service goes on.
 #[test]
 fn hostile_filter_fails_its_delivery_and_the_service_survives() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = GitServer::start(&tmp.path().join("remote"));
-    let upstream = server.create(REPO);
-    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
-    let head = work.commit("a.txt", "a\n", "A");
-    work.git(&["push", "-q", "origin", "main"]);
+    let OneCommitRepo {
+        tmp, server, head, ..
+    } = one_commit_repo(REPO);
     let plugin = Path::new(env!("HOOKVAULT_PLUGIN_ARTIFACTS")).join("hostile.wasm");
     let extra = format!(
         r#"
@@ -494,12 +489,9 @@ fuel = 50000000
 /// repository, never the token, and nothing is snapshotted.
 #[test]
 fn wrong_git_token_fails_clearly_without_leaking_it() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = GitServer::start(&tmp.path().join("remote"));
-    let upstream = server.create(REPO);
-    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
-    let head = work.commit("a.txt", "a\n", "A");
-    work.git(&["push", "-q", "origin", "main"]);
+    let OneCommitRepo {
+        tmp, server, head, ..
+    } = one_commit_repo(REPO);
     let service = Service::start(&tmp.path().join("hv"), &server, "");
     let wrong = "wrong-token-e3d1";
     let config = std::fs::read_to_string(&service.config)

@@ -244,6 +244,32 @@ impl WorkTree {
     }
 }
 
+/// A served repository with one commit on `main`, and a work tree to push
+/// more from.
+pub struct OneCommitRepo {
+    pub tmp: tempfile::TempDir,
+    pub server: GitServer,
+    pub upstream: PathBuf,
+    pub work: WorkTree,
+    pub head: String,
+}
+
+pub fn one_commit_repo(repo: &str) -> OneCommitRepo {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let upstream = server.create(repo);
+    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
+    let head = work.commit("a.txt", "a\n", "A");
+    work.git(&["push", "-q", "origin", "main"]);
+    OneCommitRepo {
+        tmp,
+        server,
+        upstream,
+        work,
+        head,
+    }
+}
+
 /// One ref change, as a Cloud `repo:push` reports it.
 pub struct Change<'a> {
     pub branch: &'a str,
