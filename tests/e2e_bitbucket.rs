@@ -69,6 +69,11 @@ builtin = "pr-metadata"
     )
 }
 
+/// The config with no workspaces to reconcile.
+fn without_reconcile(config: &str) -> String {
+    config.replace("workspaces = [\"acme-eng\"]", "")
+}
+
 fn example(name: &str) -> Vec<u8> {
     std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -113,13 +118,14 @@ fn dc_headers<'a>(key: &'a str, id: &'a str, signature: &'a str) -> Vec<(&'a str
 /// from the API are waited out.
 #[test]
 fn reconciler_catches_dropped_webhooks_and_new_repositories() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = GitServer::start(&tmp.path().join("remote"));
+    let OneCommitRepo {
+        tmp,
+        server,
+        work,
+        head: first,
+        ..
+    } = one_commit_repo(REPO);
     let double = BitbucketDouble::start(TOKEN);
-    let upstream = server.create(REPO);
-    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
-    let first = work.commit("a.txt", "a\n", "A");
-    work.git(&["push", "-q", "origin", "main"]);
     double.add_repo(SourceKind::Cloud, REPO);
 
     let dir = tmp.path().join("hv");
@@ -180,7 +186,7 @@ fn hooks_register_is_idempotent_and_secret_is_accepted() {
     let server = GitServer::start(&tmp.path().join("remote"));
     let double = BitbucketDouble::start(TOKEN);
     let dir = tmp.path().join("hv");
-    let text = config(&dir, &server, &double, "").replace("workspaces = [\"acme-eng\"]", "");
+    let text = without_reconcile(&config(&dir, &server, &double, ""));
     let service = Service::start_config(&dir, &text);
     let url = "https://hookvault.acme.example/webhooks/bitbucket/cloud";
     for round in 0..2 {
@@ -267,16 +273,11 @@ fn hooks_register_is_idempotent_and_secret_is_accepted() {
 /// stored as versioned documents and export to readable Markdown.
 #[test]
 fn pull_requests_and_comments_export_to_markdown() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = GitServer::start(&tmp.path().join("remote"));
+    let OneCommitRepo { tmp, server, .. } = one_commit_repo(REPO);
     let double = BitbucketDouble::start(TOKEN);
-    let upstream = server.create(REPO);
-    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
-    work.commit("a.txt", "a\n", "A");
-    work.git(&["push", "-q", "origin", "main"]);
     let dir = tmp.path().join("hv");
     // Workspaces off for now: the backfill is triggered later.
-    let text = config(&dir, &server, &double, "").replace("workspaces = [\"acme-eng\"]", "");
+    let text = without_reconcile(&config(&dir, &server, &double, ""));
     let service = Service::start_config(&dir, &text);
 
     let send = |key: &str, id: &str, body: &[u8]| {
@@ -466,7 +467,7 @@ fn every_payload_shape_through_the_endpoint() {
         work.git(&["push", "-q", "origin", "main"]);
     }
     let dir = tmp.path().join("hv");
-    let text = config(&dir, &server, &double, "").replace("workspaces = [\"acme-eng\"]", "");
+    let text = without_reconcile(&config(&dir, &server, &double, ""));
     let service = Service::start_config(&dir, &text);
     let delivery = |id: &str| service.api(&format!("deliveries/{id}"));
 

@@ -635,16 +635,22 @@ fn with_start(first: &Url, start: u64) -> Url {
     url
 }
 
-/// A Cloud page: `{values[], next?}`.
-fn parse_cloud_page(page: Value) -> Result<(Vec<Value>, Option<String>), String> {
+/// Any page: a JSON object with a `values` array; returns the values and
+/// the rest of the object.
+fn page_values(page: Value) -> Result<(Vec<Value>, serde_json::Map<String, Value>), String> {
     let Value::Object(mut page) = page else {
         return Err("a page is not a JSON object".into());
     };
-    let values = match page.remove("values") {
-        Some(Value::Array(values)) => values,
-        Some(_) => return Err("`values` is not an array".into()),
-        None => return Err("no `values` in the page".into()),
-    };
+    match page.remove("values") {
+        Some(Value::Array(values)) => Ok((values, page)),
+        Some(_) => Err("`values` is not an array".into()),
+        None => Err("no `values` in the page".into()),
+    }
+}
+
+/// A Cloud page: `{values[], next?}`.
+fn parse_cloud_page(page: Value) -> Result<(Vec<Value>, Option<String>), String> {
+    let (values, mut page) = page_values(page)?;
     let next = match page.remove("next") {
         None | Some(Value::Null) => None,
         Some(Value::String(next)) if next.is_empty() => None,
@@ -657,14 +663,7 @@ fn parse_cloud_page(page: Value) -> Result<(Vec<Value>, Option<String>), String>
 /// A Data Center page: `{values[], isLastPage, nextPageStart?}`; the next
 /// start, or `None` on the last page.
 fn parse_dc_page(page: Value) -> Result<(Vec<Value>, Option<u64>), String> {
-    let Value::Object(mut page) = page else {
-        return Err("a page is not a JSON object".into());
-    };
-    let values = match page.remove("values") {
-        Some(Value::Array(values)) => values,
-        Some(_) => return Err("`values` is not an array".into()),
-        None => return Err("no `values` in the page".into()),
-    };
+    let (values, page) = page_values(page)?;
     let last = page.get("isLastPage").and_then(Value::as_bool);
     let next = page.get("nextPageStart").and_then(Value::as_u64);
     match (last, next) {

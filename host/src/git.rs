@@ -230,29 +230,18 @@ impl Mirror {
         out
     }
 
-    /// The remote's branches and tags, without fetching any objects
-    /// (`git ls-remote`).
-    pub fn ls_remote(&self) -> Result<Vec<RemoteRef>, GitError> {
-        let remote = self.remote()?;
-        let mut connection = remote
-            .connect(Direction::Fetch)
-            .map_err(|e| self.fetch_err(e))?;
-        if let Some(options) = self.transport_options()? {
-            connection.set_transport_options(options);
-        }
-        let connection = connection.with_credentials(|_| Ok(None));
-        let prepare = connection
-            .prepare_fetch(
-                gix::progress::Discard,
-                gix::remote::ref_map::Options::default(),
-            )
-            .map_err(|e| self.fetch_err(e))?;
-        Ok(Self::branches_and_tags(&prepare.ref_map().remote_refs))
-    }
-
-    /// Fetch every branch and tag (forced, pruned: the mirror equals the
-    /// remote afterwards) and return the remote's refs.
-    pub fn fetch(&mut self) -> Result<Vec<RemoteRef>, GitError> {
+    /// Connect to the remote with the credentials header, list its refs
+    /// (the handshake) and hand the prepared fetch to `then`.
+    fn with_prepared_fetch<R>(
+        &self,
+        then: impl FnOnce(
+            gix::remote::fetch::Prepare<
+                '_,
+                '_,
+                Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>,
+            >,
+        ) -> Result<R, GitError>,
+    ) -> Result<R, GitError> {
         let remote = self.remote()?;
         let mut connection = remote
             .connect(Direction::Fetch)
@@ -262,15 +251,32 @@ impl Mirror {
         }
         // Never consult credential helpers or prompt: a 401 is an error.
         let connection = connection.with_credentials(|_| Ok(None));
-        let interrupt = AtomicBool::new(false);
-        let outcome = connection
+        let prepare = connection
             .prepare_fetch(
                 gix::progress::Discard,
                 gix::remote::ref_map::Options::default(),
             )
-            .map_err(|e| self.fetch_err(e))?
-            .receive(gix::progress::Discard, &interrupt)
             .map_err(|e| self.fetch_err(e))?;
+        then(prepare)
+    }
+
+    /// The remote's branches and tags, without fetching any objects
+    /// (`git ls-remote`).
+    pub fn ls_remote(&self) -> Result<Vec<RemoteRef>, GitError> {
+        self.with_prepared_fetch(|prepare| {
+            Ok(Self::branches_and_tags(&prepare.ref_map().remote_refs))
+        })
+    }
+
+    /// Fetch every branch and tag (forced, pruned: the mirror equals the
+    /// remote afterwards) and return the remote's refs.
+    pub fn fetch(&mut self) -> Result<Vec<RemoteRef>, GitError> {
+        let interrupt = AtomicBool::new(false);
+        let outcome = self.with_prepared_fetch(|prepare| {
+            prepare
+                .receive(gix::progress::Discard, &interrupt)
+                .map_err(|e| self.fetch_err(e))
+        })?;
         let remote_refs = Self::branches_and_tags(&outcome.ref_map.remote_refs);
         self.prune(&remote_refs)?;
         Ok(remote_refs)

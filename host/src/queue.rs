@@ -267,6 +267,14 @@ impl Queue {
 mod tests {
     use super::*;
 
+    /// A queue in a new temporary database (kept alive by the directory).
+    fn fresh_queue() -> (tempfile::TempDir, Queue) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path()).expect("db");
+        let queue = Queue::open(&db).expect("queue");
+        (dir, queue)
+    }
+
     fn delivery(id: &str, status: Status) -> Delivery {
         Delivery {
             id: id.into(),
@@ -283,9 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn duplicate_ids_are_recorded_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::open(dir.path()).expect("db");
-        let queue = Queue::open(&db).expect("queue");
+        let (_dir, queue) = fresh_queue();
         assert_eq!(
             queue
                 .record(delivery("a", Status::Queued))
@@ -354,9 +360,7 @@ mod tests {
 
     #[tokio::test]
     async fn corrupt_head_entry_never_blocks_the_queue() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::open(dir.path()).expect("db");
-        let queue = Queue::open(&db).expect("queue");
+        let (_dir, queue) = fresh_queue();
         let mut bad = delivery("bad", Status::Queued);
         bad.received_at_ms = 1;
         queue.record(bad).await.expect("record");
@@ -376,9 +380,7 @@ mod tests {
 
     #[tokio::test]
     async fn attempts_are_durable_before_the_attempt_runs() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::open(dir.path()).expect("db");
-        let queue = Queue::open(&db).expect("queue");
+        let (_dir, queue) = fresh_queue();
         queue
             .record(delivery("x", Status::Queued))
             .await
