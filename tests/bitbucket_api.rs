@@ -1,10 +1,10 @@
-//! The REST client (`hookvault::bitbucket_api`) against the REST double
+//! The REST client (`hookvault::bitbucket::rest`) against the REST double
 //! (`support::bitbucket_double`), both flavours: paging, rate limits,
 //! webhooks, pull requests and their comments, authentication.
 
 mod support;
 
-use hookvault::bitbucket_api::{Api, ApiError, HookSpec, HookTarget};
+use hookvault::bitbucket::rest::{Api, ApiError, HookSpec, HookTarget};
 use hookvault::config::{SecretString, SourceConfig, SourceKind};
 use hookvault::ids::RepoName;
 use serde_json::json;

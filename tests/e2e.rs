@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use hookvault::receive::signature::sign;
+use hookvault::bitbucket::signature::sign;
 use support::*;
 
 const REPO: &str = "acme-eng/billing-service";

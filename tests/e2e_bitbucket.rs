@@ -7,9 +7,9 @@ mod support;
 
 use std::path::Path;
 
+use hookvault::bitbucket::signature::sign;
 use hookvault::config::SourceKind;
 use hookvault::event::now_ms;
-use hookvault::receive::signature::sign;
 use serde_json::{Value, json};
 use support::bitbucket_double::BitbucketDouble;
 use support::*;

@@ -216,7 +216,7 @@ fn main() {
     let mut acks = Vec::new();
     let mut pings = Vec::new();
     let url = format!("http://{}/webhooks/bitbucket", service.addr);
-    let signature = hookvault::receive::signature::sign(SECRET.as_bytes(), &body);
+    let signature = hookvault::bitbucket::signature::sign(SECRET.as_bytes(), &body);
     for i in 0..400 {
         let start = Instant::now();
         let response = client

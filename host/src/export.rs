@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::event::{Comment, PullRequest};
 use crate::ids::RepoName;
-use crate::store::{Store, StoreError};
+use crate::vault::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {

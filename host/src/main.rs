@@ -10,10 +10,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use hookvault::bitbucket_api::{Api, HookTarget};
+use hookvault::bitbucket::rest::{Api, HookTarget};
 use hookvault::config::{Config, SecretString};
 use hookvault::ids::RepoName;
-use hookvault::store::{Snapshot, StoreError};
+use hookvault::vault::{Snapshot, StoreError};
 use hookvault::{restore, serve};
 
 #[derive(Parser)]
@@ -170,7 +170,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn print_hooks(hooks: &[hookvault::hooks::HookView], json: bool) -> anyhow::Result<()> {
+fn print_hooks(hooks: &[hookvault::bitbucket::hooks::HookView], json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(hooks)?);
     } else {
@@ -228,7 +228,7 @@ fn run_hooks(config: &Config, action: HooksAction) -> anyhow::Result<()> {
                         .with_context(|| format!("environment variable {var} is not set"))
                 })
                 .transpose()?;
-            let outcome = rt.block_on(hookvault::hooks::register(
+            let outcome = rt.block_on(hookvault::bitbucket::hooks::register(
                 &api,
                 &config.store.path,
                 &source.name,
@@ -241,21 +241,21 @@ fn run_hooks(config: &Config, action: HooksAction) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&outcome)?);
             } else {
                 match outcome {
-                    hookvault::hooks::Registered::Created { hook } => {
+                    hookvault::bitbucket::hooks::Registered::Created { hook } => {
                         eprintln!("registered hook {} → {}", hook.id, hook.url)
                     }
-                    hookvault::hooks::Registered::AlreadyRegistered { hook } => {
+                    hookvault::bitbucket::hooks::Registered::AlreadyRegistered { hook } => {
                         eprintln!("already registered: hook {} → {}", hook.id, hook.url)
                     }
                 }
             }
         }
         HooksAction::List { .. } => {
-            let hooks = rt.block_on(hookvault::hooks::list(&api, &target))?;
+            let hooks = rt.block_on(hookvault::bitbucket::hooks::list(&api, &target))?;
             print_hooks(&hooks, json)?;
         }
         HooksAction::Remove { id, url, .. } => {
-            let removed = rt.block_on(hookvault::hooks::remove(
+            let removed = rt.block_on(hookvault::bitbucket::hooks::remove(
                 &api,
                 &target,
                 id.as_deref(),

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::git::{from_gix, from_kind, to_gix};
 use crate::ids::{GitOid, ObjectKind};
-use crate::store::{Snapshot, Store, StoreError};
+use crate::vault::{Snapshot, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {

@@ -11,13 +11,13 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::{Config, ConfigError};
+use crate::pipeline::queue::{Queue, QueueError};
+use crate::pipeline::reconcile::Reconciler;
+use crate::pipeline::worker::{Worker, WorkerError};
 use crate::plugins::SourceGit;
 use crate::plugins::{BackupDeps, PluginError, PluginHost};
-use crate::queue::{Queue, QueueError};
 use crate::receive::{AppState, app};
-use crate::reconcile::Reconciler;
-use crate::store::{Store, StoreError};
-use crate::worker::{Worker, WorkerError};
+use crate::vault::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

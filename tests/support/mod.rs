@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 pub mod bitbucket_double;
 
-use hookvault::receive::signature::sign;
+use hookvault::bitbucket::signature::sign;
 
 pub const TOKEN: &str = "test-token-5f1c";
 pub const SECRET: &str = "It's a Secret to Everybody";

@@ -16,7 +16,7 @@ use crate::config::{SecretString, SourceConfig};
 use crate::event::{Event, now_ms};
 use crate::git::{Mirror, ObjectInfo};
 use crate::ids::{GitOid, ObjectKind};
-use crate::store::{CopyStats, RefUpdate, Snapshot, SnapshotBody, Store};
+use crate::vault::{CopyStats, RefUpdate, Snapshot, SnapshotBody, Store};
 
 mod bindings {
     wasmtime::component::bindgen!({

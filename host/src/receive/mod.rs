@@ -6,11 +6,6 @@
 //! ping, 400 malformed, 401 unsigned or wrongly signed, 413 too large,
 //! 503 when the store cannot record (Bitbucket Cloud retries 5xx).
 
-pub mod bitbucket;
-pub mod lenient;
-pub mod normalize;
-pub mod signature;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -23,11 +18,12 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::bitbucket::{normalize, signature};
 use crate::config::{Config, SecretString, SourceKind};
 use crate::event::{Event, now_ms};
 use crate::ids::RepoName;
-use crate::queue::{Delivery, Queue, Recorded, Status};
-use crate::store::Store;
+use crate::pipeline::queue::{Delivery, Queue, Recorded, Status};
+use crate::vault::Store;
 
 /// A configured source with its secrets resolved.
 #[derive(Debug)]
@@ -55,7 +51,7 @@ pub struct AppState {
     pub admin_token: Option<SecretString>,
     pub max_body_bytes: usize,
     /// For `POST /api/v1/reconcile`.
-    pub reconciler: Option<crate::reconcile::Reconciler>,
+    pub reconciler: Option<crate::pipeline::reconcile::Reconciler>,
     /// Where `hookvault hooks register` keeps the secrets it made.
     pub store_dir: std::path::PathBuf,
 }
@@ -248,7 +244,7 @@ async fn receive(
             .or_else(|| {
                 // Secrets registered by `hookvault hooks register`.
                 candidates.iter().copied().find(|s| {
-                    crate::hook_secrets::load(&state.store_dir, &s.name)
+                    crate::bitbucket::secrets::load(&state.store_dir, &s.name)
                         .map(|secrets| verifies(&secrets))
                         .unwrap_or(false)
                 })

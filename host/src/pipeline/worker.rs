@@ -12,8 +12,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::config::WorkerConfig;
 use crate::event::{Event, EventKind};
 use crate::git::Mirror;
+use crate::pipeline::queue::{Queue, QueueError, Status};
 use crate::plugins::{BackupDeps, Decision, PluginHost};
-use crate::queue::{Queue, QueueError, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -265,7 +265,7 @@ fn with_real_changes(deps: &BackupDeps, event: &Event) -> Result<Event, String> 
         .map_err(|e| e.to_string())?
         .map(|s| s.body.refs)
         .unwrap_or_default();
-    let mut changes = crate::reconcile::diff(&snapshot_refs, &remote);
+    let mut changes = crate::pipeline::reconcile::diff(&snapshot_refs, &remote);
     for change in &mut changes {
         change.forced = event
             .changes

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::bitbucket_api::{Api, ApiError, Hook, HookSpec, HookTarget};
+use crate::bitbucket::rest::{Api, ApiError, Hook, HookSpec, HookTarget};
+use crate::bitbucket::secrets::{self, HookSecretError};
 use crate::config::{SecretString, SourceKind};
-use crate::hook_secrets::{self, HookSecretError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HooksError {
@@ -115,10 +115,10 @@ pub async fn register(
     }
     let secret = match secret {
         Some(secret) => secret,
-        None => hook_secrets::generate().map_err(|e| HooksError::Random(e.to_string()))?,
+        None => secrets::generate().map_err(|e| HooksError::Random(e.to_string()))?,
     };
     // Keep the secret first: a hook whose secret is lost cannot be verified.
-    hook_secrets::add(store_dir, source, &secret)?;
+    secrets::add(store_dir, source, &secret)?;
     let spec = HookSpec {
         url: url.to_string(),
         description: description.to_string(),

@@ -5,8 +5,8 @@
 
 use serde_json::Value;
 
-use super::bitbucket::{PayloadError, parse_cloud_push};
 use super::lenient::{at, first, id_at, str_at, time};
+use super::push::{PayloadError, parse_cloud_push};
 use crate::config::SourceKind;
 use crate::event::{Comment, Event, EventKind, PullRequest, RefChange, RefKind};
 use crate::ids::{GitOid, RepoName};

@@ -17,14 +17,14 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::bitbucket_api::Api;
+use crate::bitbucket::normalize;
+use crate::bitbucket::rest::Api;
 use crate::config::{SourceConfig, SourceKind};
 use crate::event::{Event, EventKind, RefChange, RefKind, now_ms};
 use crate::git::{Mirror, RemoteRef};
 use crate::ids::RepoName;
+use crate::pipeline::queue::{Delivery, Queue, Recorded, Status};
 use crate::plugins::BackupDeps;
-use crate::queue::{Delivery, Queue, Recorded, Status};
-use crate::receive::normalize;
 
 /// What one pass found.
 #[derive(Debug, Default, Clone, Serialize)]
