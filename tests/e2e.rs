@@ -136,7 +136,7 @@ fn push_snapshot_force_push_delete_and_restore() {
 }
 
 fn objects_in_store(service: &Service) -> u64 {
-    service.stats()["store"]["objects"]
+    service.stats()["store"]["git_objects"]
         .as_u64()
         .expect("objects")
 }
@@ -341,7 +341,7 @@ fn bad_input_is_rejected_and_nothing_is_stored() {
 
     let stats = service.stats();
     assert_eq!(stats["store"]["snapshots"], 0);
-    assert_eq!(stats["store"]["objects"], 0);
+    assert_eq!(stats["store"]["git_objects"], 0);
     assert_eq!(stats["queue"]["pending"], 0);
 
     // The server still serves: a good push is accepted once, a redelivery

@@ -93,24 +93,24 @@ pub struct StoreConfig {
     /// are relative to the working directory.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
-    /// A pack file is closed and a new one started past this size.
-    #[serde(default = "default_pack_bytes")]
-    pub pack_target_bytes: u64,
+    /// zstd level for new records (1–22; higher is smaller and slower).
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
 }
 
 fn default_store_path() -> PathBuf {
     PathBuf::from("data")
 }
 
-fn default_pack_bytes() -> u64 {
-    256 * 1024 * 1024
+fn default_zstd_level() -> i32 {
+    3
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: default_store_path(),
-            pack_target_bytes: default_pack_bytes(),
+            zstd_level: default_zstd_level(),
         }
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::event::{Comment, PullRequest};
 use crate::ids::RepoName;
-use crate::vault::{Store, StoreError};
+use crate::vault::{Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -22,7 +22,7 @@ pub enum ExportError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Vault(#[from] VaultError),
     #[error("stored pull request {key} of {repo} is unreadable: {message}")]
     Document {
         repo: RepoName,
@@ -54,7 +54,7 @@ fn write(path: &Path, contents: &[u8]) -> Result<(), ExportError> {
 }
 
 pub fn export_metadata(
-    store: &Store,
+    store: &Vault,
     repo: &RepoName,
     at_ms: Option<u64>,
     to: &Path,

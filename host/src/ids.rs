@@ -1,6 +1,6 @@
 //! Typed identifiers. Bare strings and byte arrays never cross module
 //! boundaries: a `RepoName` has been validated, a `GitOid` is 20 bytes, a
-//! `ContentId` is a BLAKE3 digest, a `SnapshotId` names one snapshot.
+//! `RecordId` names a record in the vault, a `SnapshotId` names one snapshot.
 
 use std::fmt;
 
@@ -123,32 +123,99 @@ impl fmt::Debug for GitOid {
     }
 }
 
-/// The BLAKE3 digest of an object's canonical git encoding
-/// (`<kind> <size>\0<content>`): the store's content address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ContentId(pub [u8; 32]);
+/// The id of a record in the vault (20 bytes): a git object's SHA-1, or, for
+/// records that are not git objects (documents, ref chunks), the first 20
+/// bytes of BLAKE3 of their canonical encoding (FORMAT.md).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordId(pub [u8; 20]);
 
-impl fmt::Display for ContentId {
+impl RecordId {
+    pub fn from_hex(hex_str: &str) -> Result<Self, InvalidOid> {
+        GitOid::from_hex(hex_str).map(Self::from)
+    }
+}
+
+impl From<GitOid> for RecordId {
+    fn from(oid: GitOid) -> Self {
+        Self(oid.0)
+    }
+}
+
+impl From<RecordId> for GitOid {
+    fn from(id: RecordId) -> Self {
+        Self(id.0)
+    }
+}
+
+impl fmt::Display for RecordId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex::encode(self.0))
     }
 }
 
-impl fmt::Debug for ContentId {
+impl fmt::Debug for RecordId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ContentId({self})")
+        write!(f, "RecordId({self})")
     }
 }
 
-/// A snapshot id: the BLAKE3 digest of the snapshot's canonical JSON, as 64
-/// lowercase hex digits.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SnapshotId(pub String);
+impl Serialize for RecordId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::from_hex(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A snapshot id: BLAKE3 of the snapshot file's bytes, which is also the
+/// file's name. Shown and parsed as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnapshotId(pub [u8; 32]);
+
+impl SnapshotId {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out).ok()?;
+        Some(Self(out))
+    }
+
+    /// The first 12 hex digits, as listings show them.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+}
 
 impl fmt::Display for SnapshotId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SnapshotId({self})")
+    }
+}
+
+impl Serialize for SnapshotId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for SnapshotId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
     }
 }
 
@@ -162,6 +229,8 @@ pub enum ObjectKind {
     Tag,
     /// Not a git object: a versioned JSON document (pull requests, ...).
     Document,
+    /// Not a git object: one chunk of a snapshot's ref table.
+    Refs,
 }
 
 impl ObjectKind {
@@ -173,6 +242,7 @@ impl ObjectKind {
             Self::Blob => 3,
             Self::Tag => 4,
             Self::Document => 5,
+            Self::Refs => 6,
         }
     }
 
@@ -183,6 +253,7 @@ impl ObjectKind {
             3 => Self::Blob,
             4 => Self::Tag,
             5 => Self::Document,
+            6 => Self::Refs,
             _ => return None,
         })
     }
@@ -194,6 +265,7 @@ impl ObjectKind {
             Self::Blob => "blob",
             Self::Tag => "tag",
             Self::Document => "document",
+            Self::Refs => "refs",
         }
     }
 }

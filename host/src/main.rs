@@ -1,7 +1,8 @@
 //! The `hookvault` command.
 //!
 //! Exit codes: 0 success; 1 failure (the message names the file, repository
-//! or object); 2 usage error; 3 the store is held by a running service.
+//! or object); 2 usage error. Read commands work while `serve` runs: they
+//! read the vault's immutable files and never create or lock anything.
 //! Human output goes to stderr (logs) and stdout (listings); `--json` gives
 //! machine output on stdout.
 
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
 use hookvault::bitbucket::rest::{Api, HookTarget};
 use hookvault::config::{Config, SecretString};
 use hookvault::ids::RepoName;
-use hookvault::vault::{Snapshot, StoreError};
+use hookvault::vault::{Create, Snapshot};
 use hookvault::{restore, serve};
 
 #[derive(Parser)]
@@ -64,7 +65,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Store-wide counters.
+    /// Vault-wide counters.
     Stats {
         #[arg(long)]
         json: bool,
@@ -284,13 +285,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("hookvault: {error:#}");
-            let locked = error.chain().any(|e| {
-                matches!(
-                    e.downcast_ref::<StoreError>(),
-                    Some(StoreError::Locked { .. })
-                )
-            });
-            ExitCode::from(if locked { 3 } else { 1 })
+            ExitCode::from(1)
         }
     }
 }
@@ -314,10 +309,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Snapshots { repo, json } => {
             let repo = RepoName::parse(&repo)?;
-            let store = serve::open_store(&config)?;
+            let store = serve::open_vault(&config, Create::Never)?;
             let snapshots = store.snapshots(&repo)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&snapshots)?);
+                let views = snapshots
+                    .iter()
+                    .map(|s| store.snapshot_json(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                println!("{}", serde_json::to_string_pretty(&views)?);
             } else if snapshots.is_empty() {
                 eprintln!("{repo} has no snapshots");
             } else {
@@ -334,7 +333,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let repo = RepoName::parse(&repo)?;
-            let store = serve::open_store(&config)?;
+            let store = serve::open_vault(&config, Create::Never)?;
             let chosen = match at {
                 Some(at) => {
                     let at_ms = parse_at(&at)?;
@@ -364,7 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ExportMetadata { repo, at, to, json } => {
             let repo = RepoName::parse(&repo)?;
             let at_ms = at.as_deref().map(parse_at).transpose()?;
-            let store = serve::open_store(&config)?;
+            let store = serve::open_vault(&config, Create::Never)?;
             let report = hookvault::export::export_metadata(&store, &repo, at_ms, &to)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -379,19 +378,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Hooks { action } => run_hooks(&config, action)?,
         Command::Stats { json } => {
-            let store = serve::open_store(&config)?;
+            let store = serve::open_vault(&config, Create::Never)?;
             let stats = store.stats()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 println!(
-                    "{} objects ({} distinct contents) in {} packs, {} bytes; {} snapshots of {} repositories",
-                    stats.objects,
-                    stats.contents,
-                    stats.packs,
-                    stats.pack_bytes,
+                    "{} git objects ({} records) in {} data files; {} bytes in all ({} data, {} index); {} snapshots of {} repositories; {} document versions",
+                    stats.git_objects,
+                    stats.records,
+                    stats.data_files,
+                    stats.total_bytes,
+                    stats.data_bytes,
+                    stats.index_bytes,
                     stats.snapshots,
-                    stats.repositories
+                    stats.repositories,
+                    stats.document_versions
                 );
             }
         }
@@ -407,7 +409,7 @@ fn print_snapshot(s: &Snapshot) {
         "{}  {}  refs={} updated={} deleted={} forced={}  new-objects={}  delivery={}  actor={}",
         s.short_id(),
         format_time(b.time_ms),
-        b.refs.len(),
+        b.refs.count,
         b.updates.len(),
         deleted,
         forced,

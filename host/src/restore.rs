@@ -13,14 +13,14 @@ use serde::Serialize;
 
 use crate::git::{from_gix, from_kind, to_gix};
 use crate::ids::{GitOid, ObjectKind};
-use crate::vault::{Snapshot, Store, StoreError};
+use crate::vault::{Snapshot, Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error("restore target {path} exists and is not empty; restore into a new directory")]
     TargetNotEmpty { path: PathBuf },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Vault(#[from] VaultError),
     #[error("restore into {path}: {message}")]
     Write { path: PathBuf, message: String },
     #[error("object {oid} in the store does not hash to its id (got {actual})")]
@@ -51,7 +51,7 @@ fn children(oid: GitOid, kind: ObjectKind, data: &[u8]) -> Result<Vec<GitOid>, R
         message,
     };
     Ok(match kind {
-        ObjectKind::Blob | ObjectKind::Document => Vec::new(),
+        ObjectKind::Blob | ObjectKind::Document | ObjectKind::Refs => Vec::new(),
         ObjectKind::Commit => {
             let commit = gix::objs::CommitRef::from_bytes(data, gix::hash::Kind::Sha1)
                 .map_err(|e| decode(e.to_string()))?;
@@ -79,7 +79,7 @@ fn children(oid: GitOid, kind: ObjectKind, data: &[u8]) -> Result<Vec<GitOid>, R
 
 /// Write `snapshot` into a new bare repository at `to`.
 pub fn restore(
-    store: &Store,
+    store: &Vault,
     snapshot: &Snapshot,
     to: &Path,
 ) -> Result<RestoreReport, RestoreError> {
@@ -100,14 +100,8 @@ pub fn restore(
     }
     let repo = gix::init_bare(to).map_err(|e| write_err(e.to_string()))?;
 
-    let mut tips = Vec::new();
-    for (reference, target) in &snapshot.body.refs {
-        let oid = GitOid::from_hex(target).map_err(|_| RestoreError::BadRef {
-            reference: reference.clone(),
-            target: target.clone(),
-        })?;
-        tips.push(oid);
-    }
+    let refs = store.snapshot_refs(snapshot)?;
+    let tips: Vec<GitOid> = refs.values().copied().collect();
     let mut seen: HashSet<GitOid> = tips.iter().copied().collect();
     let mut stack = tips.clone();
     let (mut objects, mut bytes) = (0u64, 0u64);
@@ -140,7 +134,7 @@ pub fn restore(
 
     use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
     let mut edits = Vec::new();
-    for ((reference, _), oid) in snapshot.body.refs.iter().zip(&tips) {
+    for (reference, oid) in &refs {
         let name = gix::refs::FullName::try_from(reference.as_str()).map_err(|e| {
             RestoreError::BadRef {
                 reference: reference.clone(),
@@ -165,19 +159,18 @@ pub fn restore(
         repo.edit_references_as(edits, None)
             .map_err(|e| write_err(format!("writing refs: {e}")))?;
     }
-    write_head(to, snapshot).map_err(|e| write_err(format!("writing HEAD: {e}")))?;
+    write_head(to, &refs).map_err(|e| write_err(format!("writing HEAD: {e}")))?;
     Ok(RestoreReport {
         snapshot: snapshot.id.to_string(),
         path: to.to_path_buf(),
-        refs: snapshot.body.refs.len(),
+        refs: refs.len(),
         objects,
         bytes,
     })
 }
 
 /// Point HEAD at `main`, `master`, or else the first branch of the snapshot.
-fn write_head(to: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
-    let refs = &snapshot.body.refs;
+fn write_head(to: &Path, refs: &std::collections::BTreeMap<String, GitOid>) -> std::io::Result<()> {
     let head = ["refs/heads/main", "refs/heads/master"]
         .into_iter()
         .find(|r| refs.contains_key(*r))

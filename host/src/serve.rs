@@ -1,4 +1,4 @@
-//! `hookvault serve`: open the store, load the plugins, start the worker and
+//! `hookvault serve`: open the queue and the vault, load the plugins, start the worker and
 //! the HTTP receiver; shut down gracefully on SIGINT/SIGTERM (the delivery in
 //! progress is finished, queued ones stay queued for the next start).
 
@@ -17,14 +17,14 @@ use crate::pipeline::worker::{Worker, WorkerError};
 use crate::plugins::SourceGit;
 use crate::plugins::{BackupDeps, PluginError, PluginHost};
 use crate::receive::{AppState, app};
-use crate::vault::{Store, StoreError};
+use crate::vault::{Create, Vault, VaultError, WriteOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Vault(#[from] VaultError),
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error(transparent)]
@@ -42,13 +42,17 @@ pub enum ServeError {
     Join(String),
 }
 
-/// Open the store for the configured data directory.
-pub fn open_store(config: &Config) -> Result<Store, StoreError> {
-    Store::open(&config.store.path, config.store.pack_target_bytes)
+/// Open the configured vault. `serve` creates it on first use; read
+/// commands never create one.
+pub fn open_vault(config: &Config, create: Create) -> Result<Vault, VaultError> {
+    let options = WriteOptions {
+        zstd_level: config.store.zstd_level,
+    };
+    Vault::open_local(&config.store.path.join("vault"), create, options)
 }
 
 /// Resolve every source's git credentials (fails fast on a missing secret).
-pub fn backup_deps(config: &Config, store: Store) -> Result<BackupDeps, ConfigError> {
+pub fn backup_deps(config: &Config, store: Vault) -> Result<BackupDeps, ConfigError> {
     let mut sources = HashMap::new();
     for source in &config.sources {
         let authorization = source
@@ -72,8 +76,8 @@ pub fn backup_deps(config: &Config, store: Store) -> Result<BackupDeps, ConfigEr
 }
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let store = open_store(&config)?;
-    let queue = Queue::open(store.db())?;
+    let queue = Queue::open_dir(&config.store.path.join("queue"))?;
+    let store = tokio::task::block_in_place(|| open_vault(&config, Create::IfMissing))?;
     let deps = Arc::new(backup_deps(&config, store.clone())?);
     let plugins = Arc::new(tokio::task::block_in_place(|| PluginHost::load(&config))?);
     info!(
@@ -129,10 +133,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     worker
         .await
         .map_err(|e| ServeError::Join(e.to_string()))??;
-    store.db().flush().map_err(|source| StoreError::Db {
-        path: config.store.path.join("index"),
-        source,
-    })?;
+    queue.flush_now()?;
     Ok(())
 }
 

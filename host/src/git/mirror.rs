@@ -57,11 +57,15 @@ pub struct RemoteRef {
 }
 
 /// Metadata of one object found by a walk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
     pub id: GitOid,
     pub kind: ObjectKind,
     pub size: u64,
+    /// Where the walk first met a tree or blob (`src/main.rs`; `""` for a
+    /// root tree): the vault stores it as a delta against an earlier version
+    /// of the same path. `None` for commits and tags.
+    pub path: Option<String>,
 }
 
 pub fn to_kind(kind: gix::object::Kind) -> ObjectKind {
@@ -81,7 +85,7 @@ pub fn from_kind(kind: ObjectKind) -> Option<gix::object::Kind> {
         ObjectKind::Tree => gix::object::Kind::Tree,
         ObjectKind::Blob => gix::object::Kind::Blob,
         ObjectKind::Tag => gix::object::Kind::Tag,
-        ObjectKind::Document => return None,
+        ObjectKind::Document | ObjectKind::Refs => return None,
     })
 }
 
@@ -377,6 +381,7 @@ impl Mirror {
                     id: from_gix(&id),
                     kind: to_kind(header.kind()),
                     size: header.size(),
+                    path: None,
                 });
                 match header.kind() {
                     Kind::Tag => {
@@ -422,6 +427,7 @@ impl Mirror {
                 id: from_gix(&id),
                 kind: ObjectKind::Commit,
                 size: commit.data.len() as u64,
+                path: None,
             });
             let tree = commit.tree_id().map_err(|e| self.walk_err(e))?.detach();
             self.walk_tree(tree, &mut seen, &mut out)?;
@@ -455,7 +461,7 @@ impl Mirror {
         Ok(())
     }
 
-    /// List a tree and every not-yet-seen object below it.
+    /// List a tree and every not-yet-seen object below it, with paths.
     fn walk_tree(
         &self,
         root: ObjectId,
@@ -465,32 +471,39 @@ impl Mirror {
         if !seen.insert(root) {
             return Ok(());
         }
-        let mut stack = vec![root];
-        while let Some(id) = stack.pop() {
+        let mut stack = vec![(root, String::new())];
+        while let Some((id, path)) = stack.pop() {
             let tree = self.repo.find_tree(id).map_err(|e| self.walk_err(e))?;
-            out.push(ObjectInfo {
-                id: from_gix(&id),
-                kind: ObjectKind::Tree,
-                size: tree.data.len() as u64,
-            });
             let decoded = tree.decode().map_err(|e| self.walk_err(e))?;
-            for entry in decoded.entries {
+            for entry in &decoded.entries {
                 let child = entry.oid.to_owned();
                 // Submodule gitlinks point into another repository.
                 if entry.mode.is_commit() || !seen.insert(child) {
                     continue;
                 }
+                let child_path = if path.is_empty() {
+                    entry.filename.to_string()
+                } else {
+                    format!("{path}/{}", entry.filename)
+                };
                 if entry.mode.is_tree() {
-                    stack.push(child);
+                    stack.push((child, child_path));
                 } else {
                     let header = self.repo.find_header(child).map_err(|e| self.walk_err(e))?;
                     out.push(ObjectInfo {
                         id: from_gix(&child),
                         kind: to_kind(header.kind()),
                         size: header.size(),
+                        path: Some(child_path),
                     });
                 }
             }
+            out.push(ObjectInfo {
+                id: from_gix(&id),
+                kind: ObjectKind::Tree,
+                size: tree.data.len() as u64,
+                path: Some(path),
+            });
         }
         Ok(())
     }

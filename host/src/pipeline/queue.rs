@@ -26,6 +26,13 @@ use crate::event::{Event, now_ms};
 pub enum QueueError {
     #[error("queue database error: {0}")]
     Db(#[from] sled::Error),
+    #[error("the delivery queue at {path} is in use by another `hookvault serve`")]
+    InUse { path: std::path::PathBuf },
+    #[error("delivery queue at {path}: {source}")]
+    Open {
+        path: std::path::PathBuf,
+        source: sled::Error,
+    },
     #[error("queue record for delivery {id} is corrupt: {source}")]
     Corrupt {
         id: String,
@@ -115,6 +122,32 @@ fn encode(delivery: &Delivery) -> Vec<u8> {
 }
 
 impl Queue {
+    /// Open (or create) the queue's own database in `dir`
+    /// (`<store.path>/queue`). Only one process may hold it.
+    pub fn open_dir(dir: &std::path::Path) -> Result<Self, QueueError> {
+        let db = sled::Config::new().path(dir).open().map_err(|source| {
+            let in_use = matches!(&source, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                || source.to_string().contains("lock");
+            if in_use {
+                QueueError::InUse {
+                    path: dir.to_path_buf(),
+                }
+            } else {
+                QueueError::Open {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        Self::open(&db)
+    }
+
+    /// Make everything recorded durable (at shutdown).
+    pub fn flush_now(&self) -> Result<(), QueueError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
     pub fn open(db: &sled::Db) -> Result<Self, QueueError> {
         Ok(Self {
             db: db.clone(),

@@ -260,7 +260,7 @@ impl Reconciler {
             .pointer("/pull_request/updated")
             .and_then(serde_json::Value::as_str)
             .map(str::to_string);
-        Ok(Some((version.content, updated)))
+        Ok(Some((version.content.to_string(), updated)))
     }
 
     /// Record and queue a synthetic event; false if it was already there.
@@ -328,9 +328,19 @@ impl Reconciler {
         // that returns to an earlier state is queued again.
         let mut hasher = blake3::Hasher::new();
         if let Some(latest) = &latest {
-            hasher.update(latest.id.0.as_bytes());
+            hasher.update(&latest.id.0);
         }
-        let snapshot_refs = latest.map(|s| s.body.refs).unwrap_or_default();
+        let snapshot_refs: BTreeMap<String, String> = match &latest {
+            Some(s) => self
+                .deps
+                .store
+                .snapshot_refs(s)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|(name, target)| (name, target.to_hex()))
+                .collect(),
+            None => BTreeMap::new(),
+        };
         let changes = diff(&snapshot_refs, &remote);
         if changes.is_empty() {
             return Ok(None);

@@ -259,12 +259,14 @@ fn with_real_changes(deps: &BackupDeps, event: &Event) -> Result<Event, String> 
     )
     .map_err(|e| e.to_string())?;
     let remote = mirror.ls_remote().map_err(|e| e.to_string())?;
-    let snapshot_refs = deps
+    let snapshot_refs: std::collections::BTreeMap<String, String> = deps
         .store
-        .latest_snapshot(&event.repository)
+        .latest_refs(&event.repository)
         .map_err(|e| e.to_string())?
-        .map(|s| s.body.refs)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, target)| (name, target.to_hex()))
+        .collect();
     let mut changes = crate::pipeline::reconcile::diff(&snapshot_refs, &remote);
     for change in &mut changes {
         change.forced = event

@@ -16,7 +16,7 @@ use crate::config::{SecretString, SourceConfig};
 use crate::event::{Event, now_ms};
 use crate::git::{Mirror, ObjectInfo};
 use crate::ids::{GitOid, ObjectKind};
-use crate::vault::{CopyStats, RefUpdate, Snapshot, SnapshotBody, Store};
+use crate::vault::{CopyStats, NewSnapshot, RefUpdate, Snapshot, Vault};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -45,7 +45,7 @@ pub struct SourceGit {
 /// What backup plugins may reach, through the host.
 #[derive(Debug)]
 pub struct BackupDeps {
-    pub store: Store,
+    pub store: Vault,
     pub mirrors_dir: PathBuf,
     pub sources: HashMap<String, SourceGit>,
 }
@@ -55,6 +55,8 @@ pub struct BackupCtx {
     deps: Arc<BackupDeps>,
     event: Event,
     mirror: Option<Mirror>,
+    /// Paths the walks of this call met, so copies can delta by path.
+    paths: HashMap<GitOid, String>,
     stats: CopyStats,
     snapshot: Option<Snapshot>,
 }
@@ -112,23 +114,34 @@ impl git_source::Host for PluginState<BackupCtx> {
         let known = parse_oids(&known)?;
         let mirror = self.extra.mirror()?;
         let objects = mirror.walk(&tips, &known).map_err(|e| e.to_string())?;
+        let paths = &mut self.extra.paths;
         Ok(objects
             .into_iter()
-            .filter_map(|ObjectInfo { id, kind, size }| {
-                let kind = match kind {
-                    ObjectKind::Commit => git_source::ObjectKind::Commit,
-                    ObjectKind::Tree => git_source::ObjectKind::Tree,
-                    ObjectKind::Blob => git_source::ObjectKind::Blob,
-                    ObjectKind::Tag => git_source::ObjectKind::Tag,
-                    // A git walk never yields documents.
-                    ObjectKind::Document => return None,
-                };
-                Some(git_source::ObjectInfo {
-                    id: id.to_hex(),
-                    kind,
-                    size,
-                })
-            })
+            .filter_map(
+                |ObjectInfo {
+                     id,
+                     kind,
+                     size,
+                     path,
+                 }| {
+                    let kind = match kind {
+                        ObjectKind::Commit => git_source::ObjectKind::Commit,
+                        ObjectKind::Tree => git_source::ObjectKind::Tree,
+                        ObjectKind::Blob => git_source::ObjectKind::Blob,
+                        ObjectKind::Tag => git_source::ObjectKind::Tag,
+                        // A git walk never yields documents or ref chunks.
+                        ObjectKind::Document | ObjectKind::Refs => return None,
+                    };
+                    if let Some(path) = path {
+                        paths.insert(id, path);
+                    }
+                    Some(git_source::ObjectInfo {
+                        id: id.to_hex(),
+                        kind,
+                        size,
+                    })
+                },
+            )
             .collect())
     }
 }
@@ -140,13 +153,18 @@ impl store::Host for PluginState<BackupCtx> {
             .deps
             .store
             .latest_snapshot(&self.extra.event.repository)?;
-        Ok(latest.map(|s| {
-            s.body
-                .refs
-                .into_iter()
-                .map(|(name, target)| store::StoredRef { name, target })
-                .collect()
-        }))
+        let Some(latest) = latest else {
+            return Ok(None);
+        };
+        let refs = self.extra.deps.store.snapshot_refs(&latest)?;
+        Ok(Some(
+            refs.into_iter()
+                .map(|(name, target)| store::StoredRef {
+                    name,
+                    target: target.to_hex(),
+                })
+                .collect(),
+        ))
     }
 
     fn missing(&mut self, ids: Vec<String>) -> Result<Vec<String>, String> {
@@ -164,10 +182,16 @@ impl store::Host for PluginState<BackupCtx> {
     fn copy_objects(&mut self, ids: Vec<String>) -> Result<store::CopyStats, String> {
         let oids = parse_oids(&ids)?;
         let store = self.extra.deps.store.clone();
+        let paths = std::mem::take(&mut self.extra.paths);
+        let objects: Vec<(GitOid, Option<&str>)> = oids
+            .iter()
+            .map(|oid| (*oid, paths.get(oid).map(String::as_str)))
+            .collect();
         let mirror = self.extra.mirror()?;
-        let stats = store
-            .put_objects(&oids, |oid| mirror.read(oid))
-            .map_err(|e| e.to_string())?;
+        let result = store.put_objects(&objects, |oid| mirror.read(oid));
+        drop(objects);
+        self.extra.paths = paths;
+        let stats = result.map_err(|e| e.to_string())?;
         self.extra.stats.written += stats.written;
         self.extra.stats.present += stats.present;
         self.extra.stats.stored_bytes += stats.stored_bytes;
@@ -181,20 +205,19 @@ impl store::Host for PluginState<BackupCtx> {
     fn commit_snapshot(&mut self, request: store::SnapshotRequest) -> Result<String, String> {
         let ctx = &mut self.extra;
         let event = &ctx.event;
-        let body = SnapshotBody {
+        let mut refs = std::collections::BTreeMap::new();
+        for r in request.refs {
+            let target = GitOid::from_hex(&r.target).map_err(|e| format!("ref {}: {e}", r.name))?;
+            refs.insert(r.name, target);
+        }
+        let body = NewSnapshot {
             repository: event.repository.clone(),
             source: event.source.clone(),
-            seq: 0,
             time_ms: now_ms(),
             delivery_id: event.delivery_id.clone(),
             event_key: event.event_key.clone(),
             actor: event.actor.clone(),
-            parent: None,
-            refs: request
-                .refs
-                .into_iter()
-                .map(|r| (r.name, r.target))
-                .collect(),
+            refs,
             updates: request
                 .updates
                 .into_iter()
@@ -261,6 +284,7 @@ impl BackupPlugin {
             deps,
             event: event.clone(),
             mirror: None,
+            paths: HashMap::new(),
             stats: CopyStats::default(),
             snapshot: None,
         };

@@ -23,7 +23,7 @@ use crate::config::{Config, SecretString, SourceKind};
 use crate::event::{Event, now_ms};
 use crate::ids::RepoName;
 use crate::pipeline::queue::{Delivery, Queue, Recorded, Status};
-use crate::vault::Store;
+use crate::vault::Vault;
 
 /// A configured source with its secrets resolved.
 #[derive(Debug)]
@@ -47,7 +47,7 @@ impl Source {
 pub struct AppState {
     pub sources: Vec<Source>,
     pub queue: Queue,
-    pub store: Store,
+    pub store: Vault,
     pub admin_token: Option<SecretString>,
     pub max_body_bytes: usize,
     /// For `POST /api/v1/reconcile`.
@@ -60,7 +60,7 @@ impl AppState {
     pub fn new(
         config: &Config,
         queue: Queue,
-        store: Store,
+        store: Vault,
     ) -> Result<Self, crate::config::ConfigError> {
         let mut sources = Vec::new();
         for source in &config.sources {
@@ -363,8 +363,18 @@ async fn list_snapshots(
         Ok(repo) => repo,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match state.store.snapshots(&repo) {
-        Ok(list) => reply(StatusCode::OK, json!(list)),
+    let store = state.store.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        store
+            .snapshots(&repo)?
+            .iter()
+            .map(|s| store.snapshot_json(s))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+    match listed {
+        Ok(Ok(list)) => reply(StatusCode::OK, json!(list)),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -388,12 +398,17 @@ async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respon
     if let Some(denied) = api_denied(&state, &headers) {
         return denied;
     }
-    match state.store.stats() {
+    let store = state.store.clone();
+    let stats = tokio::task::spawn_blocking(move || store.stats())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match stats {
         Ok(stats) => reply(
             StatusCode::OK,
             json!({ "store": stats, "queue": { "pending": state.queue.pending_len() } }),
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

@@ -1,461 +1,890 @@
-//! The embedded store: git objects addressed by BLAKE3, zstd-compressed in
-//! append-only pack files; the index, the snapshots and the delivery queue
-//! in one sled database. FORMAT.md describes every byte.
+//! The vault: a self-describing repository of immutable files (FORMAT.md)
+//! behind a small [`Backend`] trait. Git objects are stored as zstd frames,
+//! blobs, trees and commits as forward deltas against an earlier version of
+//! the same path (radix-16 skip-deltas); snapshots carry chunked ref tables;
+//! documents are versioned JSON.
 //!
-//! Write order, so that a crash at any instant leaves the store consistent:
-//! 1. object data is appended to a pack file and fsynced;
-//! 2. the index entries for that data are written in one sled batch and
-//!    flushed;
-//! 3. only then may a snapshot that needs those objects be written (and
-//!    flushed). A snapshot is refused when one of its ref targets is not
-//!    indexed.
+//! Write order, so that a crash at any instant leaves the vault consistent:
+//! 1. data files are written (each whole, durable, then visible);
+//! 2. then the index file that says where their records are;
+//! 3. only then a snapshot or document file that needs those records. A
+//!    snapshot is refused when one of its ref targets is not indexed.
 //!
-//! A crash between 1 and 2 leaves unreferenced bytes at a pack's tail; a crash
-//! between 2 and 3 leaves indexed objects that a later backup deduplicates
-//! against.
+//! A crash between 1 and 2 leaves data files no index names; between 2 and 3,
+//! indexed records no snapshot reaches. Both are unreferenced, never
+//! dangling, and a later backup deduplicates against indexed records.
+//!
+//! Error policy: every error names the vault location and the record,
+//! snapshot or file concerned; damage (a check that fails, a file shorter
+//! than the index says) is [`VaultError::Damaged`], never a panic and never
+//! silently skipped.
 
+pub mod backend;
 pub mod documents;
-pub mod pack;
+pub mod format;
+pub mod index;
+pub mod refs;
 pub mod snapshot;
 
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde::Serialize;
 
-use crate::ids::{ContentId, GitOid, ObjectKind, RepoName, SnapshotId};
-use pack::{Location, PackError, PackWriter, pack_path};
-pub use snapshot::{CopyStats, RefUpdate, Snapshot, SnapshotBody};
+use crate::ids::{GitOid, ObjectKind, RecordId, RepoName, SnapshotId};
+use backend::{Backend, BackendError, FileName, FileType, LocalBackend};
+pub use documents::DocumentVersion;
+use format::{FormatError, MAX_DELTA_BASE, MAX_DEPTH, RecordHeader, VaultConfig};
+use index::{Entry, MemIndex};
+pub use snapshot::{CopyStats, RefTable, RefUpdate, Snapshot, SnapshotBody};
+
+/// Data files are closed when they pass this size.
+const DATA_FILE_TARGET: usize = 32 << 20;
+/// Decoded contents kept for delta bases and repeated reads.
+const DECODED_CACHE_BYTES: usize = 96 << 20;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(
-        "the store at {path} is in use by another hookvault process (stop `hookvault serve` first): {source}"
-    )]
-    Locked { path: PathBuf, source: sled::Error },
-    #[error("store database at {path}: {source}")]
-    Db { path: PathBuf, source: sled::Error },
-    #[error("store directory {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+pub enum VaultError {
     #[error(transparent)]
-    Pack(#[from] PackError),
-    #[error("object {oid} is not in the store")]
-    MissingObject { oid: GitOid },
-    #[error("index entry for {what} is corrupt")]
-    CorruptIndex { what: String },
+    Backend(#[from] BackendError),
     #[error(
-        "snapshot of {repo} refused: ref {reference} points at {oid}, which is not in the store"
+        "no vault at {location} (run `hookvault serve` once to create it, or check store.path / store.url)"
+    )]
+    NoVault { location: String },
+    #[error(
+        "the vault at {location} has format {found}; this hookvault reads format {}",
+        format::FORMAT_VERSION
+    )]
+    UnknownFormat { location: String, found: String },
+    #[error("{location}: {file_type} file {name}: {message}")]
+    BadFile {
+        location: String,
+        file_type: &'static str,
+        name: String,
+        message: String,
+    },
+    #[error("{location}: record {id} in data file {file} at offset {offset} is damaged: {message}")]
+    Damaged {
+        location: String,
+        id: RecordId,
+        file: String,
+        offset: u64,
+        message: String,
+    },
+    #[error("object {oid} is not in the vault")]
+    MissingObject { oid: GitOid },
+    #[error(
+        "snapshot of {repo} refused: ref {reference} points at {oid}, which is not in the vault"
     )]
     IncompleteSnapshot {
         repo: RepoName,
         reference: String,
         oid: String,
     },
-    #[error("snapshot record {key} is corrupt: {message}")]
-    CorruptSnapshot { key: String, message: String },
     #[error("no snapshot of {repo} matches {prefix:?}")]
     NoSuchSnapshot { repo: RepoName, prefix: String },
     #[error("{prefix:?} matches several snapshots of {repo}; give more digits")]
     AmbiguousSnapshot { repo: RepoName, prefix: String },
     #[error("{repo} has no snapshots")]
     NoSnapshots { repo: RepoName },
-    #[error("a store lock was poisoned by a panic")]
+    #[error("a vault lock was poisoned by a panic")]
     Poisoned,
     #[error("document refused: {message}")]
     BadDocument { message: String },
+    #[error("encoding a record: {0}")]
+    Encode(FormatError),
 }
 
-/// Counters over the whole store.
+impl VaultError {
+    /// Whether the failure is the storage being full (try again later).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, VaultError::Backend(e) if e.is_no_space())
+    }
+}
+
+/// Counters over the whole vault.
 #[derive(Debug, Clone, Serialize)]
-pub struct StoreStats {
-    pub objects: u64,
-    pub contents: u64,
-    pub packs: u64,
-    pub pack_bytes: u64,
+pub struct VaultStats {
+    pub location: String,
+    pub records: u64,
+    pub git_objects: u64,
+    pub data_files: u64,
+    pub data_bytes: u64,
+    pub index_files: u64,
+    pub index_bytes: u64,
+    pub snapshot_files: u64,
+    pub snapshot_bytes: u64,
+    pub document_files: u64,
+    pub document_bytes: u64,
+    /// Every file of the vault, in bytes.
+    pub total_bytes: u64,
     pub snapshots: u64,
     pub repositories: u64,
     pub document_versions: u64,
 }
 
-struct Inner {
-    dir: PathBuf,
-    packs_dir: PathBuf,
-    db: sled::Db,
-    /// git oid (20) → content id (32) ‖ kind (1) ‖ size (u64 BE)
-    objects: sled::Tree,
-    /// content id (32) → Location
-    contents: sled::Tree,
-    /// repo ‖ 0x00 ‖ seq (u64 BE) → Snapshot JSON
-    snapshots: sled::Tree,
-    /// store-wide counters: `next-pack`
-    meta: sled::Tree,
-    /// repo ‖ 0 ‖ collection ‖ 0 ‖ key ‖ 0 ‖ time (u64 BE) ‖ seq (u64 BE) → version JSON
-    documents: sled::Tree,
-    writer: Mutex<Option<PackWriter>>,
-    readers: Mutex<HashMap<u32, Arc<File>>>,
-    pack_target_bytes: u64,
+/// How the vault writes.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOptions {
+    /// zstd level for records.
+    pub zstd_level: i32,
 }
 
-/// A handle to the store; cheap to clone.
+impl Default for WriteOptions {
+    fn default() -> Self {
+        Self { zstd_level: 3 }
+    }
+}
+
+/// Decoded contents by record id, bounded by bytes (least recently used
+/// goes first).
+#[derive(Default)]
+struct DecodedCache {
+    map: HashMap<RecordId, (Arc<Vec<u8>>, u64)>,
+    bytes: usize,
+    tick: u64,
+}
+
+impl DecodedCache {
+    fn get(&mut self, id: &RecordId) -> Option<Arc<Vec<u8>>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.map.get_mut(id).map(|(data, used)| {
+            *used = tick;
+            data.clone()
+        })
+    }
+
+    fn insert(&mut self, id: RecordId, data: Arc<Vec<u8>>) {
+        if data.len() > DECODED_CACHE_BYTES / 4 || self.map.contains_key(&id) {
+            return;
+        }
+        self.tick += 1;
+        self.bytes += data.len();
+        self.map.insert(id, (data, self.tick));
+        if self.bytes > DECODED_CACHE_BYTES {
+            // Evict the older half in one pass.
+            let mut ticks: Vec<u64> = self.map.values().map(|(_, t)| *t).collect();
+            ticks.sort_unstable();
+            let cut = ticks[ticks.len() / 2];
+            self.map.retain(|_, (_, t)| *t > cut);
+            self.bytes = self.map.values().map(|(d, _)| d.len()).sum();
+        }
+    }
+}
+
+/// Records of one write that are not in an index file yet.
+#[derive(Default)]
+struct Pending {
+    /// The data file being built; `None` file names in `entries` point here.
+    buf: Vec<u8>,
+    entries: HashMap<RecordId, (Option<FileName>, Entry)>,
+    order: Vec<RecordId>,
+    versions: HashMap<(u64, u32), RecordId>,
+    next_version: HashMap<u64, u32>,
+    stored_bytes: u64,
+}
+
+struct Inner {
+    backend: Box<dyn Backend>,
+    location: String,
+    index: RwLock<MemIndex>,
+    /// repository → snapshots, oldest first.
+    snapshots: RwLock<BTreeMap<RepoName, Vec<Snapshot>>>,
+    /// (repository, collection, key) → versions, oldest first.
+    documents: RwLock<BTreeMap<(RepoName, String, String), Vec<DocumentVersion>>>,
+    writer: Mutex<()>,
+    decoded: Mutex<DecodedCache>,
+    options: WriteOptions,
+}
+
+/// A handle to the vault; cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct Vault {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("dir", &self.inner.dir)
+        f.debug_struct("Vault")
+            .field("location", &self.inner.location)
             .finish_non_exhaustive()
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, StoreError> {
-    m.lock().map_err(|_| StoreError::Poisoned)
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, VaultError> {
+    m.lock().map_err(|_| VaultError::Poisoned)
 }
 
-fn snapshot_prefix(repo: &RepoName) -> Vec<u8> {
-    let mut key = repo.to_string().into_bytes();
-    key.push(0);
-    key
+/// Whether to create a vault that does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// `serve`: create on first use.
+    IfMissing,
+    /// Read commands: a missing vault is an error, never created.
+    Never,
 }
 
-/// An index entry for one git object.
-#[derive(Debug, Clone, Copy)]
-pub struct ObjectEntry {
-    pub content: ContentId,
-    pub kind: ObjectKind,
-    pub size: u64,
-}
-
-impl ObjectEntry {
-    fn encode(&self) -> [u8; 41] {
-        let mut out = [0u8; 41];
-        out[..32].copy_from_slice(&self.content.0);
-        out[32] = self.kind.code();
-        out[33..].copy_from_slice(&self.size.to_be_bytes());
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != 41 {
-            return None;
-        }
-        Some(Self {
-            content: ContentId(bytes[..32].try_into().ok()?),
-            kind: ObjectKind::from_code(bytes[32])?,
-            size: u64::from_be_bytes(bytes[33..].try_into().ok()?),
-        })
-    }
-}
-
-impl Store {
-    /// Open (or create) the store in `dir`. Fails with [`StoreError::Locked`]
-    /// when another process holds it.
-    pub fn open(dir: &Path, pack_target_bytes: u64) -> Result<Self, StoreError> {
-        let packs_dir = dir.join("packs");
-        std::fs::create_dir_all(&packs_dir).map_err(|source| StoreError::Io {
-            path: packs_dir.clone(),
-            source,
-        })?;
-        let db_path = dir.join("index");
-        let db = sled::Config::new().path(&db_path).open().map_err(|source| {
-            let locked = matches!(&source, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-                || source.to_string().contains("lock");
-            if locked {
-                StoreError::Locked {
-                    path: dir.to_path_buf(),
-                    source,
-                }
-            } else {
-                StoreError::Db {
-                    path: db_path.clone(),
-                    source,
-                }
-            }
-        })?;
-        let tree = |name: &str| {
-            db.open_tree(name).map_err(|source| StoreError::Db {
-                path: db_path.clone(),
-                source,
-            })
+impl Vault {
+    /// Open the local vault in `dir` (`<store.path>/vault`).
+    pub fn open_local(
+        dir: &Path,
+        create: Create,
+        options: WriteOptions,
+    ) -> Result<Self, VaultError> {
+        let backend: Box<dyn Backend> = match create {
+            Create::IfMissing => Box::new(LocalBackend::create(dir)?),
+            Create::Never => Box::new(LocalBackend::open(dir)),
         };
-        Ok(Self {
+        Self::open(backend, create, options)
+    }
+
+    /// Open a vault on any backend: check (or write) its config, then read
+    /// every index, snapshot and document file.
+    pub fn open(
+        backend: Box<dyn Backend>,
+        create: Create,
+        options: WriteOptions,
+    ) -> Result<Self, VaultError> {
+        let location = backend.location();
+        let config = match backend.read(FileType::Config, &FileName::config()) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() && create == Create::IfMissing => {
+                let config = new_config()?;
+                let bytes = serde_json::to_vec_pretty(&config)
+                    .map_err(|e| VaultError::Encode(FormatError(e.to_string())))?;
+                backend.write(FileType::Config, &FileName::config(), &bytes)?;
+                bytes
+            }
+            Err(e) if e.is_not_found() => return Err(VaultError::NoVault { location }),
+            Err(e) => return Err(e.into()),
+        };
+        check_config(&location, &config)?;
+        let vault = Self {
             inner: Arc::new(Inner {
-                dir: dir.to_path_buf(),
-                packs_dir,
-                objects: tree("objects")?,
-                contents: tree("contents")?,
-                snapshots: tree("snapshots")?,
-                meta: tree("meta")?,
-                documents: tree("documents")?,
-                db,
-                writer: Mutex::new(None),
-                readers: Mutex::new(HashMap::new()),
-                pack_target_bytes,
+                backend,
+                location,
+                index: RwLock::new(MemIndex::default()),
+                snapshots: RwLock::new(BTreeMap::new()),
+                documents: RwLock::new(BTreeMap::new()),
+                writer: Mutex::new(()),
+                decoded: Mutex::new(DecodedCache::default()),
+                options,
             }),
-        })
+        };
+        vault.refresh()?;
+        Ok(vault)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
+    pub fn location(&self) -> &str {
+        &self.inner.location
     }
 
-    /// The sled database, shared with the queue.
-    pub fn db(&self) -> &sled::Db {
-        &self.inner.db
-    }
-
-    fn db_err(&self, source: sled::Error) -> StoreError {
-        StoreError::Db {
-            path: self.inner.dir.join("index"),
-            source,
+    fn bad_file(&self, file_type: FileType, name: &FileName, e: FormatError) -> VaultError {
+        VaultError::BadFile {
+            location: self.inner.location.clone(),
+            file_type: match file_type {
+                FileType::Config => "config",
+                FileType::Data => "data",
+                FileType::Index => "index",
+                FileType::Snapshot => "snapshot",
+                FileType::Document => "document",
+            },
+            name: name.to_string(),
+            message: e.0,
         }
     }
 
-    pub fn object(&self, oid: &GitOid) -> Result<Option<ObjectEntry>, StoreError> {
-        match self.inner.objects.get(oid.0).map_err(|e| self.db_err(e))? {
-            None => Ok(None),
-            Some(bytes) => {
-                ObjectEntry::decode(&bytes)
-                    .map(Some)
-                    .ok_or_else(|| StoreError::CorruptIndex {
-                        what: format!("object {oid}"),
-                    })
+    /// Read the index, snapshot and document files this handle has not
+    /// seen yet (written by another process since it opened).
+    pub fn refresh(&self) -> Result<(), VaultError> {
+        let backend = &self.inner.backend;
+        let names = backend.list(FileType::Index)?;
+        let fresh: Vec<FileName> = {
+            let index = self.inner.index.read().map_err(|_| VaultError::Poisoned)?;
+            names
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| !index.has_file(n))
+                .collect()
+        };
+        for name in fresh {
+            let bytes = backend.read(FileType::Index, &name)?;
+            if name.hash() != Some(*blake3::hash(&bytes).as_bytes()) {
+                return Err(self.bad_file(
+                    FileType::Index,
+                    &name,
+                    FormatError("content does not match the file name".into()),
+                ));
+            }
+            let entries = index::decode_index_file(&bytes)
+                .map_err(|e| self.bad_file(FileType::Index, &name, e))?;
+            self.inner
+                .index
+                .write()
+                .map_err(|_| VaultError::Poisoned)?
+                .insert_file(name, entries);
+        }
+
+        let known: HashSet<SnapshotId> = self
+            .inner
+            .snapshots
+            .read()
+            .map_err(|_| VaultError::Poisoned)?
+            .values()
+            .flatten()
+            .map(|s| s.id)
+            .collect();
+        let mut loaded = Vec::new();
+        for (name, _) in backend.list(FileType::Snapshot)? {
+            let Some(hash) = name.hash() else { continue };
+            if known.contains(&SnapshotId(hash)) {
+                continue;
+            }
+            let bytes = backend.read(FileType::Snapshot, &name)?;
+            loaded.push(
+                Snapshot::open(&name, &bytes)
+                    .map_err(|e| self.bad_file(FileType::Snapshot, &name, e))?,
+            );
+        }
+        if !loaded.is_empty() {
+            let mut map = self
+                .inner
+                .snapshots
+                .write()
+                .map_err(|_| VaultError::Poisoned)?;
+            for s in loaded {
+                map.entry(s.body.repository.clone()).or_default().push(s);
+            }
+            for list in map.values_mut() {
+                list.sort_by(|a, b| {
+                    (a.body.seq, a.body.time_ms, a.id).cmp(&(b.body.seq, b.body.time_ms, b.id))
+                });
             }
         }
-    }
 
-    pub fn has(&self, oid: &GitOid) -> Result<bool, StoreError> {
-        self.inner
-            .objects
-            .contains_key(oid.0)
-            .map_err(|e| self.db_err(e))
-    }
-
-    /// The ids among `oids` that the store does not hold.
-    pub fn missing(&self, oids: &[GitOid]) -> Result<Vec<GitOid>, StoreError> {
-        let mut out = Vec::new();
-        for oid in oids {
-            if !self.has(oid)? {
-                out.push(*oid);
+        let docs_known: usize = self
+            .inner
+            .documents
+            .read()
+            .map_err(|_| VaultError::Poisoned)?
+            .values()
+            .map(Vec::len)
+            .sum();
+        let doc_names = backend.list(FileType::Document)?;
+        if doc_names.len() != docs_known {
+            let mut all: BTreeMap<(RepoName, String, String), Vec<DocumentVersion>> =
+                BTreeMap::new();
+            for (name, _) in doc_names {
+                let bytes = backend.read(FileType::Document, &name)?;
+                let v = DocumentVersion::open(&name, &bytes)
+                    .map_err(|e| self.bad_file(FileType::Document, &name, e))?;
+                all.entry((v.repository.clone(), v.collection.clone(), v.key.clone()))
+                    .or_default()
+                    .push(v);
             }
+            for list in all.values_mut() {
+                list.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+            }
+            *self
+                .inner
+                .documents
+                .write()
+                .map_err(|_| VaultError::Poisoned)? = all;
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Store objects produced by `read` for each missing id, following the
-    /// write order in the module docs. Objects already stored are counted,
-    /// not rewritten; identical content under two ids is stored once.
+    pub fn has(&self, oid: &GitOid) -> Result<bool, VaultError> {
+        Ok(self
+            .inner
+            .index
+            .read()
+            .map_err(|_| VaultError::Poisoned)?
+            .contains(&RecordId::from(*oid)))
+    }
+
+    /// The ids among `oids` that the vault does not hold.
+    pub fn missing(&self, oids: &[GitOid]) -> Result<Vec<GitOid>, VaultError> {
+        let index = self.inner.index.read().map_err(|_| VaultError::Poisoned)?;
+        Ok(oids
+            .iter()
+            .filter(|o| !index.contains(&RecordId::from(**o)))
+            .copied()
+            .collect())
+    }
+
+    /// Store the objects `read` produces for each id the vault lacks, each
+    /// as a delta against an earlier version of its path when that is
+    /// smaller. Follows the write order in the module docs: when this
+    /// returns, every object is in a data file and an index file.
     pub fn put_objects<E>(
         &self,
-        oids: &[GitOid],
+        objects: &[(GitOid, Option<&str>)],
         mut read: impl FnMut(&GitOid) -> Result<(ObjectKind, Vec<u8>), E>,
     ) -> Result<CopyStats, PutError<E>> {
+        let _writer = lock(&self.inner.writer)?;
+        let mut pending = Pending::default();
         let mut stats = CopyStats::default();
-        let mut writer_slot = lock(&self.inner.writer)?;
-        let mut index = sled::Batch::default();
-        let mut content_batch = sled::Batch::default();
-        let mut batch_contents: HashSet<[u8; 32]> = HashSet::new();
-        let mut batch_oids: HashSet<GitOid> = HashSet::new();
-        let mut touched_writer = false;
-        for oid in oids {
-            if batch_oids.contains(oid) || self.has(oid)? {
+        for (oid, path) in objects {
+            let id = RecordId::from(*oid);
+            if pending.entries.contains_key(&id) || self.has(oid)? {
                 stats.present += 1;
                 continue;
             }
             let (kind, data) = read(oid).map_err(PutError::Source)?;
-            let content = pack::content_id(kind, &data);
-            let known_content = batch_contents.contains(&content.0)
-                || self
-                    .inner
-                    .contents
-                    .contains_key(content.0)
-                    .map_err(|e| self.db_err(e))?;
-            if !known_content {
-                let writer = self.writer_for_append(&mut writer_slot)?;
-                let location = writer.append(&content, kind, &data)?;
-                stats.stored_bytes += pack::RECORD_HEADER + u64::from(location.stored_len);
-                content_batch.insert(&content.0, location.encode().to_vec());
-                batch_contents.insert(content.0);
-                touched_writer = true;
-            }
-            let entry = ObjectEntry {
-                content,
-                kind,
-                size: data.len() as u64,
+            let path_key = match kind {
+                ObjectKind::Commit => Some(format::path_key(kind, "")),
+                ObjectKind::Tree | ObjectKind::Blob => path.map(|p| format::path_key(kind, p)),
+                _ => None,
             };
-            index.insert(&oid.0, entry.encode().to_vec());
-            batch_oids.insert(*oid);
+            self.append(&mut pending, id, kind, path_key, data)?;
             stats.written += 1;
+            if pending.buf.len() >= DATA_FILE_TARGET {
+                self.close_data_file(&mut pending)?;
+            }
         }
-        if touched_writer && let Some(writer) = writer_slot.as_mut() {
-            writer.sync()?;
-        }
-        // Contents before objects: an object entry never points at a content
-        // id that has no location.
-        self.inner
-            .contents
-            .apply_batch(content_batch)
-            .map_err(|e| self.db_err(e))?;
-        self.inner
-            .objects
-            .apply_batch(index)
-            .map_err(|e| self.db_err(e))?;
-        self.inner.db.flush().map_err(|e| self.db_err(e))?;
+        self.finish(&mut pending)?;
+        stats.stored_bytes = pending.stored_bytes;
         Ok(stats)
     }
 
-    fn writer_for_append<'a>(
+    /// Store one non-git record (document or ref chunk) unless present;
+    /// returns its id. Caller holds the writer lock.
+    fn put_record(
         &self,
-        slot: &'a mut MutexGuard<'_, Option<PackWriter>>,
-    ) -> Result<&'a mut PackWriter, StoreError> {
-        if slot.as_ref().is_some_and(PackWriter::failed) {
-            // Abandon a pack whose writes failed; its indexed records stay
-            // readable, the rest is an unreferenced tail.
-            **slot = None;
-        }
-        let full = slot
-            .as_ref()
-            .is_some_and(|w| w.len() >= self.inner.pack_target_bytes);
-        if full && let Some(mut old) = slot.take() {
-            old.sync()?;
-        }
-        if slot.is_none() {
-            // A new pack per process start (and per roll-over): a crashed
-            // process's pack is never appended to again.
-            let id = self
+        pending: &mut Pending,
+        kind: ObjectKind,
+        path: Option<&str>,
+        content: Vec<u8>,
+    ) -> Result<RecordId, VaultError> {
+        let id = format::record_id(kind, &content);
+        let known = pending.entries.contains_key(&id)
+            || self
                 .inner
-                .meta
-                .update_and_fetch("next-pack", |old| {
-                    let n = old
-                        .and_then(|b| b.try_into().ok().map(u32::from_be_bytes))
-                        .unwrap_or(0);
-                    Some(n.saturating_add(1).to_be_bytes().to_vec())
-                })
-                .map_err(|e| self.db_err(e))?
-                .and_then(|b| b.as_ref().try_into().ok().map(u32::from_be_bytes))
-                .ok_or_else(|| StoreError::CorruptIndex {
-                    what: "next-pack counter".into(),
-                })?;
-            self.inner.db.flush().map_err(|e| self.db_err(e))?;
-            **slot = Some(PackWriter::create(&self.inner.packs_dir, id)?);
+                .index
+                .read()
+                .map_err(|_| VaultError::Poisoned)?
+                .contains(&id);
+        if !known {
+            let path_key = path.map(|p| format::path_key(kind, p));
+            self.append(pending, id, kind, path_key, content)?;
         }
-        slot.as_mut().ok_or(StoreError::Poisoned)
+        Ok(id)
     }
 
-    fn reader(&self, pack: u32) -> Result<Arc<File>, StoreError> {
-        let mut readers = lock(&self.inner.readers)?;
-        if let Some(file) = readers.get(&pack) {
-            return Ok(file.clone());
+    /// Encode one record into the pending data file.
+    fn append(
+        &self,
+        pending: &mut Pending,
+        id: RecordId,
+        kind: ObjectKind,
+        path_key: Option<u64>,
+        data: Vec<u8>,
+    ) -> Result<(), VaultError> {
+        let level = self.inner.options.zstd_level;
+        let mut placed = None;
+        let mut base: Option<(Arc<Vec<u8>>, u8)> = None;
+        if let Some(key) = path_key {
+            let version = match pending.next_version.get(&key) {
+                Some(v) => *v,
+                None => self
+                    .inner
+                    .index
+                    .read()
+                    .map_err(|_| VaultError::Poisoned)?
+                    .next_version(key),
+            };
+            placed = Some((key, version));
+            if let Some(base_version) = format::skip_delta_base(version)
+                && let Some(base_id) = self.version_id(Some(pending), key, base_version)?
+            {
+                let base_entry = self.entry(Some(pending), &base_id)?;
+                if let Some((_, base_entry)) = base_entry
+                    && base_entry.depth < MAX_DEPTH
+                {
+                    let (_, content) = self.load(Some(pending), &base_id)?;
+                    if content.len() <= MAX_DELTA_BASE {
+                        base = Some((content, base_entry.depth));
+                    }
+                }
+            }
         }
-        let path = pack_path(&self.inner.packs_dir, pack);
-        let file = Arc::new(File::open(&path).map_err(|source| StoreError::Io { path, source })?);
-        readers.insert(pack, file.clone());
-        Ok(file)
+        let whole = format::compress(&data, None, level).map_err(VaultError::Encode)?;
+        let (frame, depth) = match &base {
+            Some((content, base_depth)) => {
+                let delta =
+                    format::compress(&data, Some(content), level).map_err(VaultError::Encode)?;
+                if delta.len() < whole.len() {
+                    (delta, base_depth + 1)
+                } else {
+                    (whole, 0)
+                }
+            }
+            None => (whole, 0),
+        };
+        if pending.buf.is_empty() {
+            pending.buf.extend_from_slice(format::DATA_MAGIC);
+        }
+        let offset = pending.buf.len() as u64;
+        RecordHeader {
+            kind,
+            delta: depth > 0,
+            check: format::check(&id, kind, &data),
+            raw_size: data.len() as u64,
+            frame_len: frame.len() as u64,
+        }
+        .encode(&mut pending.buf);
+        pending.buf.extend_from_slice(&frame);
+        let len = pending.buf.len() as u64 - offset;
+        pending.stored_bytes += len;
+        if let Some((key, version)) = placed {
+            pending.versions.insert((key, version), id);
+            pending.next_version.insert(key, version + 1);
+        }
+        pending.entries.insert(
+            id,
+            (
+                None,
+                Entry {
+                    kind,
+                    depth,
+                    // Replaced when the data file is closed.
+                    file: FileName::from_hash(&[0; 32]),
+                    offset,
+                    len,
+                    path: placed,
+                },
+            ),
+        );
+        pending.order.push(id);
+        lock(&self.inner.decoded)?.insert(id, Arc::new(data));
+        Ok(())
     }
 
-    /// Read an object back, verified against its BLAKE3 content id.
-    pub fn read_object(&self, oid: &GitOid) -> Result<(ObjectKind, Vec<u8>), StoreError> {
-        let entry = self
-            .object(oid)?
-            .ok_or(StoreError::MissingObject { oid: *oid })?;
-        let location = self
+    /// Write the pending data file and give its records their file name.
+    fn close_data_file(&self, pending: &mut Pending) -> Result<(), VaultError> {
+        if pending.buf.is_empty() {
+            return Ok(());
+        }
+        let name = FileName::from_hash(blake3::hash(&pending.buf).as_bytes());
+        self.inner
+            .backend
+            .write(FileType::Data, &name, &pending.buf)?;
+        pending.buf.clear();
+        for (file, entry) in pending.entries.values_mut() {
+            if file.is_none() {
+                *file = Some(name.clone());
+                entry.file = name.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// Close the data file, then write one index file for everything
+    /// pending and make it visible to readers.
+    fn finish(&self, pending: &mut Pending) -> Result<(), VaultError> {
+        self.close_data_file(pending)?;
+        if pending.order.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<(RecordId, Entry)> = pending
+            .order
+            .iter()
+            .filter_map(|id| pending.entries.get(id).map(|(_, e)| (*id, e.clone())))
+            .collect();
+        let bytes = index::encode_index_file(&entries).map_err(VaultError::Encode)?;
+        let name = FileName::from_hash(blake3::hash(&bytes).as_bytes());
+        self.inner.backend.write(FileType::Index, &name, &bytes)?;
+        pending.stored_bytes += bytes.len() as u64;
+        self.inner
+            .index
+            .write()
+            .map_err(|_| VaultError::Poisoned)?
+            .insert_file(name, entries);
+        *pending = Pending {
+            stored_bytes: pending.stored_bytes,
+            ..Pending::default()
+        };
+        Ok(())
+    }
+
+    fn version_id(
+        &self,
+        pending: Option<&Pending>,
+        key: u64,
+        version: u32,
+    ) -> Result<Option<RecordId>, VaultError> {
+        if let Some(id) = pending.and_then(|p| p.versions.get(&(key, version))) {
+            return Ok(Some(*id));
+        }
+        Ok(self
             .inner
-            .contents
-            .get(entry.content.0)
-            .map_err(|e| self.db_err(e))?
-            .and_then(|b| Location::decode(&b))
-            .ok_or_else(|| StoreError::CorruptIndex {
-                what: format!("content {} of object {oid}", entry.content),
-            })?;
-        // An object written by this process may still sit in the writer's
-        // buffer only if put_objects failed midway; sync() ran otherwise.
-        let file = self.reader(location.pack)?;
-        let path = pack_path(&self.inner.packs_dir, location.pack);
-        let data = pack::read_record(&file, &path, &entry.content, &location)?;
-        Ok((entry.kind, data))
+            .index
+            .read()
+            .map_err(|_| VaultError::Poisoned)?
+            .version(key, version))
     }
 
-    /// Record a snapshot. Refused unless every ref target is in the store.
-    pub fn commit_snapshot(&self, mut body: SnapshotBody) -> Result<Snapshot, StoreError> {
-        for (reference, target) in &body.refs {
-            let present = GitOid::from_hex(target)
-                .ok()
-                .map(|oid| self.has(&oid))
-                .transpose()?
-                .unwrap_or(false);
-            if !present {
-                return Err(StoreError::IncompleteSnapshot {
-                    repo: body.repository.clone(),
+    /// The entry of a record and whether its bytes are still in the
+    /// pending buffer (not yet in a data file).
+    fn entry(
+        &self,
+        pending: Option<&Pending>,
+        id: &RecordId,
+    ) -> Result<Option<(bool, Entry)>, VaultError> {
+        if let Some((file, entry)) = pending.and_then(|p| p.entries.get(id)) {
+            return Ok(Some((file.is_none(), entry.clone())));
+        }
+        Ok(self
+            .inner
+            .index
+            .read()
+            .map_err(|_| VaultError::Poisoned)?
+            .get(id)
+            .map(|e| (false, e.clone())))
+    }
+
+    fn damaged(&self, id: &RecordId, entry: &Entry, message: impl Into<String>) -> VaultError {
+        VaultError::Damaged {
+            location: self.inner.location.clone(),
+            id: *id,
+            file: entry.file.to_string(),
+            offset: entry.offset,
+            message: message.into(),
+        }
+    }
+
+    /// Read, decode (resolving the delta chain) and check one record.
+    fn load(
+        &self,
+        pending: Option<&Pending>,
+        id: &RecordId,
+    ) -> Result<(ObjectKind, Arc<Vec<u8>>), VaultError> {
+        let Some((in_buffer, entry)) = self.entry(pending, id)? else {
+            return Err(VaultError::MissingObject {
+                oid: GitOid::from(*id),
+            });
+        };
+        if let Some(data) = lock(&self.inner.decoded)?.get(id) {
+            return Ok((entry.kind, data));
+        }
+        let bytes: Vec<u8> = match (in_buffer, pending) {
+            (true, Some(p)) => {
+                let start = usize::try_from(entry.offset).unwrap_or(usize::MAX);
+                let end = start.saturating_add(usize::try_from(entry.len).unwrap_or(usize::MAX));
+                p.buf
+                    .get(start..end)
+                    .ok_or_else(|| self.damaged(id, &entry, "outside the pending data file"))?
+                    .to_vec()
+            }
+            _ => self
+                .inner
+                .backend
+                .read_range(FileType::Data, &entry.file, entry.offset, entry.len)
+                .map_err(|e| match e {
+                    BackendError::Io { .. } | BackendError::NotFound { .. } => {
+                        self.damaged(id, &entry, e.to_string())
+                    }
+                    other => VaultError::Backend(other),
+                })?,
+        };
+        let (header, at) =
+            RecordHeader::decode(&bytes).map_err(|e| self.damaged(id, &entry, e.0))?;
+        if header.kind != entry.kind {
+            return Err(self.damaged(id, &entry, "record kind differs from the index"));
+        }
+        let frame = bytes
+            .get(at..)
+            .filter(|f| f.len() as u64 == header.frame_len)
+            .ok_or_else(|| self.damaged(id, &entry, "record length differs from the index"))?;
+        let base = if header.delta {
+            let (key, version) = entry
+                .path
+                .ok_or_else(|| self.damaged(id, &entry, "a delta record without a path"))?;
+            let base_version = format::skip_delta_base(version)
+                .ok_or_else(|| self.damaged(id, &entry, "a delta record at version 0"))?;
+            let base_id = self
+                .version_id(pending, key, base_version)?
+                .ok_or_else(|| {
+                    self.damaged(
+                        id,
+                        &entry,
+                        format!("delta base (version {base_version}) is not indexed"),
+                    )
+                })?;
+            Some(self.load(pending, &base_id)?.1)
+        } else {
+            None
+        };
+        let content =
+            format::decompress(frame, base.as_deref().map(Vec::as_slice), header.raw_size)
+                .map_err(|e| self.damaged(id, &entry, e.0))?;
+        if format::check(id, header.kind, &content) != header.check {
+            return Err(self.damaged(id, &entry, "content does not match its check"));
+        }
+        let content = Arc::new(content);
+        lock(&self.inner.decoded)?.insert(*id, content.clone());
+        Ok((header.kind, content))
+    }
+
+    /// Read a git object back, verified.
+    pub fn read_object(&self, oid: &GitOid) -> Result<(ObjectKind, Arc<Vec<u8>>), VaultError> {
+        self.load(None, &RecordId::from(*oid))
+    }
+
+    /// Record a snapshot. Refused unless every ref target is in the vault.
+    pub fn commit_snapshot(&self, new: NewSnapshot) -> Result<Snapshot, VaultError> {
+        let _writer = lock(&self.inner.writer)?;
+        for (reference, target) in &new.refs {
+            if !self.has(target)? {
+                return Err(VaultError::IncompleteSnapshot {
+                    repo: new.repository.clone(),
                     reference: reference.clone(),
-                    oid: target.clone(),
+                    oid: target.to_hex(),
                 });
             }
         }
-        let latest = self.latest_snapshot(&body.repository)?;
-        body.seq = latest.as_ref().map_or(1, |s| s.body.seq + 1);
-        body.parent = latest.map(|s| s.id);
-        let snapshot = Snapshot::seal(body);
-        let mut key = snapshot_prefix(&snapshot.body.repository);
-        key.extend_from_slice(&snapshot.body.seq.to_be_bytes());
-        let json = serde_json::to_vec(&snapshot).map_err(|e| StoreError::CorruptSnapshot {
-            key: snapshot.id.to_string(),
-            message: e.to_string(),
-        })?;
+        let mut pending = Pending::default();
+        let mut chunks = Vec::new();
+        for chunk in refs::chunk(&new.refs) {
+            chunks.push(self.put_record(&mut pending, ObjectKind::Refs, None, chunk)?);
+        }
+        self.finish(&mut pending)?;
+        let latest = self.latest_snapshot(&new.repository)?;
+        let body = SnapshotBody {
+            repository: new.repository,
+            source: new.source,
+            seq: latest.as_ref().map_or(1, |s| s.body.seq + 1),
+            time_ms: new.time_ms,
+            delivery_id: new.delivery_id,
+            event_key: new.event_key,
+            actor: new.actor,
+            parent: latest.map(|s| s.id),
+            refs: RefTable {
+                count: new.refs.len() as u64,
+                chunks,
+            },
+            updates: new.updates,
+            stats: CopyStats {
+                stored_bytes: new.stats.stored_bytes + pending.stored_bytes,
+                ..new.stats
+            },
+        };
+        let (snapshot, bytes) = Snapshot::seal(body).map_err(VaultError::Encode)?;
+        self.inner.backend.write(
+            FileType::Snapshot,
+            &FileName::from_hash(&snapshot.id.0),
+            &bytes,
+        )?;
         self.inner
             .snapshots
-            .insert(key, json)
-            .map_err(|e| self.db_err(e))?;
-        self.inner.db.flush().map_err(|e| self.db_err(e))?;
+            .write()
+            .map_err(|_| VaultError::Poisoned)?
+            .entry(snapshot.body.repository.clone())
+            .or_default()
+            .push(snapshot.clone());
         Ok(snapshot)
     }
 
-    fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<Snapshot, StoreError> {
-        let snapshot: Snapshot =
-            serde_json::from_slice(value).map_err(|e| StoreError::CorruptSnapshot {
-                key: String::from_utf8_lossy(key).into_owned(),
-                message: e.to_string(),
-            })?;
-        if !snapshot.verify() {
-            return Err(StoreError::CorruptSnapshot {
-                key: snapshot.id.to_string(),
-                message: "content does not match its id".into(),
+    /// The refs of a snapshot, read from its chunks.
+    pub fn snapshot_refs(
+        &self,
+        snapshot: &Snapshot,
+    ) -> Result<BTreeMap<String, GitOid>, VaultError> {
+        let mut out = BTreeMap::new();
+        for chunk in &snapshot.body.refs.chunks {
+            let (kind, bytes) = self.load(None, chunk)?;
+            let damaged = |message: String| VaultError::BadFile {
+                location: self.inner.location.clone(),
+                file_type: "snapshot",
+                name: snapshot.id.to_string(),
+                message,
+            };
+            if kind != ObjectKind::Refs {
+                return Err(damaged(format!("ref chunk {chunk} is a {}", kind.as_str())));
+            }
+            refs::decode_chunk(&bytes, &mut out)
+                .map_err(|e| damaged(format!("ref chunk {chunk}: {e}")))?;
+        }
+        if out.len() as u64 != snapshot.body.refs.count {
+            return Err(VaultError::BadFile {
+                location: self.inner.location.clone(),
+                file_type: "snapshot",
+                name: snapshot.id.to_string(),
+                message: format!(
+                    "ref table holds {} refs, snapshot says {}",
+                    out.len(),
+                    snapshot.body.refs.count
+                ),
             });
         }
-        Ok(snapshot)
+        Ok(out)
+    }
+
+    /// The refs of a repository's latest snapshot, if it has one.
+    pub fn latest_refs(
+        &self,
+        repo: &RepoName,
+    ) -> Result<Option<BTreeMap<String, GitOid>>, VaultError> {
+        self.latest_snapshot(repo)?
+            .map(|s| self.snapshot_refs(&s))
+            .transpose()
+    }
+
+    /// A snapshot as listings show it: its fields, with `refs` as a map of
+    /// ref name → target and `ref_chunks` naming the stored chunks.
+    pub fn snapshot_json(&self, snapshot: &Snapshot) -> Result<serde_json::Value, VaultError> {
+        let refs: BTreeMap<String, String> = self
+            .snapshot_refs(snapshot)?
+            .into_iter()
+            .map(|(name, target)| (name, target.to_hex()))
+            .collect();
+        let mut value = serde_json::to_value(snapshot)
+            .map_err(|e| VaultError::Encode(FormatError(e.to_string())))?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert(
+                "ref_chunks".into(),
+                serde_json::json!(snapshot.body.refs.chunks),
+            );
+            object.insert("refs".into(), serde_json::json!(refs));
+        }
+        Ok(value)
     }
 
     /// All snapshots of a repository, oldest first.
-    pub fn snapshots(&self, repo: &RepoName) -> Result<Vec<Snapshot>, StoreError> {
-        self.inner
-            .snapshots
-            .scan_prefix(snapshot_prefix(repo))
-            .map(|item| {
-                let (k, v) = item.map_err(|e| self.db_err(e))?;
-                Self::decode_snapshot(&k, &v)
-            })
-            .collect()
-    }
-
-    pub fn latest_snapshot(&self, repo: &RepoName) -> Result<Option<Snapshot>, StoreError> {
-        match self
+    pub fn snapshots(&self, repo: &RepoName) -> Result<Vec<Snapshot>, VaultError> {
+        Ok(self
             .inner
             .snapshots
-            .scan_prefix(snapshot_prefix(repo))
-            .next_back()
-        {
-            None => Ok(None),
-            Some(item) => {
-                let (k, v) = item.map_err(|e| self.db_err(e))?;
-                Self::decode_snapshot(&k, &v).map(Some)
-            }
-        }
+            .read()
+            .map_err(|_| VaultError::Poisoned)?
+            .get(repo)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Every repository with at least one snapshot.
+    pub fn repositories(&self) -> Result<Vec<RepoName>, VaultError> {
+        Ok(self
+            .inner
+            .snapshots
+            .read()
+            .map_err(|_| VaultError::Poisoned)?
+            .keys()
+            .cloned()
+            .collect())
+    }
+
+    pub fn latest_snapshot(&self, repo: &RepoName) -> Result<Option<Snapshot>, VaultError> {
+        Ok(self
+            .inner
+            .snapshots
+            .read()
+            .map_err(|_| VaultError::Poisoned)?
+            .get(repo)
+            .and_then(|l| l.last().cloned()))
     }
 
     /// A snapshot by id prefix (at least 4 hex digits), or the latest.
@@ -463,183 +892,299 @@ impl Store {
         &self,
         repo: &RepoName,
         prefix: Option<&str>,
-    ) -> Result<Snapshot, StoreError> {
+    ) -> Result<Snapshot, VaultError> {
         let Some(prefix) = prefix else {
             return self
                 .latest_snapshot(repo)?
-                .ok_or_else(|| StoreError::NoSnapshots { repo: repo.clone() });
+                .ok_or_else(|| VaultError::NoSnapshots { repo: repo.clone() });
         };
+        let wanted = prefix.to_ascii_lowercase();
         let mut found: Vec<Snapshot> = self
             .snapshots(repo)?
             .into_iter()
-            .filter(|s| prefix.len() >= 4 && s.id.0.starts_with(&prefix.to_ascii_lowercase()))
+            .filter(|s| wanted.len() >= 4 && s.id.to_hex().starts_with(&wanted))
             .collect();
         match found.len() {
-            0 => Err(StoreError::NoSuchSnapshot {
+            0 => Err(VaultError::NoSuchSnapshot {
                 repo: repo.clone(),
                 prefix: prefix.to_string(),
             }),
             1 => Ok(found.remove(0)),
-            _ => Err(StoreError::AmbiguousSnapshot {
+            _ => Err(VaultError::AmbiguousSnapshot {
                 repo: repo.clone(),
                 prefix: prefix.to_string(),
             }),
         }
     }
 
-    pub fn find_snapshot_by_id(&self, id: &SnapshotId) -> Result<Option<Snapshot>, StoreError> {
-        for item in self.inner.snapshots.iter() {
-            let (k, v) = item.map_err(|e| self.db_err(e))?;
-            let snapshot = Self::decode_snapshot(&k, &v)?;
-            if &snapshot.id == id {
-                return Ok(Some(snapshot));
-            }
-        }
-        Ok(None)
+    pub fn find_snapshot_by_id(&self, id: &SnapshotId) -> Result<Option<Snapshot>, VaultError> {
+        Ok(self
+            .inner
+            .snapshots
+            .read()
+            .map_err(|_| VaultError::Poisoned)?
+            .values()
+            .flatten()
+            .find(|s| &s.id == id)
+            .cloned())
     }
 
-    pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let mut packs = 0;
-        let mut pack_bytes = 0;
-        let entries =
-            std::fs::read_dir(&self.inner.packs_dir).map_err(|source| StoreError::Io {
-                path: self.inner.packs_dir.clone(),
-                source,
-            })?;
-        for entry in entries.flatten() {
-            if entry.path().extension().is_some_and(|e| e == "hvpack") {
-                packs += 1;
-                pack_bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+    /// Store `json` as the newest version of `collection/key` of `repo`.
+    /// Unchanged content adds no version. Returns the record id.
+    pub fn put_document(
+        &self,
+        repo: &RepoName,
+        collection: &str,
+        key: &str,
+        json: &[u8],
+        delivery_id: &str,
+        time_ms: u64,
+    ) -> Result<RecordId, VaultError> {
+        for (what, name) in [("collection", collection), ("key", key)] {
+            if !documents::valid_name(name) {
+                return Err(VaultError::BadDocument {
+                    message: format!("{what} {name:?} must be 1-128 of [A-Za-z0-9._-]"),
+                });
             }
         }
-        let mut repos = HashSet::new();
-        let mut snapshots = 0;
-        for key in self.inner.snapshots.iter().keys() {
-            let key = key.map_err(|e| self.db_err(e))?;
-            if let Some(end) = key.iter().position(|&b| b == 0) {
-                repos.insert(key[..end].to_vec());
-            }
-            snapshots += 1;
+        serde_json::from_slice::<serde_json::Value>(json).map_err(|e| VaultError::BadDocument {
+            message: format!("{collection}/{key} is not valid JSON: {e}"),
+        })?;
+        let _writer = lock(&self.inner.writer)?;
+        let content = format::record_id(ObjectKind::Document, json);
+        if let Some(latest) = self.document_at(repo, collection, key, None)?
+            && latest.content == content
+        {
+            return Ok(content);
         }
-        Ok(StoreStats {
-            objects: self.inner.objects.len() as u64,
-            contents: self.inner.contents.len() as u64,
-            packs,
-            pack_bytes,
-            snapshots,
-            repositories: repos.len() as u64,
-            document_versions: self.inner.documents.len() as u64,
+        let mut pending = Pending::default();
+        let path = format!("{repo}/{collection}/{key}");
+        self.put_record(
+            &mut pending,
+            ObjectKind::Document,
+            Some(&path),
+            json.to_vec(),
+        )?;
+        self.finish(&mut pending)?;
+        let version = DocumentVersion {
+            repository: repo.clone(),
+            collection: collection.to_string(),
+            key: key.to_string(),
+            content,
+            size: json.len() as u64,
+            time_ms,
+            delivery_id: delivery_id.to_string(),
+        };
+        let (name, bytes) = version.seal().map_err(VaultError::Encode)?;
+        self.inner
+            .backend
+            .write(FileType::Document, &name, &bytes)?;
+        let mut docs = self
+            .inner
+            .documents
+            .write()
+            .map_err(|_| VaultError::Poisoned)?;
+        let list = docs
+            .entry((repo.clone(), collection.to_string(), key.to_string()))
+            .or_default();
+        list.push(version);
+        list.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        Ok(content)
+    }
+
+    /// The newest version of a document at or before `at_ms` (or now).
+    pub fn document_at(
+        &self,
+        repo: &RepoName,
+        collection: &str,
+        key: &str,
+        at_ms: Option<u64>,
+    ) -> Result<Option<DocumentVersion>, VaultError> {
+        Ok(self
+            .inner
+            .documents
+            .read()
+            .map_err(|_| VaultError::Poisoned)?
+            .get(&(repo.clone(), collection.to_string(), key.to_string()))
+            .and_then(|l| {
+                l.iter()
+                    .rev()
+                    .find(|v| at_ms.is_none_or(|at| v.time_ms <= at))
+                    .cloned()
+            }))
+    }
+
+    /// The newest version, at or before `at_ms`, of every document of a
+    /// collection, ordered by key.
+    pub fn documents_at(
+        &self,
+        repo: &RepoName,
+        collection: &str,
+        at_ms: Option<u64>,
+    ) -> Result<Vec<DocumentVersion>, VaultError> {
+        let docs = self
+            .inner
+            .documents
+            .read()
+            .map_err(|_| VaultError::Poisoned)?;
+        Ok(docs
+            .iter()
+            .filter(|((r, c, _), _)| r == repo && c == collection)
+            .filter_map(|(_, l)| {
+                l.iter()
+                    .rev()
+                    .find(|v| at_ms.is_none_or(|at| v.time_ms <= at))
+                    .cloned()
+            })
+            .collect())
+    }
+
+    /// Every version of one document, oldest first.
+    pub fn document_history(
+        &self,
+        repo: &RepoName,
+        collection: &str,
+        key: &str,
+    ) -> Result<Vec<DocumentVersion>, VaultError> {
+        Ok(self
+            .inner
+            .documents
+            .read()
+            .map_err(|_| VaultError::Poisoned)?
+            .get(&(repo.clone(), collection.to_string(), key.to_string()))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// The bytes of a document version, verified.
+    pub fn read_document(&self, version: &DocumentVersion) -> Result<Vec<u8>, VaultError> {
+        let (kind, bytes) = self.load(None, &version.content)?;
+        if kind != ObjectKind::Document {
+            return Err(VaultError::BadDocument {
+                message: format!(
+                    "{}/{} names record {}, which is a {}",
+                    version.collection,
+                    version.key,
+                    version.content,
+                    kind.as_str()
+                ),
+            });
+        }
+        Ok(bytes.as_ref().clone())
+    }
+
+    pub fn stats(&self) -> Result<VaultStats, VaultError> {
+        let backend = &self.inner.backend;
+        let sum = |t: FileType| -> Result<(u64, u64), VaultError> {
+            let list = backend.list(t)?;
+            Ok((list.len() as u64, list.iter().map(|(_, n)| n).sum()))
+        };
+        let (data_files, data_bytes) = sum(FileType::Data)?;
+        let (index_files, index_bytes) = sum(FileType::Index)?;
+        let (snapshot_files, snapshot_bytes) = sum(FileType::Snapshot)?;
+        let (document_files, document_bytes) = sum(FileType::Document)?;
+        let (_, config_bytes) = sum(FileType::Config)?;
+        let index = self.inner.index.read().map_err(|_| VaultError::Poisoned)?;
+        let git_objects = index
+            .entries()
+            .filter(|(_, e)| {
+                matches!(
+                    e.kind,
+                    ObjectKind::Commit | ObjectKind::Tree | ObjectKind::Blob | ObjectKind::Tag
+                )
+            })
+            .count() as u64;
+        let snapshots = self
+            .inner
+            .snapshots
+            .read()
+            .map_err(|_| VaultError::Poisoned)?;
+        let documents = self
+            .inner
+            .documents
+            .read()
+            .map_err(|_| VaultError::Poisoned)?;
+        Ok(VaultStats {
+            location: self.inner.location.clone(),
+            records: index.len() as u64,
+            git_objects,
+            data_files,
+            data_bytes,
+            index_files,
+            index_bytes,
+            snapshot_files,
+            snapshot_bytes,
+            document_files,
+            document_bytes,
+            total_bytes: data_bytes + index_bytes + snapshot_bytes + document_bytes + config_bytes,
+            snapshots: snapshots.values().map(|l| l.len() as u64).sum(),
+            repositories: snapshots.len() as u64,
+            document_versions: documents.values().map(|l| l.len() as u64).sum(),
         })
     }
 }
 
-/// A failure while storing objects: the store's own, or the reader's.
+/// What a backup asks to record as a snapshot.
+#[derive(Debug, Clone)]
+pub struct NewSnapshot {
+    pub repository: RepoName,
+    pub source: String,
+    pub time_ms: u64,
+    pub delivery_id: String,
+    pub event_key: String,
+    pub actor: Option<String>,
+    pub refs: BTreeMap<String, GitOid>,
+    pub updates: Vec<RefUpdate>,
+    pub stats: CopyStats,
+}
+
+fn new_config() -> Result<VaultConfig, VaultError> {
+    let mut id = [0u8; 32];
+    getrandom::fill(&mut id)
+        .map_err(|e| VaultError::Encode(FormatError(format!("random: {e}"))))?;
+    Ok(VaultConfig {
+        format: format::FORMAT_VERSION,
+        id: hex::encode(id),
+        created_ms: crate::event::now_ms(),
+        encryption: None,
+    })
+}
+
+fn check_config(location: &str, bytes: &[u8]) -> Result<(), VaultError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| VaultError::BadFile {
+            location: location.to_string(),
+            file_type: "config",
+            name: "config".into(),
+            message: e.to_string(),
+        })?;
+    let found = value
+        .get("format")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    if found.as_u64() != Some(u64::from(format::FORMAT_VERSION)) {
+        return Err(VaultError::UnknownFormat {
+            location: location.to_string(),
+            found: found.to_string(),
+        });
+    }
+    serde_json::from_value::<VaultConfig>(value).map_err(|e| VaultError::BadFile {
+        location: location.to_string(),
+        file_type: "config",
+        name: "config".into(),
+        message: e.to_string(),
+    })?;
+    Ok(())
+}
+
+/// A failure while storing objects: the vault's own, or the reader's.
 #[derive(Debug, thiserror::Error)]
 pub enum PutError<E> {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Vault(#[from] VaultError),
     #[error(transparent)]
     Source(E),
 }
 
-impl<E> From<PackError> for PutError<E> {
-    fn from(e: PackError) -> Self {
-        PutError::Store(StoreError::Pack(e))
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn oid(n: u8) -> GitOid {
-        GitOid([n; 20])
-    }
-
-    #[test]
-    fn dedups_by_oid_and_content_and_survives_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data: HashMap<GitOid, Vec<u8>> = [
-            (oid(1), b"one".to_vec()),
-            (oid(2), b"two".to_vec()),
-            (oid(3), b"one".to_vec()),
-        ]
-        .into_iter()
-        .collect();
-        let read = |o: &GitOid| -> Result<(ObjectKind, Vec<u8>), std::io::Error> {
-            Ok((ObjectKind::Blob, data[o].clone()))
-        };
-        {
-            let store = Store::open(dir.path(), 1 << 20).expect("open");
-            let stats = store.put_objects(&[oid(1), oid(2)], read).expect("put");
-            assert_eq!((stats.written, stats.present), (2, 0));
-            let stats = store
-                .put_objects(&[oid(1), oid(2), oid(3)], read)
-                .expect("put");
-            assert_eq!((stats.written, stats.present), (1, 2));
-            assert_eq!(stats.stored_bytes, 0, "same content as oid 1: no new bytes");
-            let s = store.stats().expect("stats");
-            assert_eq!((s.objects, s.contents), (3, 2));
-        }
-        // sled's flusher thread may hold the lock a moment after the drop.
-        let start = std::time::Instant::now();
-        let store = loop {
-            match Store::open(dir.path(), 1 << 20) {
-                Err(StoreError::Locked { .. }) if start.elapsed().as_secs() < 10 => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => break other.expect("reopen"),
-            }
-        };
-        assert_eq!(store.read_object(&oid(3)).expect("read").1, b"one");
-        assert_eq!(
-            store.missing(&[oid(1), oid(9)]).expect("missing"),
-            vec![oid(9)]
-        );
-    }
-
-    #[test]
-    fn refuses_snapshot_with_missing_objects_and_chains_snapshots() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
-        let repo = RepoName::parse("acme/app").expect("name");
-        let body = |target: GitOid| SnapshotBody {
-            repository: repo.clone(),
-            source: "cloud".into(),
-            seq: 0,
-            time_ms: 1,
-            delivery_id: "d".into(),
-            event_key: "repo:push".into(),
-            actor: None,
-            parent: None,
-            refs: [("refs/heads/main".to_string(), target.to_hex())]
-                .into_iter()
-                .collect(),
-            updates: vec![],
-            stats: CopyStats::default(),
-        };
-        let err = store
-            .commit_snapshot(body(oid(7)))
-            .expect_err("object missing");
-        assert!(
-            matches!(err, StoreError::IncompleteSnapshot { .. }),
-            "{err}"
-        );
-        store
-            .put_objects(&[oid(7)], |_| {
-                Ok::<_, std::io::Error>((ObjectKind::Blob, vec![1]))
-            })
-            .expect("put");
-        let first = store.commit_snapshot(body(oid(7))).expect("commit");
-        let second = store.commit_snapshot(body(oid(7))).expect("commit");
-        assert_eq!(second.body.parent.as_ref(), Some(&first.id));
-        assert_eq!(second.body.seq, 2);
-        assert_eq!(store.snapshots(&repo).expect("list").len(), 2);
-        let prefix = &second.id.0[..8];
-        assert_eq!(
-            store.find_snapshot(&repo, Some(prefix)).expect("find").id,
-            second.id
-        );
-        assert!(store.find_snapshot(&repo, Some("zzzz")).is_err());
-    }
-}
+mod tests;

@@ -1,10 +1,12 @@
-//! Snapshots: the immutable record of a repository's refs at one moment.
-
-use std::collections::BTreeMap;
+//! Snapshots: the immutable record of a repository's refs at one moment,
+//! one file each, named by the BLAKE3 of its bytes (FORMAT.md, "Snapshot
+//! files").
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{RepoName, SnapshotId};
+use super::backend::FileName;
+use super::format::{self, FormatError, SNAPSHOT_MAGIC};
+use crate::ids::{RecordId, RepoName, SnapshotId};
 
 /// One ref that moved between the previous snapshot and this one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,16 +22,24 @@ pub struct RefUpdate {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyStats {
-    /// Objects newly written to the store by this backup.
+    /// Objects newly written to the vault by this backup.
     pub written: u64,
     /// Objects this backup found already stored (deduplicated).
     pub present: u64,
-    /// Compressed bytes this backup added to pack files.
+    /// Bytes this backup added to data files.
     pub stored_bytes: u64,
 }
 
-/// Everything a snapshot says; its id is the BLAKE3 of this, as JSON.
+/// A snapshot's ref table: how many refs, and the chunks that hold them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefTable {
+    pub count: u64,
+    pub chunks: Vec<RecordId>,
+}
+
+/// Everything a snapshot file says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotBody {
     pub repository: RepoName,
     pub source: String,
@@ -40,13 +50,12 @@ pub struct SnapshotBody {
     pub event_key: String,
     pub actor: Option<String>,
     pub parent: Option<SnapshotId>,
-    /// Full ref name → object id (40 hex digits).
-    pub refs: BTreeMap<String, String>,
+    pub refs: RefTable,
     pub updates: Vec<RefUpdate>,
     pub stats: CopyStats,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
     pub id: SnapshotId,
     #[serde(flatten)]
@@ -54,19 +63,32 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn seal(body: SnapshotBody) -> Self {
-        // Plain data with string keys: serialisation cannot fail.
-        let json = serde_json::to_vec(&body).expect("snapshot body serialises");
-        let id = SnapshotId(blake3::hash(&json).to_hex().to_string());
-        Self { id, body }
+    /// The file bytes of a body, and the id they give it.
+    pub fn seal(body: SnapshotBody) -> Result<(Self, Vec<u8>), FormatError> {
+        let json = serde_json::to_vec(&body).map_err(|e| FormatError(e.to_string()))?;
+        let bytes = format::seal(SNAPSHOT_MAGIC, &json, 3)?;
+        let id = SnapshotId(*blake3::hash(&bytes).as_bytes());
+        Ok((Self { id, body }, bytes))
     }
 
-    /// Whether the stored id still matches the body.
-    pub fn verify(&self) -> bool {
-        Self::seal(self.body.clone()).id == self.id
+    /// Decode a snapshot file, checking that its bytes hash to its name.
+    pub fn open(name: &FileName, bytes: &[u8]) -> Result<Self, FormatError> {
+        let hash = *blake3::hash(bytes).as_bytes();
+        if name.hash() != Some(hash) {
+            return Err(FormatError(
+                "content does not match the file name (damaged or altered)".into(),
+            ));
+        }
+        let json = format::open_envelope(SNAPSHOT_MAGIC, bytes)?;
+        let body: SnapshotBody =
+            serde_json::from_slice(&json).map_err(|e| FormatError(e.to_string()))?;
+        Ok(Self {
+            id: SnapshotId(hash),
+            body,
+        })
     }
 
-    pub fn short_id(&self) -> &str {
-        &self.id.0[..12.min(self.id.0.len())]
+    pub fn short_id(&self) -> String {
+        self.id.short()
     }
 }

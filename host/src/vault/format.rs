@@ -1,0 +1,350 @@
+//! The bytes of format 2 (FORMAT.md): the config file, the envelope of
+//! index/snapshot/document files, record headers, checks, path keys, and the
+//! zstd codec for whole and delta ("patch-from") frames. Pure functions; no
+//! I/O.
+
+use integer_encoding::VarInt;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ObjectKind, RecordId};
+
+pub const FORMAT_VERSION: u32 = 2;
+pub const DATA_MAGIC: &[u8; 8] = b"HVDATA\x00\x02";
+pub const INDEX_MAGIC: &[u8; 8] = b"HVINDX\x00\x02";
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"HVSNAP\x00\x02";
+pub const DOCUMENT_MAGIC: &[u8; 8] = b"HVDOCU\x00\x02";
+
+/// Deltas never chain deeper than this; a record whose base is this deep is
+/// stored whole.
+pub const MAX_DEPTH: u8 = 32;
+/// Bases larger than this are not used (the decoder's window must hold base
+/// and content).
+pub const MAX_DELTA_BASE: usize = 64 << 20;
+/// zstd's largest window (2^31) is the decoder's limit.
+const MAX_WINDOW_LOG: u32 = 31;
+
+const FLAG_DELTA: u8 = 1;
+
+/// A malformed byte sequence; the caller adds which file and offset.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct FormatError(pub String);
+
+fn bad(message: impl Into<String>) -> FormatError {
+    FormatError(message.into())
+}
+
+/// The `config` file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultConfig {
+    pub format: u32,
+    /// Random, 64 hex digits: tells vaults apart.
+    pub id: String,
+    pub created_ms: u64,
+    /// Always `null` in format 2 (FORMAT.md, "Room for encryption").
+    pub encryption: Option<serde_json::Value>,
+}
+
+/// The canonical encoding's header: `"<kind> <size>\0"`.
+fn canonical_header(kind: ObjectKind, size: usize) -> String {
+    format!("{} {size}\0", kind.as_str())
+}
+
+/// The id of a record that is not a git object: BLAKE3-160 of its canonical
+/// encoding.
+pub fn record_id(kind: ObjectKind, content: &[u8]) -> RecordId {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(canonical_header(kind, content.len()).as_bytes());
+    hasher.update(content);
+    let mut id = [0u8; 20];
+    id.copy_from_slice(&hasher.finalize().as_bytes()[..20]);
+    RecordId(id)
+}
+
+/// The check of a record: BLAKE3-128 of its id and canonical encoding.
+pub fn check(id: &RecordId, kind: ObjectKind, content: &[u8]) -> [u8; 16] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&id.0);
+    hasher.update(canonical_header(kind, content.len()).as_bytes());
+    hasher.update(content);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    out
+}
+
+/// The path key of `path` for records of `kind` (FORMAT.md, Terms).
+pub fn path_key(kind: ObjectKind, path: &str) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(kind.as_str().as_bytes());
+    hasher.update(b":");
+    hasher.update(path.as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest.as_bytes()[..8]);
+    u64::from_le_bytes(bytes)
+}
+
+/// The version a delta of version `v` is based on: `v − 16^k`, where `16^k`
+/// is the largest power of 16 dividing `v`. `None` for version 0.
+pub fn skip_delta_base(v: u32) -> Option<u32> {
+    if v == 0 {
+        return None;
+    }
+    let k = v.trailing_zeros() / 4;
+    Some(v - (1u32 << (4 * k)))
+}
+
+/// The header of a record in a data file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: ObjectKind,
+    pub delta: bool,
+    pub check: [u8; 16],
+    pub raw_size: u64,
+    pub frame_len: u64,
+}
+
+impl RecordHeader {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.kind.code());
+        out.push(if self.delta { FLAG_DELTA } else { 0 });
+        out.extend_from_slice(&self.check);
+        push_varint(out, self.raw_size);
+        push_varint(out, self.frame_len);
+    }
+
+    /// Parse a header at the start of `bytes`; returns it and its length.
+    pub fn decode(bytes: &[u8]) -> Result<(Self, usize), FormatError> {
+        if bytes.len() < 18 {
+            return Err(bad("record header is truncated"));
+        }
+        let kind = ObjectKind::from_code(bytes[0])
+            .ok_or_else(|| bad(format!("unknown record kind {}", bytes[0])))?;
+        if bytes[1] & !FLAG_DELTA != 0 {
+            return Err(bad(format!("unknown record flags {:#04x}", bytes[1])));
+        }
+        let mut check = [0u8; 16];
+        check.copy_from_slice(&bytes[2..18]);
+        let mut at = 18;
+        let raw_size = read_varint(bytes, &mut at)?;
+        let frame_len = read_varint(bytes, &mut at)?;
+        Ok((
+            Self {
+                kind,
+                delta: bytes[1] & FLAG_DELTA != 0,
+                check,
+                raw_size,
+                frame_len,
+            },
+            at,
+        ))
+    }
+}
+
+pub fn push_varint(out: &mut Vec<u8>, value: u64) {
+    let mut buf = [0u8; 10];
+    let n = value.encode_var(&mut buf);
+    out.extend_from_slice(&buf[..n]);
+}
+
+pub fn read_varint(bytes: &[u8], at: &mut usize) -> Result<u64, FormatError> {
+    let rest = bytes.get(*at..).ok_or_else(|| bad("truncated"))?;
+    let (value, n) = u64::decode_var(rest).ok_or_else(|| bad("truncated or invalid varint"))?;
+    *at += n;
+    Ok(value)
+}
+
+pub fn read_bytes<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], FormatError> {
+    let end = at.checked_add(n).ok_or_else(|| bad("length overflows"))?;
+    let out = bytes.get(*at..end).ok_or_else(|| bad("truncated"))?;
+    *at = end;
+    Ok(out)
+}
+
+/// Wrap a body in the envelope of `magic` (zstd frame).
+pub fn seal(magic: &[u8; 8], body: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
+    let mut out = magic.to_vec();
+    let frame = zstd::bulk::compress(body, level).map_err(|e| bad(format!("zstd: {e}")))?;
+    out.extend_from_slice(&frame);
+    Ok(out)
+}
+
+/// Largest body an envelope may claim (index files of very large vaults
+/// stay far below this).
+const MAX_ENVELOPE_BODY: u64 = 1 << 32;
+
+/// Unwrap an envelope, checking its magic.
+pub fn open_envelope(magic: &[u8; 8], bytes: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let Some(head) = bytes.get(..8) else {
+        return Err(bad("file is shorter than its header"));
+    };
+    if head[..6] != magic[..6] {
+        return Err(bad("wrong magic: not a file of this type"));
+    }
+    if head[6] != 0 {
+        return Err(bad(format!(
+            "envelope kind {} is not supported (encrypted vaults need a newer hookvault)",
+            head[6]
+        )));
+    }
+    if head[7] != magic[7] {
+        return Err(bad(format!(
+            "file format {} (this hookvault reads {FORMAT_VERSION})",
+            head[7]
+        )));
+    }
+    let frame = &bytes[8..];
+    let size = zstd::zstd_safe::get_frame_content_size(frame)
+        .ok()
+        .flatten()
+        .ok_or_else(|| bad("body is not a complete zstd frame"))?;
+    if size > MAX_ENVELOPE_BODY {
+        return Err(bad(format!("body claims {size} bytes")));
+    }
+    zstd::bulk::decompress(frame, size as usize).map_err(|e| bad(format!("body: {e}")))
+}
+
+fn window_log_for(total: usize) -> u32 {
+    let needed = usize::BITS - total.max(1).leading_zeros();
+    needed.clamp(10, MAX_WINDOW_LOG)
+}
+
+/// Compress `content` as one zstd frame, against `base` as reference prefix
+/// when given.
+pub fn compress(content: &[u8], base: Option<&[u8]>, level: i32) -> Result<Vec<u8>, FormatError> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    let zerr = |code: usize| bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)));
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(zerr)?;
+    cctx.set_parameter(CParameter::ContentSizeFlag(true))
+        .map_err(zerr)?;
+    cctx.set_parameter(CParameter::ChecksumFlag(false))
+        .map_err(zerr)?;
+    if let Some(base) = base {
+        cctx.set_parameter(CParameter::WindowLog(window_log_for(
+            base.len() + content.len(),
+        )))
+        .map_err(zerr)?;
+        // Fast levels hardly look into a large prefix; long-distance
+        // matching finds the long runs a new version shares with its base
+        // (zstd's own --patch-from does the same).
+        cctx.set_parameter(CParameter::EnableLongDistanceMatching(true))
+            .map_err(zerr)?;
+        cctx.ref_prefix(base).map_err(zerr)?;
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(zstd::zstd_safe::compress_bound(content.len()));
+    cctx.compress2(&mut out, content).map_err(zerr)?;
+    Ok(out)
+}
+
+/// Decompress one frame to exactly `raw_size` bytes, with `base` as the
+/// reference prefix for a delta.
+pub fn decompress(
+    frame: &[u8],
+    base: Option<&[u8]>,
+    raw_size: u64,
+) -> Result<Vec<u8>, FormatError> {
+    use zstd::zstd_safe::{DCtx, DParameter};
+    let zerr = |code: usize| bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)));
+    let size = usize::try_from(raw_size).map_err(|_| bad("raw size too large"))?;
+    let mut dctx = DCtx::create();
+    dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+        .map_err(zerr)?;
+    if let Some(base) = base {
+        dctx.ref_prefix(base).map_err(zerr)?;
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(size);
+    let n = dctx.decompress(&mut out, frame).map_err(zerr)?;
+    if n != size || out.len() != size {
+        return Err(bad(format!(
+            "frame decompressed to {n} bytes, record says {size}"
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_delta_bases_follow_the_radix_16_rule() {
+        assert_eq!(skip_delta_base(0), None);
+        assert_eq!(skip_delta_base(1), Some(0));
+        assert_eq!(skip_delta_base(15), Some(14));
+        assert_eq!(skip_delta_base(16), Some(0));
+        assert_eq!(skip_delta_base(17), Some(16));
+        assert_eq!(skip_delta_base(32), Some(16));
+        assert_eq!(skip_delta_base(256), Some(0));
+        assert_eq!(skip_delta_base(0x2300), Some(0x2200));
+        // Chain length from v is the sum of its hex digits.
+        let mut v = 0x1ffu32;
+        let mut depth = 0;
+        while let Some(b) = skip_delta_base(v) {
+            v = b;
+            depth += 1;
+        }
+        assert_eq!(depth, 1 + 15 + 15);
+    }
+
+    #[test]
+    fn delta_frames_need_their_base_and_round_trip() {
+        let base: Vec<u8> = (0..20_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let mut content = base.clone();
+        content[4000..4010].copy_from_slice(b"0123456789");
+        let whole = compress(&content, None, 3).expect("whole");
+        let delta = compress(&content, Some(&base), 3).expect("delta");
+        assert!(
+            delta.len() * 10 < whole.len(),
+            "{} vs {}",
+            delta.len(),
+            whole.len()
+        );
+        let back = decompress(&delta, Some(&base), content.len() as u64).expect("decode");
+        assert_eq!(back, content);
+        assert!(decompress(&delta, None, content.len() as u64).is_err());
+        assert!(decompress(&whole, None, content.len() as u64 + 1).is_err());
+    }
+
+    #[test]
+    fn headers_and_envelopes_round_trip_and_refuse_damage() {
+        let header = RecordHeader {
+            kind: ObjectKind::Tree,
+            delta: true,
+            check: [7; 16],
+            raw_size: 300,
+            frame_len: 1 << 40,
+        };
+        let mut bytes = Vec::new();
+        header.encode(&mut bytes);
+        assert_eq!(
+            RecordHeader::decode(&bytes).expect("decode"),
+            (header, bytes.len())
+        );
+        bytes[0] = 99;
+        assert!(RecordHeader::decode(&bytes).is_err());
+        let sealed = seal(INDEX_MAGIC, b"body", 3).expect("seal");
+        assert_eq!(open_envelope(INDEX_MAGIC, &sealed).expect("open"), b"body");
+        assert!(open_envelope(SNAPSHOT_MAGIC, &sealed).is_err());
+        let mut future = sealed.clone();
+        future[7] = 3;
+        let err = open_envelope(INDEX_MAGIC, &future).expect_err("future version");
+        assert!(err.0.contains("file format 3"), "{err}");
+        assert!(open_envelope(INDEX_MAGIC, &sealed[..sealed.len() - 2]).is_err());
+    }
+
+    #[test]
+    fn checks_bind_the_id() {
+        let a = RecordId([1; 20]);
+        let b = RecordId([2; 20]);
+        assert_ne!(
+            check(&a, ObjectKind::Blob, b"x"),
+            check(&b, ObjectKind::Blob, b"x")
+        );
+        assert_ne!(
+            path_key(ObjectKind::Blob, "a"),
+            path_key(ObjectKind::Tree, "a")
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! Index files (FORMAT.md, "Index files") and the in-process index built
+//! from them: record id → where the record is, and (path key, version) →
+//! record id, which is how a delta finds its base.
+
+use std::collections::HashMap;
+
+use super::backend::FileName;
+use super::format::{self, FormatError, INDEX_MAGIC, push_varint, read_bytes, read_varint};
+use crate::ids::{ObjectKind, RecordId};
+
+/// Where one record is, and its place in its path's line of versions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: ObjectKind,
+    /// Links to a whole record (0 = stored whole).
+    pub depth: u8,
+    pub file: FileName,
+    pub offset: u64,
+    pub len: u64,
+    /// (path key, version), for records that have a path.
+    pub path: Option<(u64, u32)>,
+}
+
+/// Encode the body of an index file and seal it.
+pub fn encode_index_file(entries: &[(RecordId, Entry)]) -> Result<Vec<u8>, FormatError> {
+    let mut files: Vec<&FileName> = Vec::new();
+    let mut file_ord: HashMap<&FileName, u64> = HashMap::new();
+    let mut paths: Vec<u64> = Vec::new();
+    let mut path_ord: HashMap<u64, u64> = HashMap::new();
+    for (_, e) in entries {
+        if !file_ord.contains_key(&e.file) {
+            file_ord.insert(&e.file, files.len() as u64);
+            files.push(&e.file);
+        }
+        if let Some((key, _)) = e.path
+            && !path_ord.contains_key(&key)
+        {
+            path_ord.insert(key, paths.len() as u64);
+            paths.push(key);
+        }
+    }
+    let mut body = Vec::with_capacity(entries.len() * 32 + files.len() * 32);
+    push_varint(&mut body, files.len() as u64);
+    for f in &files {
+        body.extend_from_slice(
+            &f.hash()
+                .ok_or_else(|| FormatError("bad data file name".into()))?,
+        );
+    }
+    push_varint(&mut body, paths.len() as u64);
+    for p in &paths {
+        body.extend_from_slice(&p.to_le_bytes());
+    }
+    push_varint(&mut body, entries.len() as u64);
+    for (id, e) in entries {
+        body.extend_from_slice(&id.0);
+        body.push(e.kind.code());
+        body.push(e.depth);
+        push_varint(&mut body, file_ord[&e.file]);
+        push_varint(&mut body, e.offset);
+        push_varint(&mut body, e.len);
+        match e.path {
+            None => push_varint(&mut body, 0),
+            Some((key, version)) => {
+                push_varint(&mut body, path_ord[&key] + 1);
+                push_varint(&mut body, u64::from(version));
+            }
+        }
+    }
+    format::seal(INDEX_MAGIC, &body, 3)
+}
+
+/// Decode an index file (whole, as stored).
+pub fn decode_index_file(bytes: &[u8]) -> Result<Vec<(RecordId, Entry)>, FormatError> {
+    let body = format::open_envelope(INDEX_MAGIC, bytes)?;
+    let mut at = 0;
+    let count = |at: &mut usize, what: &str| -> Result<usize, FormatError> {
+        let n = read_varint(&body, at)?;
+        // Each item takes at least one byte: a count beyond the body is damage.
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= body.len())
+            .ok_or_else(|| FormatError(format!("{what} count {n} exceeds the file")))
+    };
+    let nfiles = count(&mut at, "data file")?;
+    let mut files = Vec::with_capacity(nfiles);
+    for _ in 0..nfiles {
+        let raw = read_bytes(&body, &mut at, 32)?;
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(raw);
+        files.push(FileName::from_hash(&hash));
+    }
+    let npaths = count(&mut at, "path")?;
+    let mut paths = Vec::with_capacity(npaths);
+    for _ in 0..npaths {
+        let raw = read_bytes(&body, &mut at, 8)?;
+        let mut key = [0u8; 8];
+        key.copy_from_slice(raw);
+        paths.push(u64::from_le_bytes(key));
+    }
+    let nentries = count(&mut at, "entry")?;
+    let mut out = Vec::with_capacity(nentries);
+    for _ in 0..nentries {
+        let mut id = [0u8; 20];
+        id.copy_from_slice(read_bytes(&body, &mut at, 20)?);
+        let head = read_bytes(&body, &mut at, 2)?;
+        let kind = ObjectKind::from_code(head[0])
+            .ok_or_else(|| FormatError(format!("unknown kind {}", head[0])))?;
+        let depth = head[1];
+        let file = usize::try_from(read_varint(&body, &mut at)?)
+            .ok()
+            .and_then(|i| files.get(i))
+            .ok_or_else(|| FormatError("entry names a data file out of range".into()))?
+            .clone();
+        let offset = read_varint(&body, &mut at)?;
+        let len = read_varint(&body, &mut at)?;
+        let path = match read_varint(&body, &mut at)? {
+            0 => None,
+            p => {
+                let key = usize::try_from(p - 1)
+                    .ok()
+                    .and_then(|i| paths.get(i))
+                    .copied()
+                    .ok_or_else(|| FormatError("entry names a path out of range".into()))?;
+                let version = u32::try_from(read_varint(&body, &mut at)?)
+                    .map_err(|_| FormatError("version out of range".into()))?;
+                Some((key, version))
+            }
+        };
+        out.push((
+            RecordId(id),
+            Entry {
+                kind,
+                depth,
+                file,
+                offset,
+                len,
+                path,
+            },
+        ));
+    }
+    if at != body.len() {
+        return Err(FormatError(format!(
+            "{} bytes after the last entry",
+            body.len() - at
+        )));
+    }
+    Ok(out)
+}
+
+/// The index of a vault, in memory: the union of its index files.
+#[derive(Debug, Default)]
+pub struct MemIndex {
+    records: HashMap<RecordId, Entry>,
+    versions: HashMap<(u64, u32), RecordId>,
+    next_version: HashMap<u64, u32>,
+    files: std::collections::HashSet<FileName>,
+}
+
+impl MemIndex {
+    pub fn get(&self, id: &RecordId) -> Option<&Entry> {
+        self.records.get(id)
+    }
+
+    pub fn contains(&self, id: &RecordId) -> bool {
+        self.records.contains_key(id)
+    }
+
+    pub fn version(&self, path: u64, version: u32) -> Option<RecordId> {
+        self.versions.get(&(path, version)).copied()
+    }
+
+    /// The version the next record of `path` gets.
+    pub fn next_version(&self, path: u64) -> u32 {
+        self.next_version.get(&path).copied().unwrap_or(0)
+    }
+
+    pub fn has_file(&self, name: &FileName) -> bool {
+        self.files.contains(name)
+    }
+
+    /// Add the entries of one index file. An id already indexed keeps its
+    /// first entry (both are valid).
+    pub fn insert_file(&mut self, name: FileName, entries: Vec<(RecordId, Entry)>) {
+        for (id, entry) in entries {
+            if let Some((key, version)) = entry.path {
+                self.versions.entry((key, version)).or_insert(id);
+                let next = self.next_version.entry(key).or_insert(0);
+                *next = (*next).max(version.saturating_add(1));
+            }
+            self.records.entry(id).or_insert(entry);
+        }
+        self.files.insert(name);
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (&RecordId, &Entry)> {
+        self.records.iter()
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_files_round_trip_and_refuse_damage() {
+        let f1 = FileName::from_hash(&[1; 32]);
+        let f2 = FileName::from_hash(&[2; 32]);
+        let entries = vec![
+            (
+                RecordId([9; 20]),
+                Entry {
+                    kind: ObjectKind::Blob,
+                    depth: 3,
+                    file: f1.clone(),
+                    offset: 8,
+                    len: 100,
+                    path: Some((42, 7)),
+                },
+            ),
+            (
+                RecordId([8; 20]),
+                Entry {
+                    kind: ObjectKind::Tag,
+                    depth: 0,
+                    file: f2,
+                    offset: 1 << 33,
+                    len: 5,
+                    path: None,
+                },
+            ),
+        ];
+        let bytes = encode_index_file(&entries).expect("encode");
+        assert_eq!(decode_index_file(&bytes).expect("decode"), entries);
+        let mut index = MemIndex::default();
+        index.insert_file(f1, entries);
+        assert_eq!(index.version(42, 7), Some(RecordId([9; 20])));
+        assert_eq!(index.next_version(42), 8);
+        assert_eq!(index.next_version(41), 0);
+        assert!(decode_index_file(&bytes[..bytes.len() - 3]).is_err());
+    }
+}

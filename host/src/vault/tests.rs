@@ -1,0 +1,247 @@
+use super::*;
+
+fn oid(n: u32) -> GitOid {
+    let mut b = [0u8; 20];
+    b[..4].copy_from_slice(&n.to_be_bytes());
+    GitOid(b)
+}
+
+fn open(dir: &Path) -> Vault {
+    Vault::open_local(dir, Create::IfMissing, WriteOptions::default()).expect("open")
+}
+
+/// A file of `lines` numbered lines with line `changed` altered.
+fn version_text(lines: usize, changed: usize) -> Vec<u8> {
+    (0..lines)
+        .map(|i| {
+            if i == changed {
+                format!("line {i} changed in version {changed}\n")
+            } else {
+                format!("line {i} of a source file that changes slowly\n")
+            }
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[test]
+fn deltas_along_a_path_read_back_after_reopen_and_stay_shallow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let contents: HashMap<GitOid, Vec<u8>> = (0..300u32)
+        .map(|v| (oid(v), version_text(2000, v as usize)))
+        .collect();
+    let whole_size: usize = contents
+        .values()
+        .map(|c| zstd::bulk::compress(c, 3).map(|f| f.len()).unwrap_or(0))
+        .sum();
+    let vault = open(dir.path());
+    let read = |o: &GitOid| -> Result<(ObjectKind, Vec<u8>), std::io::Error> {
+        Ok((ObjectKind::Blob, contents[o].clone()))
+    };
+    // One push per version, like real history.
+    let mut stored = 0;
+    for v in 0..300u32 {
+        let stats = vault
+            .put_objects(&[(oid(v), Some("src/main.rs"))], read)
+            .expect("put");
+        assert_eq!(stats.written, 1);
+        stored += stats.stored_bytes;
+    }
+    assert!(
+        (stored as usize) * 5 < whole_size,
+        "deltas should be far smaller: {stored} vs {whole_size}"
+    );
+    let again = vault
+        .put_objects(&[(oid(7), Some("src/main.rs"))], read)
+        .expect("put");
+    assert_eq!((again.written, again.present), (0, 1));
+    drop(vault);
+    let vault =
+        Vault::open_local(dir.path(), Create::Never, WriteOptions::default()).expect("reopen");
+    let index = vault.inner.index.read().expect("index");
+    let deepest = index.entries().map(|(_, e)| e.depth).max().unwrap_or(0);
+    assert!(deepest <= MAX_DEPTH && deepest > 1, "depth {deepest}");
+    drop(index);
+    for v in [0u32, 1, 15, 16, 255, 299] {
+        assert_eq!(
+            *vault.read_object(&oid(v)).expect("read").1,
+            contents[&oid(v)]
+        );
+    }
+    assert_eq!(
+        vault.missing(&[oid(1), oid(9999)]).expect("missing"),
+        vec![oid(9999)]
+    );
+}
+
+#[test]
+fn a_flipped_byte_is_reported_as_damage_naming_the_record_and_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    vault
+        .put_objects(&[(oid(1), Some("a"))], |_| {
+            Ok::<_, std::io::Error>((ObjectKind::Blob, version_text(100, 1)))
+        })
+        .expect("put");
+    drop(vault);
+    let data = LocalBackend::open(dir.path())
+        .list(FileType::Data)
+        .expect("list");
+    let path = dir.path().join(FileType::Data.path_of(&data[0].0));
+    let mut bytes = std::fs::read(&path).expect("read");
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    std::fs::write(&path, bytes).expect("write");
+    let vault = open(dir.path());
+    let err = vault.read_object(&oid(1)).expect_err("damaged");
+    let text = err.to_string();
+    assert!(matches!(err, VaultError::Damaged { .. }), "{text}");
+    assert!(
+        text.contains(&oid(1).to_hex()) && text.contains(data[0].0.as_str()),
+        "{text}"
+    );
+}
+
+#[test]
+fn snapshots_chain_refuse_missing_objects_and_keep_ref_tables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    let repo = RepoName::parse("acme/app").expect("name");
+    let new = |refs: BTreeMap<String, GitOid>| NewSnapshot {
+        repository: repo.clone(),
+        source: "cloud".into(),
+        time_ms: 1,
+        delivery_id: "d".into(),
+        event_key: "repo:push".into(),
+        actor: None,
+        refs,
+        updates: vec![],
+        stats: CopyStats::default(),
+    };
+    let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), oid(7))].into();
+    let err = vault
+        .commit_snapshot(new(refs.clone()))
+        .expect_err("object missing");
+    assert!(
+        matches!(err, VaultError::IncompleteSnapshot { .. }),
+        "{err}"
+    );
+    vault
+        .put_objects(&[(oid(7), None)], |_| {
+            Ok::<_, std::io::Error>((ObjectKind::Commit, b"tree x\n".to_vec()))
+        })
+        .expect("put");
+    let first = vault.commit_snapshot(new(refs.clone())).expect("commit");
+    let second = vault.commit_snapshot(new(refs.clone())).expect("commit");
+    assert_eq!(second.body.parent, Some(first.id));
+    assert_eq!(second.body.seq, 2);
+    assert_eq!(vault.snapshot_refs(&second).expect("refs"), refs);
+    drop(vault);
+    let vault =
+        Vault::open_local(dir.path(), Create::Never, WriteOptions::default()).expect("reopen");
+    let listed = vault.snapshots(&repo).expect("list");
+    assert_eq!(
+        listed.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![first.id, second.id]
+    );
+    let prefix = &second.id.to_hex()[..8];
+    assert_eq!(
+        vault.find_snapshot(&repo, Some(prefix)).expect("find").id,
+        second.id
+    );
+    assert!(vault.find_snapshot(&repo, Some("zzzz")).is_err());
+}
+
+#[test]
+fn many_refs_one_push_writes_a_few_kib() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    let repo = RepoName::parse("acme/big").expect("name");
+    vault
+        .put_objects(&[(oid(1), None), (oid(2), None)], |o| {
+            Ok::<_, std::io::Error>((ObjectKind::Commit, format!("commit {o}").into_bytes()))
+        })
+        .expect("put");
+    let mut refs: BTreeMap<String, GitOid> = (0..10_000)
+        .map(|i| (format!("refs/heads/branch-{i:05}"), oid(1)))
+        .collect();
+    let snap = |refs: &BTreeMap<String, GitOid>| NewSnapshot {
+        repository: repo.clone(),
+        source: "cloud".into(),
+        time_ms: 1,
+        delivery_id: "d".into(),
+        event_key: "repo:push".into(),
+        actor: None,
+        refs: refs.clone(),
+        updates: vec![],
+        stats: CopyStats::default(),
+    };
+    vault.commit_snapshot(snap(&refs)).expect("first");
+    let before = vault.stats().expect("stats").total_bytes;
+    refs.insert("refs/heads/branch-04321".into(), oid(2));
+    let second = vault.commit_snapshot(snap(&refs)).expect("second");
+    let growth = vault.stats().expect("stats").total_bytes - before;
+    assert!(
+        growth < 16 * 1024,
+        "one moved ref grew the vault by {growth} bytes"
+    );
+    assert_eq!(vault.snapshot_refs(&second).expect("refs"), refs);
+}
+
+#[test]
+fn read_commands_never_create_a_vault_and_unknown_formats_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nothing-here");
+    let err =
+        Vault::open_local(&missing, Create::Never, WriteOptions::default()).expect_err("no vault");
+    assert!(matches!(err, VaultError::NoVault { .. }), "{err}");
+    assert!(!missing.exists());
+    drop(open(dir.path()));
+    std::fs::write(
+        dir.path().join("config"),
+        br#"{"format": 9, "id": "x", "created_ms": 0, "encryption": null}"#,
+    )
+    .expect("write");
+    let err = Vault::open_local(dir.path(), Create::Never, WriteOptions::default())
+        .expect_err("format 9");
+    assert!(err.to_string().contains("format 9"), "{err}");
+}
+
+#[test]
+fn documents_keep_versions_and_skip_unchanged_puts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    let repo = RepoName::parse("acme/app").expect("name");
+    vault
+        .put_document(&repo, "pull-requests", "1", br#"{"v":1}"#, "d1", 100)
+        .expect("put");
+    vault
+        .put_document(&repo, "pull-requests", "1", br#"{"v":1}"#, "d2", 150)
+        .expect("same");
+    vault
+        .put_document(&repo, "pull-requests", "1", br#"{"v":2}"#, "d3", 200)
+        .expect("put");
+    assert!(
+        vault
+            .put_document(&repo, "pull-requests", "../x", b"{}", "d", 1)
+            .is_err()
+    );
+    drop(vault);
+    let vault = open(dir.path());
+    assert_eq!(
+        vault
+            .document_history(&repo, "pull-requests", "1")
+            .expect("history")
+            .len(),
+        2
+    );
+    let at = vault
+        .document_at(&repo, "pull-requests", "1", Some(170))
+        .expect("at")
+        .expect("some");
+    assert_eq!(vault.read_document(&at).expect("read"), br#"{"v":1}"#);
+    let all = vault
+        .documents_at(&repo, "pull-requests", None)
+        .expect("all");
+    assert_eq!(vault.read_document(&all[0]).expect("read"), br#"{"v":2}"#);
+}
