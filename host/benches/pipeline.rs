@@ -168,10 +168,10 @@ fn main() {
         backup_time.as_secs_f64() / clone_time.as_secs_f64()
     );
 
-    let store_bytes = du(&service.dir.join("data/packs")) + du(&service.dir.join("data/index"));
+    let store_bytes = du(&service.dir.join("data/vault"));
     let mirror_bytes = du(&mirror);
     println!(
-        "store size: {:.1} MiB (packs + index, mirror cache excluded) vs git mirror {:.1} MiB (ratio {:.2}x)",
+        "vault size: {:.1} MiB (every vault file, mirror cache excluded) vs git mirror {:.1} MiB (ratio {:.2}x)",
         store_bytes as f64 / 1048576.0,
         mirror_bytes as f64 / 1048576.0,
         store_bytes as f64 / mirror_bytes as f64

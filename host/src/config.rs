@@ -89,13 +89,36 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Directory of the embedded store (created if missing). Relative paths
-    /// are relative to the working directory.
+    /// Local state: the vault (unless `url` puts it elsewhere), the queue and
+    /// caches (created if missing). Relative paths are relative to the
+    /// working directory.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// Where the vault lives when not in `<path>/vault`:
+    /// `s3://BUCKET/PREFIX` (S3, MinIO, Ceph, R2, ...).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Object-storage settings; each one left out is taken from the standard
+    /// `AWS_*` environment variables.
+    #[serde(default)]
+    pub s3: S3Config,
     /// zstd level for new records (1–22; higher is smaller and slower).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
+}
+
+/// `[store.s3]`: credentials are secrets like the others (literal, env or
+/// file) and never appear in logs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub region: Option<String>,
+    /// For S3-compatible servers: `https://minio.example.com:9000`.
+    pub endpoint: Option<String>,
+    /// Permit a plain `http://` endpoint (loopback tests, private networks).
+    pub allow_http: Option<bool>,
 }
 
 fn default_store_path() -> PathBuf {
@@ -110,6 +133,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: default_store_path(),
+            url: None,
+            s3: S3Config::default(),
             zstd_level: default_zstd_level(),
         }
     }
@@ -462,6 +487,19 @@ impl Config {
         };
         if self.sources.is_empty() {
             return Err(invalid("at least one [[sources]] entry is required".into()));
+        }
+        if !(1..=22).contains(&self.store.zstd_level) {
+            return Err(invalid(format!(
+                "store.zstd_level must be 1-22, not {}",
+                self.store.zstd_level
+            )));
+        }
+        if let Some(url) = &self.store.url
+            && !url.starts_with("s3://")
+        {
+            return Err(invalid(format!(
+                "store.url {url:?}: only s3://BUCKET/PREFIX is supported (leave it out for a local vault in store.path)"
+            )));
         }
         let mut names = std::collections::BTreeSet::new();
         for source in &self.sources {

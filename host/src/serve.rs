@@ -17,6 +17,7 @@ use crate::pipeline::worker::{Worker, WorkerError};
 use crate::plugins::SourceGit;
 use crate::plugins::{BackupDeps, PluginError, PluginHost};
 use crate::receive::{AppState, app};
+use crate::vault::backend::{S3Backend, S3Settings};
 use crate::vault::{Create, Vault, VaultError, WriteOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +45,32 @@ pub enum ServeError {
 
 /// Open the configured vault. `serve` creates it on first use; read
 /// commands never create one.
-pub fn open_vault(config: &Config, create: Create) -> Result<Vault, VaultError> {
+pub fn open_vault(config: &Config, create: Create) -> Result<Vault, ServeError> {
     let options = WriteOptions {
         zstd_level: config.store.zstd_level,
     };
-    Vault::open_local(&config.store.path.join("vault"), create, options)
+    let Some(url) = &config.store.url else {
+        return Ok(Vault::open_local(
+            &config.store.path.join("vault"),
+            create,
+            options,
+        )?);
+    };
+    let s3 = &config.store.s3;
+    let secret = |s: &Option<crate::config::Secret>, what: &str| {
+        s.as_ref()
+            .map(|s| s.resolve(what).map(|v| v.expose().to_string()))
+            .transpose()
+    };
+    let settings = S3Settings {
+        access_key_id: secret(&s3.access_key_id, "store.s3.access_key_id")?,
+        secret_access_key: secret(&s3.secret_access_key, "store.s3.secret_access_key")?,
+        region: s3.region.clone(),
+        endpoint: s3.endpoint.clone(),
+        allow_http: s3.allow_http,
+    };
+    let backend = S3Backend::from_url(url, settings).map_err(VaultError::from)?;
+    Ok(Vault::open(Box::new(backend), create, options)?)
 }
 
 /// Resolve every source's git credentials (fails fast on a missing secret).
@@ -78,6 +100,7 @@ pub fn backup_deps(config: &Config, store: Vault) -> Result<BackupDeps, ConfigEr
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let queue = Queue::open_dir(&config.store.path.join("queue"))?;
     let store = tokio::task::block_in_place(|| open_vault(&config, Create::IfMissing))?;
+    info!(vault = %store.location(), "vault open");
     let deps = Arc::new(backup_deps(&config, store.clone())?);
     let plugins = Arc::new(tokio::task::block_in_place(|| PluginHost::load(&config))?);
     info!(

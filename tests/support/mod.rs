@@ -556,6 +556,11 @@ credentials = {{ kind = "access-token", token = "{TOKEN}" }}
         }
     }
 
+    /// The service's process id (for resource measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Run a CLI command against this service's config.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_hookvault"))

@@ -411,14 +411,24 @@ impl Mirror {
         if commit_tips.is_empty() {
             return Ok(out);
         }
+        // Oldest first, by commit time: each path's versions are then met
+        // (and numbered by the vault) in the order history made them, so a
+        // version's delta base is the version before it, not one from
+        // another era of another branch.
         let walk = repo
             .rev_walk(commit_tips)
             .with_hidden(hidden_commits)
+            .sorting(gix::revision::walk::Sorting::ByCommitTime(
+                gix::traverse::commit::simple::CommitTimeOrder::NewestFirst,
+            ))
             .all()
             .map_err(|e| self.walk_err(e))?;
+        let mut commits = Vec::new();
         for info in walk {
             let info = info.map_err(|e| self.walk_err(e))?;
-            let id = info.id;
+            commits.push(info.id);
+        }
+        for id in commits.into_iter().rev() {
             if !seen.insert(id) {
                 continue;
             }

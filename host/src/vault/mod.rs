@@ -1073,6 +1073,16 @@ impl Vault {
         Ok(bytes.as_ref().clone())
     }
 
+    /// The record at the end of the deepest delta chain, and its depth
+    /// (for benchmarks and `verify`).
+    pub fn deepest_record(&self) -> Option<(RecordId, u8)> {
+        let index = self.inner.index.read().ok()?;
+        index
+            .entries()
+            .max_by_key(|(_, e)| e.depth)
+            .map(|(id, e)| (*id, e.depth))
+    }
+
     pub fn stats(&self) -> Result<VaultStats, VaultError> {
         let backend = &self.inner.backend;
         let sum = |t: FileType| -> Result<(u64, u64), VaultError> {

@@ -8,10 +8,12 @@
 //! fsync, rename, fsync the directory; object storage: a single PUT).
 
 mod local;
+mod s3;
 
 use std::fmt;
 
 pub use local::LocalBackend;
+pub use s3::{S3Backend, S3Settings};
 
 /// The types of file in a vault, each under its own prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

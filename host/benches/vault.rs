@@ -1,0 +1,349 @@
+//! Vault benchmark on real history: every figure is a ratio against git
+//! itself, measured in the same run (these machines are noisy).
+//!
+//! For each repository (the corpus bundles in `../shared/corpus/`, and a
+//! synthetic repository with many branches):
+//! * first backup vs `git clone --mirror` over the same smart-HTTP server;
+//! * vault size (every file of the vault) and total disk (vault, queue,
+//!   caches, mirror) vs the mirror's size;
+//! * one-commit push → snapshot vs `git fetch` of the same change, and the
+//!   vault's growth per push;
+//! * restore vs `git clone --mirror`, checked with `git fsck`;
+//! * reading the object at the end of the deepest delta chain, cold;
+//! * peak resident memory of `serve` (VmHWM).
+//!
+//! `HOOKVAULT_CORPUS` (default `../shared/corpus` from the workspace root)
+//! names the bundles; `HOOKVAULT_BENCH_BRANCHES` the synthetic repository's
+//! branch count (default 10000); `HOOKVAULT_BENCH_PUSHES` pushes per
+//! repository (default 20).
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hookvault::ids::{GitOid, RecordId};
+use hookvault::vault::{Create, Vault, WriteOptions};
+use support::*;
+
+fn du(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            total += if meta.is_dir() {
+                du(&entry.path())
+            } else {
+                meta.len()
+            };
+        }
+    }
+    total
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn git_auth(dir: &Path, args: &[&str]) -> String {
+    let header = format!("http.extraHeader=Authorization: Bearer {TOKEN}");
+    let mut full = vec!["-c", header.as_str()];
+    full.extend_from_slice(args);
+    git(dir, &full)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+struct Row {
+    name: String,
+    lines: Vec<String>,
+}
+
+fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes: usize) -> Row {
+    let mut lines = Vec::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let upstream = server.create(repo);
+    make_upstream(&upstream);
+    let refs = git(&upstream, &["for-each-ref"]).lines().count();
+    let default_branch = git(&upstream, &["symbolic-ref", "--short", "HEAD"])
+        .trim()
+        .to_string();
+    let head = git(&upstream, &["rev-parse", &default_branch])
+        .trim()
+        .to_string();
+
+    let mirror = tmp.path().join("reference.git");
+    let start = Instant::now();
+    git_auth(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            &server.url(repo),
+            mirror.to_str().expect("utf8"),
+        ],
+    );
+    let clone_time = start.elapsed();
+    let mirror_bytes = du(&mirror);
+
+    let service = Service::start(&tmp.path().join("hv"), &server, "");
+    let body = branch_push(repo, &default_branch, None, &head);
+    let start = Instant::now();
+    service.push("bench-initial", &body);
+    let outcome = service.outcome("bench-initial");
+    let backup_time = start.elapsed();
+    assert_eq!(outcome["status"], "done", "{outcome}\n{}", service.log());
+    let peak_kib = service.pid().map(peak_rss_kib).unwrap_or(0);
+    let data = service.dir.join("data");
+    let vault_bytes = du(&data.join("vault"));
+    let total_bytes = du(&data);
+    lines.push(format!(
+        "refs {refs}; first backup {:.0} ms vs git clone --mirror {:.0} ms: {:.2}x",
+        ms(backup_time),
+        ms(clone_time),
+        backup_time.as_secs_f64() / clone_time.as_secs_f64()
+    ));
+    lines.push(format!(
+        "vault {:.2} MiB vs mirror {:.2} MiB: {:.2}x; total disk (vault + queue + mirror cache) {:.2} MiB: {:.2}x",
+        mib(vault_bytes),
+        mib(mirror_bytes),
+        vault_bytes as f64 / mirror_bytes as f64,
+        mib(total_bytes),
+        total_bytes as f64 / mirror_bytes as f64
+    ));
+    lines.push(format!(
+        "peak RSS of serve after the first backup: {:.0} MiB",
+        peak_kib as f64 / 1024.0
+    ));
+
+    // One-commit pushes.
+    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
+    git(&work.dir, &["fetch", "-q", "origin", &default_branch]);
+    git(&work.dir, &["reset", "-q", "--hard", "FETCH_HEAD"]);
+    let (mut hv, mut fetch, mut growth) = (Vec::new(), Vec::new(), Vec::new());
+    let mut old = head.clone();
+    for i in 0..pushes {
+        let new = work.commit(
+            &format!("bench/push-{i}.txt"),
+            &format!("push {i}\n"),
+            &format!("Push {i}"),
+        );
+        work.git(&["push", "-q", "origin", &format!("HEAD:{default_branch}")]);
+        let start = Instant::now();
+        git_auth(&mirror, &["fetch", "-q"]);
+        fetch.push(start.elapsed());
+        let before = du(&data.join("vault"));
+        let body = branch_push(repo, &default_branch, Some(&old), &new);
+        let delivery = format!("bench-push-{i}");
+        let start = Instant::now();
+        service.push(&delivery, &body);
+        let outcome = service.outcome(&delivery);
+        hv.push(start.elapsed());
+        assert_eq!(outcome["status"], "done", "{outcome}");
+        growth.push(du(&data.join("vault")) - before);
+        old = new;
+    }
+    if pushes > 0 {
+        let (hv_med, fetch_med) = (median(hv), median(fetch));
+        growth.sort();
+        lines.push(format!(
+            "push → snapshot median {:.1} ms vs git fetch {:.1} ms: {:.2}x (n={pushes}); vault growth per push median {:.1} KiB, max {:.1} KiB",
+            ms(hv_med),
+            ms(fetch_med),
+            hv_med.as_secs_f64() / fetch_med.as_secs_f64(),
+            growth[growth.len() / 2] as f64 / 1024.0,
+            growth[growth.len() - 1] as f64 / 1024.0
+        ));
+    }
+
+    // Restore (while serve runs) vs a fresh clone --mirror.
+    let clone2 = tmp.path().join("reference2.git");
+    let start = Instant::now();
+    git_auth(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            &server.url(repo),
+            clone2.to_str().expect("utf8"),
+        ],
+    );
+    let clone2_time = start.elapsed();
+    let restored = tmp.path().join("restored.git");
+    let start = Instant::now();
+    let out = restore(&service.config, repo, None, &restored);
+    let restore_time = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        refs_of(&restored),
+        refs_of(&clone2),
+        "restored refs differ from the remote"
+    );
+    assert_fsck_clean(&restored);
+    lines.push(format!(
+        "restore {:.0} ms vs git clone --mirror {:.0} ms: {:.2}x (fsck clean, refs equal)",
+        ms(restore_time),
+        ms(clone2_time),
+        restore_time.as_secs_f64() / clone2_time.as_secs_f64()
+    ));
+
+    // The object at the end of the deepest chain, from a cold handle.
+    let vault_dir = data.join("vault");
+    let vault =
+        Vault::open_local(&vault_dir, Create::Never, WriteOptions::default()).expect("vault");
+    let deepest = vault.deepest_record().expect("records");
+    let start = Instant::now();
+    let cold =
+        Vault::open_local(&vault_dir, Create::Never, WriteOptions::default()).expect("vault");
+    let open_time = start.elapsed();
+    let start = Instant::now();
+    let (_, bytes) = cold.read_object(&GitOid::from(deepest.0)).expect("read");
+    let read_time = start.elapsed();
+    lines.push(format!(
+        "cold read of the deepest chain (depth {}, {} bytes): {:.2} ms (vault open {:.1} ms)",
+        deepest.1,
+        bytes.len(),
+        ms(read_time),
+        ms(open_time)
+    ));
+    let _: RecordId = deepest.0;
+    service.stop();
+    if let Some(keep) = std::env::var_os("HOOKVAULT_BENCH_KEEP") {
+        let keep = PathBuf::from(keep).join(name.replace(' ', "-"));
+        let _ = std::fs::remove_dir_all(&keep);
+        std::fs::create_dir_all(keep.parent().expect("parent")).expect("mkdir");
+        std::fs::rename(&vault_dir, &keep).expect("keep the vault");
+    }
+    Row {
+        name: name.to_string(),
+        lines,
+    }
+}
+
+fn corpus_dir() -> PathBuf {
+    std::env::var_os("HOOKVAULT_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"))
+}
+
+fn from_bundle(bundle: PathBuf) -> impl FnOnce(&Path) {
+    move |upstream: &Path| {
+        std::fs::remove_dir_all(upstream).expect("clear");
+        git(
+            upstream.parent().expect("parent"),
+            &[
+                "clone",
+                "-q",
+                "--mirror",
+                bundle.to_str().expect("utf8"),
+                upstream.to_str().expect("utf8"),
+            ],
+        );
+        git(upstream, &["config", "http.receivepack", "true"]);
+    }
+}
+
+fn many_branches(n: usize) -> impl FnOnce(&Path) {
+    move |upstream: &Path| {
+        let mut script = String::new();
+        script.push_str("commit refs/heads/main\nmark :1\ncommitter B <b@example.com> 1700000000 +0000\ndata 4\nroot\n");
+        for f in 0..200 {
+            let content = format!("file {f}\n").repeat(40);
+            script.push_str(&format!(
+                "M 100644 inline src/f{f}.txt\ndata {}\n{content}",
+                content.len()
+            ));
+        }
+        for b in 0..n {
+            script.push_str(&format!(
+                "commit refs/heads/feature/b{b:05}\ncommitter B <b@example.com> {} +0000\ndata 3\nb{}\nfrom :1\nM 100644 inline branch.txt\ndata 6\n{b:05}\n",
+                1_700_000_001 + b,
+                b % 10
+            ));
+        }
+        let mut child = std::process::Command::new("git")
+            .args(["fast-import", "--quiet"])
+            .current_dir(upstream)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("fast-import");
+        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), script.as_bytes())
+            .expect("write");
+        drop(child.stdin.take());
+        assert!(child.wait().expect("wait").success());
+        git(upstream, &["symbolic-ref", "HEAD", "refs/heads/main"]);
+        git(upstream, &["repack", "-adq"]);
+    }
+}
+
+fn main() {
+    let pushes: usize = std::env::var("HOOKVAULT_BENCH_PUSHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let branches: usize = std::env::var("HOOKVAULT_BENCH_BRANCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let only = std::env::var("HOOKVAULT_BENCH_ONLY").ok();
+    let corpus = corpus_dir();
+    let mut rows = Vec::new();
+    for name in ["ripgrep", "jq"] {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let bundle = corpus.join(format!("{name}.bundle"));
+        assert!(
+            bundle.is_file(),
+            "missing {} (set HOOKVAULT_CORPUS)",
+            bundle.display()
+        );
+        rows.push(bench_repo(
+            name,
+            &format!("corpus/{name}"),
+            from_bundle(bundle),
+            pushes,
+        ));
+    }
+    if only.as_deref().is_none_or(|o| o == "branches") {
+        rows.push(bench_repo(
+            &format!("{branches} branches"),
+            "synthetic/branches",
+            many_branches(branches),
+            pushes,
+        ));
+    }
+    for row in rows {
+        println!("== {}", row.name);
+        for line in row.lines {
+            println!("  {line}");
+        }
+    }
+}
