@@ -511,3 +511,105 @@ fn wrong_git_token_fails_clearly_without_leaking_it() {
     assert!(service.snapshots(REPO).is_empty());
     service.stop();
 }
+
+/// Every read command works while `serve` runs, and answers what the
+/// running service answers; a read command pointed at a store that does not
+/// exist fails and creates nothing.
+#[test]
+fn read_commands_work_while_serve_runs_and_never_create_a_store() {
+    let OneCommitRepo {
+        tmp,
+        server,
+        upstream,
+        work,
+        head,
+    } = one_commit_repo(REPO);
+    let service = Service::start(&tmp.path().join("hv"), &server, "");
+    service.push("read-1", &branch_push(REPO, "main", None, &head));
+    assert_eq!(service.outcome("read-1")["status"], "done");
+
+    let out = service.cli(&["snapshots", "--repo", REPO, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed, serde_json::Value::Array(service.snapshots(REPO)));
+    assert_eq!(listed[0]["refs"]["refs/heads/main"], head.as_str());
+
+    let out = service.cli(&["stats", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(stats, service.stats()["store"]);
+    assert_eq!(stats["snapshots"], 1);
+
+    let to = tmp.path().join("restored.git");
+    let out = restore(&service.config, REPO, None, &to);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(refs_of(&to), refs_of(&upstream));
+    assert_fsck_clean(&to);
+
+    let export = tmp.path().join("export");
+    let out = service.cli(&[
+        "export-metadata",
+        "--repo",
+        REPO,
+        "--to",
+        export.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The service is unaffected: a second push still becomes a snapshot.
+    let second = work.commit("b.txt", "b\n", "B");
+    work.git(&["push", "-q", "origin", "main"]);
+    service.push("read-2", &branch_push(REPO, "main", Some(&head), &second));
+    assert_eq!(service.outcome("read-2")["status"], "done");
+
+    // A store path with nothing there: an error naming it, nothing created.
+    let wrong = tmp.path().join("no-such-store");
+    let text = std::fs::read_to_string(&service.config)
+        .expect("config")
+        .replace(
+            &service.dir.join("data").display().to_string(),
+            &wrong.display().to_string(),
+        );
+    let wrong_config = tmp.path().join("wrong.toml");
+    std::fs::write(&wrong_config, text).expect("write");
+    let never = tmp.path().join("never-written");
+    let never = never.to_str().expect("utf8");
+    for args in [
+        vec!["snapshots", "--repo", REPO],
+        vec!["stats"],
+        vec!["restore", "--repo", REPO, "--to", never],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookvault"))
+            .arg("--config")
+            .arg(&wrong_config)
+            .args(&args)
+            .output()
+            .expect("cli");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("no vault at"), "{args:?}: {stderr}");
+    }
+    assert!(
+        !wrong.exists(),
+        "a read command created {}",
+        wrong.display()
+    );
+    assert!(!Path::new(never).exists());
+    service.stop();
+}

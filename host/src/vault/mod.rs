@@ -42,7 +42,7 @@ pub use snapshot::{CopyStats, RefTable, RefUpdate, Snapshot, SnapshotBody};
 /// Data files are closed when they pass this size.
 const DATA_FILE_TARGET: usize = 32 << 20;
 /// Decoded contents kept for delta bases and repeated reads.
-const DECODED_CACHE_BYTES: usize = 96 << 20;
+const DECODED_CACHE_BYTES: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -511,18 +511,28 @@ impl Vault {
                 }
             }
         }
-        let whole = format::compress(&data, None, level).map_err(VaultError::Encode)?;
+        // A delta under an eighth of the content is kept without trying the
+        // whole frame (which would not be smaller in practice): half the
+        // compression work of a first backup.
         let (frame, depth) = match &base {
             Some((content, base_depth)) => {
                 let delta =
                     format::compress(&data, Some(content), level).map_err(VaultError::Encode)?;
-                if delta.len() < whole.len() {
+                if delta.len() <= data.len() / 8 {
                     (delta, base_depth + 1)
                 } else {
-                    (whole, 0)
+                    let whole = format::compress(&data, None, level).map_err(VaultError::Encode)?;
+                    if delta.len() < whole.len() {
+                        (delta, base_depth + 1)
+                    } else {
+                        (whole, 0)
+                    }
                 }
             }
-            None => (whole, 0),
+            None => (
+                format::compress(&data, None, level).map_err(VaultError::Encode)?,
+                0,
+            ),
         };
         if pending.buf.is_empty() {
             pending.buf.extend_from_slice(format::DATA_MAGIC);
