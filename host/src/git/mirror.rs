@@ -272,9 +272,76 @@ impl Mirror {
         })
     }
 
+    /// Remove what a fetch killed mid-way leaves behind: ref and config
+    /// lock files (which make every later fetch fail) and temporary or
+    /// `.keep` pack files. Only fetches write to a mirror, and no two fetch
+    /// the same repository at once (one `serve` per store, one backup per
+    /// repository), so anything of this kind found before a fetch is stale.
+    /// Returns how many files were removed.
+    pub fn remove_crash_leftovers(&self) -> Result<usize, GitError> {
+        let io = |path: &Path, source: std::io::Error| GitError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut removed = 0;
+        let mut dirs = vec![self.path.join("refs")];
+        while let Some(dir) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| io(&dir, e))?;
+                let path = entry.path();
+                if entry.file_type().map_err(|e| io(&path, e))?.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "lock") {
+                    std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+                    removed += 1;
+                }
+            }
+        }
+        for name in [
+            "packed-refs.lock",
+            "config.lock",
+            "HEAD.lock",
+            "shallow.lock",
+            "FETCH_HEAD.lock",
+        ] {
+            let path = self.path.join(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path, e)),
+            }
+        }
+        let pack_dir = self.path.join("objects/pack");
+        if let Ok(entries) = std::fs::read_dir(&pack_dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.ends_with(".keep") || name.starts_with("tmp") || name.starts_with(".tmp") {
+                    std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Fetch every branch and tag (forced, pruned: the mirror equals the
     /// remote afterwards) and return the remote's refs.
     pub fn fetch(&mut self) -> Result<Vec<RemoteRef>, GitError> {
+        let removed = self.remove_crash_leftovers()?;
+        if removed > 0 {
+            tracing::warn!(
+                repo = %self.repo_name,
+                removed,
+                "removed lock and temporary files an interrupted fetch left in the mirror cache"
+            );
+        }
         let interrupt = AtomicBool::new(false);
         let outcome = self.with_prepared_fetch(|prepare| {
             prepare
@@ -548,4 +615,49 @@ pub fn local_refs(path: &Path) -> Result<HashMap<String, GitOid>, GitError> {
         }
     }
     Ok(refs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_a_killed_fetch_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = RepoName::parse("acme/app").expect("name");
+        let mirror = Mirror::open(
+            dir.path(),
+            "cloud",
+            &repo,
+            "http://127.0.0.1:9/x.git".into(),
+            None,
+        )
+        .expect("open");
+        let root = mirror.path().to_path_buf();
+        std::fs::create_dir_all(root.join("refs/heads/feature")).expect("mkdir");
+        std::fs::create_dir_all(root.join("objects/pack")).expect("mkdir");
+        for stale in [
+            "refs/heads/master.lock",
+            "refs/heads/feature/x.lock",
+            "packed-refs.lock",
+            "objects/pack/pack-1.keep",
+            "objects/pack/tmp_pack_abc",
+        ] {
+            std::fs::write(root.join(stale), b"x").expect("write");
+        }
+        let keep = [
+            "refs/heads/master",
+            "objects/pack/pack-1.pack",
+            "objects/pack/pack-1.idx",
+        ];
+        for file in keep {
+            std::fs::write(root.join(file), b"x").expect("write");
+        }
+        assert_eq!(mirror.remove_crash_leftovers().expect("clean"), 5);
+        for file in keep {
+            assert!(root.join(file).exists(), "{file} was removed");
+        }
+        assert!(!root.join("refs/heads/master.lock").exists());
+        assert_eq!(mirror.remove_crash_leftovers().expect("clean"), 0);
+    }
 }
