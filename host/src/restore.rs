@@ -1,19 +1,19 @@
 //! Restore: write a snapshot out as a bare git repository.
 //!
-//! Every object reachable from the snapshot's refs is read from the store
-//! (each read is checked against its BLAKE3 content id), written into a new
-//! bare repository and checked again against its git id; then the refs are
-//! written. The result passes `git fsck --full`.
+//! Every object reachable from the snapshot's refs is read from the vault
+//! (each read is checked against its record check), written into one pack of
+//! a new bare repository (its git id recomputed and compared), then the refs
+//! are written. The result passes `git fsck --full --strict`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use gix::objs::Write as _;
 use serde::Serialize;
 
+use crate::git::pack_writer::PackWriter;
 use crate::git::{from_gix, from_kind, to_gix};
 use crate::ids::{GitOid, ObjectKind};
-use crate::vault::{Snapshot, Vault, VaultError};
+use crate::vault::{Placement, Snapshot, Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -77,7 +77,10 @@ fn children(oid: GitOid, kind: ObjectKind, data: &[u8]) -> Result<Vec<GitOid>, R
     })
 }
 
-/// Write `snapshot` into a new bare repository at `to`.
+/// Write `snapshot` into a new bare repository at `to`: one pack (objects
+/// in each path's version order, as git deltas against the same bases the
+/// vault uses) and its index, then the refs. A restore that fails removes
+/// what it wrote.
 pub fn restore(
     store: &Vault,
     snapshot: &Snapshot,
@@ -87,7 +90,8 @@ pub fn restore(
         path: to.to_path_buf(),
         message,
     };
-    if to.exists() {
+    let existed = to.exists();
+    if existed {
         let empty = std::fs::read_dir(to)
             .map_err(|e| write_err(e.to_string()))?
             .next()
@@ -98,41 +102,94 @@ pub fn restore(
             });
         }
     }
-    let repo = gix::init_bare(to).map_err(|e| write_err(e.to_string()))?;
-
-    let refs = store.snapshot_refs(snapshot)?;
-    let tips: Vec<GitOid> = refs.values().copied().collect();
-    let mut seen: HashSet<GitOid> = tips.iter().copied().collect();
-    let mut stack = tips.clone();
-    let (mut objects, mut bytes) = (0u64, 0u64);
-    while let Some(oid) = stack.pop() {
-        let (kind, data) = store.read_object(&oid)?;
-        let git_kind = from_kind(kind).ok_or_else(|| RestoreError::Decode {
-            oid,
-            kind: kind.as_str(),
-            message: "a document is indexed as a git object".into(),
-        })?;
-        let written = repo
-            .objects
-            .write_buf(git_kind, &data)
-            .map_err(|e| write_err(format!("writing object {oid}: {e}")))?;
-        let written = from_gix(&written);
-        if written != oid {
-            return Err(RestoreError::Mismatch {
-                oid,
-                actual: written,
-            });
-        }
-        objects += 1;
-        bytes += data.len() as u64;
-        for child in children(oid, kind, &data)? {
-            if seen.insert(child) {
-                stack.push(child);
+    let result = write_repository(store, snapshot, to);
+    if result.is_err() {
+        // Never leave a half-written repository that looks like a restore.
+        if existed {
+            if let Ok(entries) = std::fs::read_dir(to) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let _ = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                }
             }
+        } else {
+            let _ = std::fs::remove_dir_all(to);
         }
     }
+    result
+}
+
+fn write_repository(
+    store: &Vault,
+    snapshot: &Snapshot,
+    to: &Path,
+) -> Result<RestoreReport, RestoreError> {
+    let write_err = |message: String| RestoreError::Write {
+        path: to.to_path_buf(),
+        message,
+    };
+    let repo = gix::init_bare(to).map_err(|e| write_err(e.to_string()))?;
+    let refs = store.snapshot_refs(snapshot)?;
+
+    // Everything reachable from the refs; blobs are not read here.
+    let mut placed: Vec<(GitOid, Placement)> = Vec::new();
+    let mut seen: HashSet<GitOid> = refs.values().copied().collect();
+    // Several refs may name one object: each is listed once.
+    let mut stack: Vec<GitOid> = seen.iter().copied().collect();
+    while let Some(oid) = stack.pop() {
+        let placement = store
+            .placement(&oid)?
+            .ok_or(VaultError::MissingObject { oid })?;
+        if placement.kind != ObjectKind::Blob {
+            let (kind, data) = store.read_object(&oid)?;
+            for child in children(oid, kind, &data)? {
+                if seen.insert(child) {
+                    stack.push(child);
+                }
+            }
+        }
+        placed.push((oid, placement));
+    }
+    // Each path's versions in order: a vault delta base comes before the
+    // versions built on it, so it can be the git delta base too.
+    placed.sort_by_key(|(oid, p)| {
+        (
+            p.path.map_or(u64::MAX, |(k, _)| k),
+            p.path.map_or(0, |(_, v)| v),
+            *oid,
+        )
+    });
+
+    let pack_dir = to.join("objects").join("pack");
+    let mut writer = PackWriter::new(&pack_dir, Some(placed.len() as u64))
+        .map_err(|e| write_err(e.to_string()))?;
+    let mut bytes = 0u64;
+    for (oid, placement) in &placed {
+        let (kind, data) = store.read_object(oid)?;
+        let git_kind = from_kind(kind).ok_or_else(|| RestoreError::Decode {
+            oid: *oid,
+            kind: kind.as_str(),
+            message: "not a git object".into(),
+        })?;
+        bytes += data.len() as u64;
+        let added = match placement.base.filter(|b| seen.contains(b)) {
+            Some(base) => {
+                let (_, base_data) = store.read_object(&base)?;
+                writer.add_delta(oid.0, git_kind, &data, base.0, &base_data)
+            }
+            None => writer.add(oid.0, git_kind, &data),
+        };
+        added.map_err(|e| write_err(e.to_string()))?;
+    }
+    let written = writer.finish().map_err(|e| write_err(e.to_string()))?;
+    drop(repo);
 
     use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+    let repo = gix::open(to).map_err(|e| write_err(e.to_string()))?;
     let mut edits = Vec::new();
     for (reference, oid) in &refs {
         let name = gix::refs::FullName::try_from(reference.as_str()).map_err(|e| {
@@ -164,7 +221,7 @@ pub fn restore(
         snapshot: snapshot.id.to_string(),
         path: to.to_path_buf(),
         refs: refs.len(),
-        objects,
+        objects: written.objects,
         bytes,
     })
 }

@@ -1083,6 +1083,34 @@ impl Vault {
         Ok(bytes.as_ref().clone())
     }
 
+    /// Where a git object sits in the vault: its kind, its place in its
+    /// path's line of versions and the record its delta is based on (for
+    /// writers of other formats that want to reuse the same bases).
+    pub fn placement(&self, oid: &GitOid) -> Result<Option<Placement>, VaultError> {
+        let Some(entry) = self
+            .inner
+            .index
+            .read()
+            .map_err(|_| VaultError::Poisoned)?
+            .get(&RecordId::from(*oid))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let base = match (entry.depth, entry.path) {
+            (1.., Some((key, version))) => format::skip_delta_base(version)
+                .map(|v| self.version_id(None, key, v))
+                .transpose()?
+                .flatten(),
+            _ => None,
+        };
+        Ok(Some(Placement {
+            kind: entry.kind,
+            path: entry.path,
+            base: base.map(GitOid::from),
+        }))
+    }
+
     /// The record at the end of the deepest delta chain, and its depth
     /// (for benchmarks and `verify`).
     pub fn deepest_record(&self) -> Option<(RecordId, u8)> {
@@ -1142,6 +1170,16 @@ impl Vault {
             document_versions: documents.values().map(|l| l.len() as u64).sum(),
         })
     }
+}
+
+/// See [`Vault::placement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub kind: ObjectKind,
+    /// (path key, version): sorting by it puts every base before the
+    /// versions built on it.
+    pub path: Option<(u64, u32)>,
+    pub base: Option<GitOid>,
 }
 
 /// What a backup asks to record as a snapshot.
