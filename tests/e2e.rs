@@ -216,8 +216,9 @@ fn deduplicates_across_pushes_and_forks() {
     );
     let fork_snaps = service.snapshots("dana/billing-fork");
     assert_eq!(fork_snaps.len(), 1);
+    // The shared history is not even listed: the walk stops at what the
+    // vault already holds.
     assert_eq!(fork_snaps[0]["stats"]["written"], 3);
-    assert!(fork_snaps[0]["stats"]["present"].as_u64().expect("present") >= after_initial);
 
     let config = service.config.clone();
     service.stop();

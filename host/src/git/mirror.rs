@@ -386,26 +386,33 @@ impl Mirror {
         }
     }
 
-    /// Every object reachable from `tips` and not from `known`. `known` ids
-    /// that the mirror lacks are ignored. Trees and blobs of the known
-    /// commits are excluded too, so an incremental walk lists only what a
-    /// push really added.
-    pub fn walk(&self, tips: &[GitOid], known: &[GitOid]) -> Result<Vec<ObjectInfo>, GitError> {
+    /// Every object reachable from `tips` that is neither reachable from
+    /// `known` (the previous snapshot's tips; ids the mirror lacks are
+    /// ignored) nor already held (`have`, asked of the vault), each listed
+    /// once with its path.
+    ///
+    /// Objects are listed children first: a blob or subtree before the tree
+    /// that names it, a tree before its commit, a tag's target before the
+    /// tag. Stored in this order, a tree the vault holds has everything below
+    /// it stored too, so the walk stops at anything `have` says is held.
+    pub fn walk(
+        &self,
+        tips: &[GitOid],
+        known: &[GitOid],
+        have: &dyn Fn(&GitOid) -> bool,
+    ) -> Result<Vec<ObjectInfo>, GitError> {
         use gix::object::Kind;
         let repo = &self.repo;
         let mut out: Vec<ObjectInfo> = Vec::new();
+        let mut tags: Vec<ObjectInfo> = Vec::new();
         let mut seen: HashSet<ObjectId> = HashSet::new();
 
-        // Everything reachable from the known tips' own trees is known.
+        // The commit walk stops at the known tips' commits.
         let mut hidden_commits = Vec::new();
         for oid in known {
             let mut id = to_gix(oid);
             // Peel known tags down to their commit.
-            loop {
-                let Some(header) = repo.try_find_header(id).map_err(|e| self.walk_err(e))? else {
-                    break;
-                };
-                seen.insert(id);
+            while let Some(header) = repo.try_find_header(id).map_err(|e| self.walk_err(e))? {
                 match header.kind() {
                     Kind::Tag => {
                         id = repo
@@ -417,20 +424,9 @@ impl Mirror {
                     }
                     Kind::Commit => {
                         hidden_commits.push(id);
-                        let tree = repo
-                            .find_commit(id)
-                            .map_err(|e| self.walk_err(e))?
-                            .tree_id()
-                            .map_err(|e| self.walk_err(e))?
-                            .detach();
-                        self.mark_tree(tree, &mut seen)?;
                         break;
                     }
-                    Kind::Tree => {
-                        self.mark_tree(id, &mut seen)?;
-                        break;
-                    }
-                    Kind::Blob => break,
+                    Kind::Tree | Kind::Blob => break,
                 }
             }
         }
@@ -439,19 +435,20 @@ impl Mirror {
         for oid in tips {
             let mut id = to_gix(oid);
             loop {
-                if seen.contains(&id) {
+                if seen.contains(&id) || have(&from_gix(&id)) {
                     break;
                 }
                 let header = repo.find_header(id).map_err(|e| self.walk_err(e))?;
-                seen.insert(id);
-                out.push(ObjectInfo {
-                    id: from_gix(&id),
-                    kind: to_kind(header.kind()),
-                    size: header.size(),
-                    path: None,
-                });
                 match header.kind() {
                     Kind::Tag => {
+                        seen.insert(id);
+                        // Listed after everything else: after its target.
+                        tags.push(ObjectInfo {
+                            id: from_gix(&id),
+                            kind: ObjectKind::Tag,
+                            size: header.size(),
+                            path: None,
+                        });
                         id = repo
                             .find_tag(id)
                             .map_err(|e| self.walk_err(e))?
@@ -460,102 +457,105 @@ impl Mirror {
                             .detach();
                     }
                     Kind::Commit => {
-                        // Listed again by the commit walk below.
-                        seen.remove(&id);
-                        out.pop();
                         commit_tips.push(id);
                         break;
                     }
                     Kind::Tree => {
-                        self.walk_tree(id, &mut seen, &mut out)?;
+                        self.walk_tree(id, String::new(), have, &mut seen, &mut out)?;
                         break;
                     }
-                    Kind::Blob => break,
+                    Kind::Blob => {
+                        seen.insert(id);
+                        out.push(ObjectInfo {
+                            id: from_gix(&id),
+                            kind: ObjectKind::Blob,
+                            size: header.size(),
+                            path: None,
+                        });
+                        break;
+                    }
                 }
             }
         }
 
-        if commit_tips.is_empty() {
-            return Ok(out);
-        }
-        // Oldest first, by commit time: each path's versions are then met
-        // (and numbered by the vault) in the order history made them, so a
-        // version's delta base is the version before it, not one from
-        // another era of another branch.
-        let walk = repo
-            .rev_walk(commit_tips)
-            .with_hidden(hidden_commits)
-            .sorting(gix::revision::walk::Sorting::ByCommitTime(
-                gix::traverse::commit::simple::CommitTimeOrder::NewestFirst,
-            ))
-            .all()
-            .map_err(|e| self.walk_err(e))?;
-        let mut commits = Vec::new();
-        for info in walk {
-            let info = info.map_err(|e| self.walk_err(e))?;
-            commits.push(info.id);
-        }
-        for id in commits.into_iter().rev() {
-            if !seen.insert(id) {
-                continue;
+        if !commit_tips.is_empty() {
+            // Oldest first, by commit time: each path's versions are then
+            // met (and numbered by the vault) in the order history made
+            // them, so a version's delta base is the version before it, not
+            // one from another era of another branch.
+            let walk = repo
+                .rev_walk(commit_tips)
+                .with_hidden(hidden_commits)
+                .sorting(gix::revision::walk::Sorting::ByCommitTime(
+                    gix::traverse::commit::simple::CommitTimeOrder::NewestFirst,
+                ))
+                .all()
+                .map_err(|e| self.walk_err(e))?;
+            let mut commits = Vec::new();
+            for info in walk {
+                let info = info.map_err(|e| self.walk_err(e))?;
+                commits.push(info.id);
             }
-            let commit = repo.find_commit(id).map_err(|e| self.walk_err(e))?;
-            out.push(ObjectInfo {
-                id: from_gix(&id),
-                kind: ObjectKind::Commit,
-                size: commit.data.len() as u64,
-                path: None,
-            });
-            let tree = commit.tree_id().map_err(|e| self.walk_err(e))?.detach();
-            self.walk_tree(tree, &mut seen, &mut out)?;
+            for id in commits.into_iter().rev() {
+                if !seen.insert(id) || have(&from_gix(&id)) {
+                    continue;
+                }
+                let commit = repo.find_commit(id).map_err(|e| self.walk_err(e))?;
+                let size = commit.data.len() as u64;
+                let tree = commit.tree_id().map_err(|e| self.walk_err(e))?.detach();
+                self.walk_tree(tree, String::new(), have, &mut seen, &mut out)?;
+                out.push(ObjectInfo {
+                    id: from_gix(&id),
+                    kind: ObjectKind::Commit,
+                    size,
+                    path: None,
+                });
+            }
         }
+        // A tag pointing at a tag comes after it: list tags innermost first.
+        tags.reverse();
+        out.extend(tags);
         Ok(out)
     }
 
-    /// Add a tree and everything below it to `seen`, without listing.
-    fn mark_tree(&self, root: ObjectId, seen: &mut HashSet<ObjectId>) -> Result<(), GitError> {
-        let mut stack = vec![root];
-        while let Some(id) = stack.pop() {
-            let Some(tree) = self
-                .repo
-                .try_find_object(id)
-                .map_err(|e| self.walk_err(e))?
-            else {
-                continue;
-            };
-            let tree = tree.into_tree();
-            let decoded = tree.decode().map_err(|e| self.walk_err(e))?;
-            for entry in decoded.entries {
-                let child = entry.oid.to_owned();
-                if entry.mode.is_commit() || !seen.insert(child) {
-                    continue;
-                }
-                if entry.mode.is_tree() {
-                    stack.push(child);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// List a tree and every not-yet-seen object below it, with paths.
+    /// List a tree and every object below it that is not seen or held,
+    /// children before the tree that names them, with paths.
     fn walk_tree(
         &self,
         root: ObjectId,
+        root_path: String,
+        have: &dyn Fn(&GitOid) -> bool,
         seen: &mut HashSet<ObjectId>,
         out: &mut Vec<ObjectInfo>,
     ) -> Result<(), GitError> {
-        if !seen.insert(root) {
+        enum Step {
+            Enter(ObjectId, String),
+            Leave(ObjectId, String, u64),
+        }
+        if !seen.insert(root) || have(&from_gix(&root)) {
             return Ok(());
         }
-        let mut stack = vec![(root, String::new())];
-        while let Some((id, path)) = stack.pop() {
+        let mut stack = vec![Step::Enter(root, root_path)];
+        while let Some(step) = stack.pop() {
+            let (id, path) = match step {
+                Step::Leave(id, path, size) => {
+                    out.push(ObjectInfo {
+                        id: from_gix(&id),
+                        kind: ObjectKind::Tree,
+                        size,
+                        path: Some(path),
+                    });
+                    continue;
+                }
+                Step::Enter(id, path) => (id, path),
+            };
             let tree = self.repo.find_tree(id).map_err(|e| self.walk_err(e))?;
             let decoded = tree.decode().map_err(|e| self.walk_err(e))?;
+            let mut subtrees = Vec::new();
             for entry in &decoded.entries {
                 let child = entry.oid.to_owned();
                 // Submodule gitlinks point into another repository.
-                if entry.mode.is_commit() || !seen.insert(child) {
+                if entry.mode.is_commit() || !seen.insert(child) || have(&from_gix(&child)) {
                     continue;
                 }
                 let child_path = if path.is_empty() {
@@ -564,7 +564,7 @@ impl Mirror {
                     format!("{path}/{}", entry.filename)
                 };
                 if entry.mode.is_tree() {
-                    stack.push((child, child_path));
+                    subtrees.push(Step::Enter(child, child_path));
                 } else {
                     let header = self.repo.find_header(child).map_err(|e| self.walk_err(e))?;
                     out.push(ObjectInfo {
@@ -575,12 +575,9 @@ impl Mirror {
                     });
                 }
             }
-            out.push(ObjectInfo {
-                id: from_gix(&id),
-                kind: ObjectKind::Tree,
-                size: tree.data.len() as u64,
-                path: Some(path),
-            });
+            // Leave after every subtree below has been listed.
+            stack.push(Step::Leave(id, path, tree.data.len() as u64));
+            stack.extend(subtrees);
         }
         Ok(())
     }

@@ -112,8 +112,14 @@ impl git_source::Host for PluginState<BackupCtx> {
     ) -> Result<Vec<git_source::ObjectInfo>, String> {
         let tips = parse_oids(&tips)?;
         let known = parse_oids(&known)?;
+        let store = self.extra.deps.store.clone();
+        // An error asking the vault counts as "not held": the walk then lists
+        // more, never less.
+        let have = move |oid: &GitOid| store.has(oid).unwrap_or(false);
         let mirror = self.extra.mirror()?;
-        let objects = mirror.walk(&tips, &known).map_err(|e| e.to_string())?;
+        let objects = mirror
+            .walk(&tips, &known, &have)
+            .map_err(|e| e.to_string())?;
         let paths = &mut self.extra.paths;
         Ok(objects
             .into_iter()

@@ -24,7 +24,9 @@ pub struct RefUpdate {
 pub struct CopyStats {
     /// Objects newly written to the vault by this backup.
     pub written: u64,
-    /// Objects this backup found already stored (deduplicated).
+    /// Objects this backup listed and found already stored. The walk stops
+    /// at trees the vault holds, so history shared with an earlier backup
+    /// (or another repository) is mostly not listed at all.
     pub present: u64,
     /// Bytes this backup added to data files.
     pub stored_bytes: u64,
