@@ -178,6 +178,40 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
         ));
     }
 
+    // restic (Debian's) backing up the mirror after the same pushes and one
+    // `git repack -adf`, when it is installed.
+    if std::process::Command::new("restic")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        git(&mirror, &["repack", "-adfq"]);
+        let repo_dir = tmp.path().join("restic");
+        let restic = |args: &[&str]| {
+            let out = std::process::Command::new("restic")
+                .args(args)
+                .env("RESTIC_PASSWORD", "bench")
+                .env("RESTIC_REPOSITORY", &repo_dir)
+                .output()
+                .expect("restic");
+            assert!(
+                out.status.success(),
+                "restic {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        restic(&["init", "-q"]);
+        restic(&["backup", "-q", mirror.to_str().expect("utf8")]);
+        let restic_bytes = du(&repo_dir);
+        let vault_now = du(&data.join("vault"));
+        lines.push(format!(
+            "restic after repack -adf: {:.2} MiB; vault {:.2} MiB: {:.2}x restic's",
+            mib(restic_bytes),
+            mib(vault_now),
+            vault_now as f64 / restic_bytes as f64
+        ));
+    }
+
     // Restore (while serve runs) vs a fresh clone --mirror.
     let clone2 = tmp.path().join("reference2.git");
     let start = Instant::now();

@@ -28,7 +28,7 @@ pub mod snapshot;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Serialize;
 
@@ -217,6 +217,23 @@ fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, VaultError> {
     m.lock().map_err(|_| VaultError::Poisoned)
 }
 
+fn read<T>(l: &RwLock<T>) -> Result<RwLockReadGuard<'_, T>, VaultError> {
+    l.read().map_err(|_| VaultError::Poisoned)
+}
+
+fn write<T>(l: &RwLock<T>) -> Result<RwLockWriteGuard<'_, T>, VaultError> {
+    l.write().map_err(|_| VaultError::Poisoned)
+}
+
+/// The newest of a document's versions (oldest first) at or before `at_ms`.
+fn newest_at(versions: &[DocumentVersion], at_ms: Option<u64>) -> Option<DocumentVersion> {
+    versions
+        .iter()
+        .rev()
+        .find(|v| at_ms.is_none_or(|at| v.time_ms <= at))
+        .cloned()
+}
+
 /// Whether to create a vault that does not exist yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Create {
@@ -302,7 +319,7 @@ impl Vault {
         let backend = &self.inner.backend;
         let names = backend.list(FileType::Index)?;
         let fresh: Vec<FileName> = {
-            let index = self.inner.index.read().map_err(|_| VaultError::Poisoned)?;
+            let index = read(&self.inner.index)?;
             names
                 .into_iter()
                 .map(|(n, _)| n)
@@ -320,18 +337,10 @@ impl Vault {
             }
             let entries = index::decode_index_file(&bytes)
                 .map_err(|e| self.bad_file(FileType::Index, &name, e))?;
-            self.inner
-                .index
-                .write()
-                .map_err(|_| VaultError::Poisoned)?
-                .insert_file(name, entries);
+            write(&self.inner.index)?.insert_file(name, entries);
         }
 
-        let known: HashSet<SnapshotId> = self
-            .inner
-            .snapshots
-            .read()
-            .map_err(|_| VaultError::Poisoned)?
+        let known: HashSet<SnapshotId> = read(&self.inner.snapshots)?
             .values()
             .flatten()
             .map(|s| s.id)
@@ -349,11 +358,7 @@ impl Vault {
             );
         }
         if !loaded.is_empty() {
-            let mut map = self
-                .inner
-                .snapshots
-                .write()
-                .map_err(|_| VaultError::Poisoned)?;
+            let mut map = write(&self.inner.snapshots)?;
             for s in loaded {
                 map.entry(s.body.repository.clone()).or_default().push(s);
             }
@@ -364,14 +369,7 @@ impl Vault {
             }
         }
 
-        let docs_known: usize = self
-            .inner
-            .documents
-            .read()
-            .map_err(|_| VaultError::Poisoned)?
-            .values()
-            .map(Vec::len)
-            .sum();
+        let docs_known: usize = read(&self.inner.documents)?.values().map(Vec::len).sum();
         let doc_names = backend.list(FileType::Document)?;
         if doc_names.len() != docs_known {
             let mut all: BTreeMap<(RepoName, String, String), Vec<DocumentVersion>> =
@@ -387,27 +385,18 @@ impl Vault {
             for list in all.values_mut() {
                 list.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
             }
-            *self
-                .inner
-                .documents
-                .write()
-                .map_err(|_| VaultError::Poisoned)? = all;
+            *write(&self.inner.documents)? = all;
         }
         Ok(())
     }
 
     pub fn has(&self, oid: &GitOid) -> Result<bool, VaultError> {
-        Ok(self
-            .inner
-            .index
-            .read()
-            .map_err(|_| VaultError::Poisoned)?
-            .contains(&RecordId::from(*oid)))
+        Ok(read(&self.inner.index)?.contains(&RecordId::from(*oid)))
     }
 
     /// The ids among `oids` that the vault does not hold.
     pub fn missing(&self, oids: &[GitOid]) -> Result<Vec<GitOid>, VaultError> {
-        let index = self.inner.index.read().map_err(|_| VaultError::Poisoned)?;
+        let index = read(&self.inner.index)?;
         Ok(oids
             .iter()
             .filter(|o| !index.contains(&RecordId::from(**o)))
@@ -460,13 +449,7 @@ impl Vault {
         content: Vec<u8>,
     ) -> Result<RecordId, VaultError> {
         let id = format::record_id(kind, &content);
-        let known = pending.entries.contains_key(&id)
-            || self
-                .inner
-                .index
-                .read()
-                .map_err(|_| VaultError::Poisoned)?
-                .contains(&id);
+        let known = pending.entries.contains_key(&id) || read(&self.inner.index)?.contains(&id);
         if !known {
             let path_key = path.map(|p| format::path_key(kind, p));
             self.append(pending, id, kind, path_key, content)?;
@@ -489,12 +472,7 @@ impl Vault {
         if let Some(key) = path_key {
             let version = match pending.next_version.get(&key) {
                 Some(v) => *v,
-                None => self
-                    .inner
-                    .index
-                    .read()
-                    .map_err(|_| VaultError::Poisoned)?
-                    .next_version(key),
+                None => read(&self.inner.index)?.next_version(key),
             };
             placed = Some((key, version));
             if let Some(base_version) = format::skip_delta_base(version)
@@ -608,11 +586,7 @@ impl Vault {
         let name = FileName::from_hash(blake3::hash(&bytes).as_bytes());
         self.inner.backend.write(FileType::Index, &name, &bytes)?;
         pending.stored_bytes += bytes.len() as u64;
-        self.inner
-            .index
-            .write()
-            .map_err(|_| VaultError::Poisoned)?
-            .insert_file(name, entries);
+        write(&self.inner.index)?.insert_file(name, entries);
         *pending = Pending {
             stored_bytes: pending.stored_bytes,
             ..Pending::default()
@@ -629,12 +603,7 @@ impl Vault {
         if let Some(id) = pending.and_then(|p| p.versions.get(&(key, version))) {
             return Ok(Some(*id));
         }
-        Ok(self
-            .inner
-            .index
-            .read()
-            .map_err(|_| VaultError::Poisoned)?
-            .version(key, version))
+        Ok(read(&self.inner.index)?.version(key, version))
     }
 
     /// The entry of a record and whether its bytes are still in the
@@ -647,13 +616,7 @@ impl Vault {
         if let Some((file, entry)) = pending.and_then(|p| p.entries.get(id)) {
             return Ok(Some((file.is_none(), entry.clone())));
         }
-        Ok(self
-            .inner
-            .index
-            .read()
-            .map_err(|_| VaultError::Poisoned)?
-            .get(id)
-            .map(|e| (false, e.clone())))
+        Ok(read(&self.inner.index)?.get(id).map(|e| (false, e.clone())))
     }
 
     fn damaged(&self, id: &RecordId, entry: &Entry, message: impl Into<String>) -> VaultError {
@@ -788,10 +751,7 @@ impl Vault {
             &FileName::from_hash(&snapshot.id.0),
             &bytes,
         )?;
-        self.inner
-            .snapshots
-            .write()
-            .map_err(|_| VaultError::Poisoned)?
+        write(&self.inner.snapshots)?
             .entry(snapshot.body.repository.clone())
             .or_default()
             .push(snapshot.clone());
@@ -865,11 +825,7 @@ impl Vault {
 
     /// All snapshots of a repository, oldest first.
     pub fn snapshots(&self, repo: &RepoName) -> Result<Vec<Snapshot>, VaultError> {
-        Ok(self
-            .inner
-            .snapshots
-            .read()
-            .map_err(|_| VaultError::Poisoned)?
+        Ok(read(&self.inner.snapshots)?
             .get(repo)
             .cloned()
             .unwrap_or_default())
@@ -877,22 +833,11 @@ impl Vault {
 
     /// Every repository with at least one snapshot.
     pub fn repositories(&self) -> Result<Vec<RepoName>, VaultError> {
-        Ok(self
-            .inner
-            .snapshots
-            .read()
-            .map_err(|_| VaultError::Poisoned)?
-            .keys()
-            .cloned()
-            .collect())
+        Ok(read(&self.inner.snapshots)?.keys().cloned().collect())
     }
 
     pub fn latest_snapshot(&self, repo: &RepoName) -> Result<Option<Snapshot>, VaultError> {
-        Ok(self
-            .inner
-            .snapshots
-            .read()
-            .map_err(|_| VaultError::Poisoned)?
+        Ok(read(&self.inner.snapshots)?
             .get(repo)
             .and_then(|l| l.last().cloned()))
     }
@@ -928,11 +873,7 @@ impl Vault {
     }
 
     pub fn find_snapshot_by_id(&self, id: &SnapshotId) -> Result<Option<Snapshot>, VaultError> {
-        Ok(self
-            .inner
-            .snapshots
-            .read()
-            .map_err(|_| VaultError::Poisoned)?
+        Ok(read(&self.inner.snapshots)?
             .values()
             .flatten()
             .find(|s| &s.id == id)
@@ -989,11 +930,7 @@ impl Vault {
         self.inner
             .backend
             .write(FileType::Document, &name, &bytes)?;
-        let mut docs = self
-            .inner
-            .documents
-            .write()
-            .map_err(|_| VaultError::Poisoned)?;
+        let mut docs = write(&self.inner.documents)?;
         let list = docs
             .entry((repo.clone(), collection.to_string(), key.to_string()))
             .or_default();
@@ -1010,18 +947,9 @@ impl Vault {
         key: &str,
         at_ms: Option<u64>,
     ) -> Result<Option<DocumentVersion>, VaultError> {
-        Ok(self
-            .inner
-            .documents
-            .read()
-            .map_err(|_| VaultError::Poisoned)?
+        Ok(read(&self.inner.documents)?
             .get(&(repo.clone(), collection.to_string(), key.to_string()))
-            .and_then(|l| {
-                l.iter()
-                    .rev()
-                    .find(|v| at_ms.is_none_or(|at| v.time_ms <= at))
-                    .cloned()
-            }))
+            .and_then(|l| newest_at(l, at_ms)))
     }
 
     /// The newest version, at or before `at_ms`, of every document of a
@@ -1032,20 +960,11 @@ impl Vault {
         collection: &str,
         at_ms: Option<u64>,
     ) -> Result<Vec<DocumentVersion>, VaultError> {
-        let docs = self
-            .inner
-            .documents
-            .read()
-            .map_err(|_| VaultError::Poisoned)?;
+        let docs = read(&self.inner.documents)?;
         Ok(docs
             .iter()
             .filter(|((r, c, _), _)| r == repo && c == collection)
-            .filter_map(|(_, l)| {
-                l.iter()
-                    .rev()
-                    .find(|v| at_ms.is_none_or(|at| v.time_ms <= at))
-                    .cloned()
-            })
+            .filter_map(|(_, l)| newest_at(l, at_ms))
             .collect())
     }
 
@@ -1056,11 +975,7 @@ impl Vault {
         collection: &str,
         key: &str,
     ) -> Result<Vec<DocumentVersion>, VaultError> {
-        Ok(self
-            .inner
-            .documents
-            .read()
-            .map_err(|_| VaultError::Poisoned)?
+        Ok(read(&self.inner.documents)?
             .get(&(repo.clone(), collection.to_string(), key.to_string()))
             .cloned()
             .unwrap_or_default())
@@ -1087,14 +1002,7 @@ impl Vault {
     /// path's line of versions and the record its delta is based on (for
     /// writers of other formats that want to reuse the same bases).
     pub fn placement(&self, oid: &GitOid) -> Result<Option<Placement>, VaultError> {
-        let Some(entry) = self
-            .inner
-            .index
-            .read()
-            .map_err(|_| VaultError::Poisoned)?
-            .get(&RecordId::from(*oid))
-            .cloned()
-        else {
+        let Some(entry) = read(&self.inner.index)?.get(&RecordId::from(*oid)).cloned() else {
             return Ok(None);
         };
         let base = match (entry.depth, entry.path) {
@@ -1132,7 +1040,7 @@ impl Vault {
         let (snapshot_files, snapshot_bytes) = sum(FileType::Snapshot)?;
         let (document_files, document_bytes) = sum(FileType::Document)?;
         let (_, config_bytes) = sum(FileType::Config)?;
-        let index = self.inner.index.read().map_err(|_| VaultError::Poisoned)?;
+        let index = read(&self.inner.index)?;
         let git_objects = index
             .entries()
             .filter(|(_, e)| {
@@ -1142,16 +1050,8 @@ impl Vault {
                 )
             })
             .count() as u64;
-        let snapshots = self
-            .inner
-            .snapshots
-            .read()
-            .map_err(|_| VaultError::Poisoned)?;
-        let documents = self
-            .inner
-            .documents
-            .read()
-            .map_err(|_| VaultError::Poisoned)?;
+        let snapshots = read(&self.inner.snapshots)?;
+        let documents = read(&self.inner.documents)?;
         Ok(VaultStats {
             location: self.inner.location.clone(),
             records: index.len() as u64,
