@@ -74,6 +74,48 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1048576.0
 }
 
+/// A restic repository, when Debian's `restic` is installed.
+struct Restic {
+    repo: PathBuf,
+    backups: std::cell::Cell<u32>,
+}
+
+impl Restic {
+    fn init(repo: &Path) -> Option<Self> {
+        let installed = std::process::Command::new("restic")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let restic = Self {
+            repo: repo.to_path_buf(),
+            backups: std::cell::Cell::new(0),
+        };
+        installed.then(|| {
+            restic.run(&["init", "-q"]);
+            restic
+        })
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = std::process::Command::new("restic")
+            .args(args)
+            .env("RESTIC_PASSWORD", "bench")
+            .env("RESTIC_REPOSITORY", &self.repo)
+            .output()
+            .expect("restic");
+        assert!(
+            out.status.success(),
+            "restic {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn backup(&self, dir: &Path) {
+        self.run(&["backup", "-q", dir.to_str().expect("utf8")]);
+        self.backups.set(self.backups.get() + 1);
+    }
+}
+
 struct Row {
     name: String,
     lines: Vec<String>,
@@ -107,6 +149,10 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
     );
     let clone_time = start.elapsed();
     let mirror_bytes = du(&mirror);
+    let restic = Restic::init(&tmp.path().join("restic"));
+    if let Some(restic) = &restic {
+        restic.backup(&mirror);
+    }
 
     let service = Service::start(&tmp.path().join("hv"), &server, "");
     let body = branch_push(repo, &default_branch, None, &head);
@@ -154,6 +200,9 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
         let start = Instant::now();
         git_auth(&mirror, &["fetch", "-q"]);
         fetch.push(start.elapsed());
+        if let Some(restic) = &restic {
+            restic.backup(&mirror);
+        }
         let before = du(&data.join("vault"));
         let body = branch_push(repo, &default_branch, Some(&old), &new);
         let delivery = format!("bench-push-{i}");
@@ -178,34 +227,17 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
         ));
     }
 
-    // restic (Debian's) backing up the mirror after the same pushes and one
-    // `git repack -adf`, when it is installed.
-    if std::process::Command::new("restic")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    // restic (Debian's), the way a scheduled backup tool would protect the
+    // mirror: once after the initial clone, once after each push, and once
+    // after a `git repack -adf`.
+    if let Some(restic) = &restic {
         git(&mirror, &["repack", "-adfq"]);
-        let repo_dir = tmp.path().join("restic");
-        let restic = |args: &[&str]| {
-            let out = std::process::Command::new("restic")
-                .args(args)
-                .env("RESTIC_PASSWORD", "bench")
-                .env("RESTIC_REPOSITORY", &repo_dir)
-                .output()
-                .expect("restic");
-            assert!(
-                out.status.success(),
-                "restic {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        restic(&["init", "-q"]);
-        restic(&["backup", "-q", mirror.to_str().expect("utf8")]);
-        let restic_bytes = du(&repo_dir);
+        restic.backup(&mirror);
+        let restic_bytes = du(&restic.repo);
         let vault_now = du(&data.join("vault"));
         lines.push(format!(
-            "restic after repack -adf: {:.2} MiB; vault {:.2} MiB: {:.2}x restic's",
+            "restic ({} backups of the mirror, the last after repack -adf): {:.2} MiB; vault {:.2} MiB: {:.2}x restic's",
+            restic.backups.get(),
             mib(restic_bytes),
             mib(vault_now),
             vault_now as f64 / restic_bytes as f64
