@@ -38,6 +38,13 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum RepairCommand {
+    /// Delete the local cache of the vault's index, snapshot and document
+    /// files and read them all again from the vault (stop `serve` first).
+    Index,
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Receive webhooks and back up every push.
     Serve,
@@ -64,6 +71,11 @@ enum Command {
         to: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+    /// Rebuild what can be rebuilt from the vault.
+    Repair {
+        #[command(subcommand)]
+        what: RepairCommand,
     },
     /// Vault-wide counters.
     Stats {
@@ -377,6 +389,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Hooks { action } => run_hooks(&config, action)?,
+        Command::Repair {
+            what: RepairCommand::Index,
+        } => {
+            let cache = serve::cache_dir(&config);
+            // Opening takes the cache's lock: a running `serve` holds it.
+            drop(hookvault::vault::cache::FileCache::open(&cache)?);
+            hookvault::vault::cache::FileCache::clear(&cache)?;
+            let vault = serve::open_vault(&config, Create::IfMissing)?;
+            let stats = vault.stats()?;
+            eprintln!(
+                "index rebuilt from {}: {} index files, {} records, {} snapshots{}",
+                vault.location(),
+                stats.index_files,
+                stats.records,
+                stats.snapshots,
+                match vault.cached_files() {
+                    Some(n) => format!("; {n} files cached in {}", cache.display()),
+                    None => "; a local vault is read directly (no cache)".into(),
+                }
+            );
+        }
         Command::Stats { json } => {
             let store = serve::open_vault(&config, Create::Never)?;
             let stats = store.stats()?;

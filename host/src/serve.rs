@@ -18,6 +18,7 @@ use crate::plugins::SourceGit;
 use crate::plugins::{BackupDeps, PluginError, PluginHost};
 use crate::receive::{AppState, app};
 use crate::vault::backend::{S3Backend, S3Settings};
+use crate::vault::cache::FileCache;
 use crate::vault::{Create, Vault, VaultError, WriteOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +44,14 @@ pub enum ServeError {
     Join(String),
 }
 
-/// Open the configured vault. `serve` creates it on first use; read
-/// commands never create one.
+/// Where `serve` keeps its local copy of a remote vault's small files.
+pub fn cache_dir(config: &Config) -> std::path::PathBuf {
+    config.store.path.join("cache")
+}
+
+/// Open the configured vault. `serve` creates it on first use, and keeps a
+/// local cache of a bucket's small files; read commands never create a
+/// vault and never lock anything.
 pub fn open_vault(config: &Config, create: Create) -> Result<Vault, ServeError> {
     let options = WriteOptions {
         zstd_level: config.store.zstd_level,
@@ -70,7 +77,16 @@ pub fn open_vault(config: &Config, create: Create) -> Result<Vault, ServeError> 
         allow_http: s3.allow_http,
     };
     let backend = S3Backend::from_url(url, settings).map_err(VaultError::from)?;
-    Ok(Vault::open(Box::new(backend), create, options)?)
+    let files = match create {
+        Create::IfMissing => Some(FileCache::open(&cache_dir(config)).map_err(VaultError::from)?),
+        Create::Never => None,
+    };
+    Ok(Vault::open_with_cache(
+        Box::new(backend),
+        create,
+        options,
+        files,
+    )?)
 }
 
 /// Resolve every source's git credentials (fails fast on a missing secret).

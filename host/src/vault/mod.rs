@@ -20,6 +20,7 @@
 //! silently skipped.
 
 pub mod backend;
+pub mod cache;
 pub mod documents;
 pub mod format;
 pub mod index;
@@ -94,6 +95,8 @@ pub enum VaultError {
     BadDocument { message: String },
     #[error("encoding a record: {0}")]
     Encode(FormatError),
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
 }
 
 impl VaultError {
@@ -197,6 +200,8 @@ struct Inner {
     writer: Mutex<()>,
     decoded: Mutex<DecodedCache>,
     options: WriteOptions,
+    /// `serve`'s local copy of the small files; read commands have none.
+    files: Option<cache::FileCache>,
 }
 
 /// A handle to the vault; cheap to clone.
@@ -264,6 +269,16 @@ impl Vault {
         create: Create,
         options: WriteOptions,
     ) -> Result<Self, VaultError> {
+        Self::open_with_cache(backend, create, options, None)
+    }
+
+    /// [`Vault::open`] with a local cache of the small files (`serve`).
+    pub fn open_with_cache(
+        backend: Box<dyn Backend>,
+        create: Create,
+        options: WriteOptions,
+        files: Option<cache::FileCache>,
+    ) -> Result<Self, VaultError> {
         let location = backend.location();
         let config = match backend.read(FileType::Config, &FileName::config()) {
             Ok(bytes) => bytes,
@@ -288,6 +303,7 @@ impl Vault {
                 writer: Mutex::new(()),
                 decoded: Mutex::new(DecodedCache::default()),
                 options,
+                files,
             }),
         };
         vault.refresh()?;
@@ -313,6 +329,42 @@ impl Vault {
         }
     }
 
+    /// A whole index, snapshot or document file, from the local cache when
+    /// it holds an intact copy.
+    fn read_small(&self, file_type: FileType, name: &FileName) -> Result<Vec<u8>, VaultError> {
+        if let Some(files) = &self.inner.files
+            && let Some(bytes) = files.get(file_type, name)
+        {
+            return Ok(bytes);
+        }
+        let bytes = self.inner.backend.read(file_type, name)?;
+        if let Some(files) = &self.inner.files
+            && name.hash() == Some(*blake3::hash(&bytes).as_bytes())
+        {
+            files.put(file_type, name, &bytes);
+        }
+        Ok(bytes)
+    }
+
+    /// Write a small file to the vault and keep a copy in the cache.
+    fn write_small(
+        &self,
+        file_type: FileType,
+        name: &FileName,
+        bytes: &[u8],
+    ) -> Result<(), VaultError> {
+        self.inner.backend.write(file_type, name, bytes)?;
+        if let Some(files) = &self.inner.files {
+            files.put(file_type, name, bytes);
+        }
+        Ok(())
+    }
+
+    /// How many files the local cache holds (`None` without one).
+    pub fn cached_files(&self) -> Option<usize> {
+        self.inner.files.as_ref().map(cache::FileCache::len)
+    }
+
     /// Read the index, snapshot and document files this handle has not
     /// seen yet (written by another process since it opened).
     pub fn refresh(&self) -> Result<(), VaultError> {
@@ -327,7 +379,7 @@ impl Vault {
                 .collect()
         };
         for name in fresh {
-            let bytes = backend.read(FileType::Index, &name)?;
+            let bytes = self.read_small(FileType::Index, &name)?;
             if name.hash() != Some(*blake3::hash(&bytes).as_bytes()) {
                 return Err(self.bad_file(
                     FileType::Index,
@@ -351,7 +403,7 @@ impl Vault {
             if known.contains(&SnapshotId(hash)) {
                 continue;
             }
-            let bytes = backend.read(FileType::Snapshot, &name)?;
+            let bytes = self.read_small(FileType::Snapshot, &name)?;
             loaded.push(
                 Snapshot::open(&name, &bytes)
                     .map_err(|e| self.bad_file(FileType::Snapshot, &name, e))?,
@@ -375,7 +427,7 @@ impl Vault {
             let mut all: BTreeMap<(RepoName, String, String), Vec<DocumentVersion>> =
                 BTreeMap::new();
             for (name, _) in doc_names {
-                let bytes = backend.read(FileType::Document, &name)?;
+                let bytes = self.read_small(FileType::Document, &name)?;
                 let v = DocumentVersion::open(&name, &bytes)
                     .map_err(|e| self.bad_file(FileType::Document, &name, e))?;
                 all.entry((v.repository.clone(), v.collection.clone(), v.key.clone()))
@@ -584,7 +636,7 @@ impl Vault {
             .collect();
         let bytes = index::encode_index_file(&entries).map_err(VaultError::Encode)?;
         let name = FileName::from_hash(blake3::hash(&bytes).as_bytes());
-        self.inner.backend.write(FileType::Index, &name, &bytes)?;
+        self.write_small(FileType::Index, &name, &bytes)?;
         pending.stored_bytes += bytes.len() as u64;
         write(&self.inner.index)?.insert_file(name, entries);
         *pending = Pending {
@@ -746,7 +798,7 @@ impl Vault {
             },
         };
         let (snapshot, bytes) = Snapshot::seal(body).map_err(VaultError::Encode)?;
-        self.inner.backend.write(
+        self.write_small(
             FileType::Snapshot,
             &FileName::from_hash(&snapshot.id.0),
             &bytes,

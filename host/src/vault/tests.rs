@@ -245,3 +245,69 @@ fn documents_keep_versions_and_skip_unchanged_puts() {
         .expect("all");
     assert_eq!(vault.read_document(&all[0]).expect("read"), br#"{"v":2}"#);
 }
+
+#[test]
+fn the_file_cache_is_used_checked_and_rebuilt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault_dir = dir.path().join("vault");
+    let cache_dir = dir.path().join("cache");
+    let repo = RepoName::parse("acme/app").expect("name");
+    let open = || {
+        let backend = Box::new(LocalBackend::create(&vault_dir).expect("backend"));
+        let files = cache::FileCache::open(&cache_dir).expect("cache");
+        Vault::open_with_cache(
+            backend,
+            Create::IfMissing,
+            WriteOptions::default(),
+            Some(files),
+        )
+        .expect("open")
+    };
+    let vault = open();
+    vault
+        .put_objects(&[(oid(1), None)], |_| {
+            Ok::<_, std::io::Error>((ObjectKind::Commit, b"tree x\n".to_vec()))
+        })
+        .expect("put");
+    let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), oid(1))].into();
+    let snapshot = vault
+        .commit_snapshot(NewSnapshot {
+            repository: repo.clone(),
+            source: "cloud".into(),
+            time_ms: 1,
+            delivery_id: "d".into(),
+            event_key: "repo:push".into(),
+            actor: None,
+            refs,
+            updates: vec![],
+            stats: CopyStats::default(),
+        })
+        .expect("snapshot");
+    // Two index files (objects, ref chunk) and one snapshot file.
+    assert_eq!(vault.cached_files(), Some(3));
+    drop(vault);
+
+    // A damaged entry is noticed and read again from the vault.
+    {
+        let files = cache::FileCache::open(&cache_dir).expect("cache");
+        let name = FileName::from_hash(&snapshot.id.0);
+        files.put(FileType::Snapshot, &name, b"garbage");
+        assert!(files.get(FileType::Snapshot, &name).is_none());
+        files.put(FileType::Snapshot, &name, b"garbage");
+        files.flush();
+    }
+    let vault = open();
+    assert_eq!(vault.snapshots(&repo).expect("list")[0].id, snapshot.id);
+    drop(vault);
+
+    // Deleted, it is rebuilt on the next open.
+    cache::FileCache::clear(&cache_dir).expect("clear");
+    assert!(!cache_dir.exists());
+    let vault = open();
+    assert_eq!(vault.cached_files(), Some(3));
+    assert_eq!(vault.snapshots(&repo).expect("list").len(), 1);
+    assert_eq!(
+        vault.read_object(&oid(1)).expect("read").1.as_slice(),
+        b"tree x\n"
+    );
+}
