@@ -213,7 +213,22 @@ fn write_repository(
         });
     }
     if !edits.is_empty() {
-        repo.edit_references_as(edits, None)
+        // Into `packed-refs` in one write, as `git clone` does: thousands of
+        // branches would otherwise be thousands of files.
+        use gix::refs::file::transaction::PackedRefs;
+        repo.refs
+            .transaction()
+            .packed_refs(
+                PackedRefs::DeletionsAndNonSymbolicUpdatesRemoveLooseSourceReference(Box::new(
+                    repo.objects.clone(),
+                )),
+            )
+            .prepare(
+                edits,
+                gix::lock::acquire::Fail::Immediately,
+                gix::lock::acquire::Fail::Immediately,
+            )
+            .and_then(|tx| tx.commit(None))
             .map_err(|e| write_err(format!("writing refs: {e}")))?;
     }
     write_head(to, &refs).map_err(|e| write_err(format!("writing HEAD: {e}")))?;
