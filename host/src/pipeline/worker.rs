@@ -217,6 +217,17 @@ fn run_pipeline(
             last_snapshot = Some(snapshot.id.to_string());
         }
     }
+    if last_snapshot.is_none() {
+        // An earlier attempt may have committed this delivery's snapshot and
+        // died before recording the outcome; the retry then finds nothing
+        // new. The record still names the snapshot the delivery made.
+        last_snapshot = deps
+            .store
+            .latest_snapshot(&narrowed.repository)
+            .map_err(|e| e.to_string())?
+            .filter(|s| s.body.delivery_id == narrowed.delivery_id)
+            .map(|s| s.id.to_string());
+    }
     Ok(Outcome::Done(last_snapshot))
 }
 
