@@ -134,9 +134,16 @@ fn abbreviated(items: &[String]) -> String {
     }
 }
 
-/// Lock files in the git mirror cache.
-fn mirror_locks(data: &Path) -> Vec<String> {
-    files_named(&data.join("mirrors"), |n| n.ends_with(".lock"))
+/// Fetch workspaces (each backup's temporary repository) present now.
+fn workspaces_left(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data.join("fetch"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn is_hex64(name: &str) -> bool {
@@ -260,8 +267,9 @@ struct Experiment {
     kills_before_done: usize,
     kills_after_done: usize,
     kills_at_snapshot: usize,
-    /// Lock files found in the mirror cache right after kills.
-    locks_after_kills: usize,
+    /// Fetch workspaces found right after kills (the next start removes
+    /// them).
+    workspaces_after_kills: usize,
 }
 
 impl Experiment {
@@ -279,7 +287,7 @@ impl Experiment {
             kills_before_done: 0,
             kills_after_done: 0,
             kills_at_snapshot: 0,
-            locks_after_kills: 0,
+            workspaces_after_kills: 0,
         }
     }
 
@@ -320,19 +328,19 @@ impl Experiment {
     }
 
     /// SIGKILL the service (dropping a `Service` kills its child with
-    /// SIGKILL and reaps it), note lock files the kill left in the mirror
-    /// cache, and start it again on the same config and data directory.
+    /// SIGKILL and reaps it), note fetch workspaces the kill left, and start
+    /// it again on the same config and data directory.
     fn kill_and_restart(&mut self) {
         drop(self.service.take());
-        let locks = mirror_locks(&self.data());
-        if !locks.is_empty() {
+        let left = workspaces_left(&self.data());
+        if !left.is_empty() {
             eprintln!(
-                "round {}: {} lock files in the mirror cache after the kill: {}",
+                "round {}: {} fetch workspaces left by the kill: {}",
                 self.rounds,
-                locks.len(),
-                abbreviated(&locks)
+                left.len(),
+                abbreviated(&left)
             );
-            self.locks_after_kills += locks.len();
+            self.workspaces_after_kills += left.len();
         }
         self.archive_log();
         self.launches += 1;
@@ -371,8 +379,8 @@ impl Experiment {
             assert!(
                 start.elapsed() < DELIVERY_DEADLINE,
                 "delivery {id} not done after {DELIVERY_DEADLINE:?}: {record}\n\
-                 lock files in the mirror cache: {:?}\nlog tail:\n{}",
-                mirror_locks(&self.data()),
+                 fetch workspaces: {:?}\nlog tail:\n{}",
+                workspaces_left(&self.data()),
                 self.log_tail(40)
             );
             std::thread::sleep(pause);
@@ -686,7 +694,7 @@ fn sigkill_at_any_point_loses_nothing_and_breaks_nothing() {
     );
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
     let (complete, leftovers) = check_vault_files(&run.data().join("vault"));
-    let locks_now = mirror_locks(&run.data());
+    let workspaces_now = workspaces_left(&run.data());
 
     eprintln!("---- crash summary ----");
     eprintln!(
@@ -714,9 +722,9 @@ fn sigkill_at_any_point_loses_nothing_and_breaks_nothing() {
         stats["snapshots"], stats["git_objects"], stats["data_files"], stats["index_files"]
     );
     eprintln!(
-        "mirror cache: {} lock files seen right after kills, {} left now",
-        run.locks_after_kills,
-        locks_now.len()
+        "fetch workspaces: {} seen right after kills, {} left now",
+        run.workspaces_after_kills,
+        workspaces_now.len()
     );
     eprintln!(
         "time: first backups {first_phase:?}, all rounds {crash_phase:?}, restores {restore_time:?}, total {:?}",
@@ -727,6 +735,10 @@ fn sigkill_at_any_point_loses_nothing_and_breaks_nothing() {
         run.errors.is_empty(),
         "attempts failed after kills (a crash must cost a retry, never an error):\n{}",
         run.errors.join("\n")
+    );
+    assert!(
+        workspaces_now.is_empty(),
+        "fetch workspaces left with no backup running: {workspaces_now:?}"
     );
     assert!(
         lost_links.is_empty(),

@@ -332,13 +332,7 @@ fn bad_input_is_rejected_and_nothing_is_stored() {
         );
     }
     assert_eq!(service.api("deliveries/bad-name").0, 404);
-    assert!(
-        !service
-            .dir
-            .join("data/mirrors/cloud/..")
-            .join("etc")
-            .exists()
-    );
+    assert!(!service.dir.join("data/fetch/cloud/..").join("etc").exists());
 
     let stats = service.stats();
     assert_eq!(stats["store"]["snapshots"], 0);

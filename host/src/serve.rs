@@ -89,6 +89,11 @@ pub fn open_vault(config: &Config, create: Create) -> Result<Vault, ServeError> 
     )?)
 }
 
+/// Where backups make their temporary fetch workspaces.
+pub fn work_dir(config: &Config) -> std::path::PathBuf {
+    config.store.path.join("fetch")
+}
+
 /// Resolve every source's git credentials (fails fast on a missing secret).
 pub fn backup_deps(config: &Config, store: Vault) -> Result<BackupDeps, ConfigError> {
     let mut sources = HashMap::new();
@@ -107,7 +112,7 @@ pub fn backup_deps(config: &Config, store: Vault) -> Result<BackupDeps, ConfigEr
         );
     }
     Ok(BackupDeps {
-        mirrors_dir: config.store.path.join("mirrors"),
+        work_dir: work_dir(config),
         store,
         sources,
     })
@@ -115,6 +120,18 @@ pub fn backup_deps(config: &Config, store: Vault) -> Result<BackupDeps, ConfigEr
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let queue = Queue::open_dir(&config.store.path.join("queue"))?;
+    // The queue's lock makes this the only `serve` of the store, so no
+    // backup is running: any workspace left is a killed backup's.
+    match crate::git::remove_leftovers(&work_dir(&config)) {
+        Ok(0) => {}
+        Ok(removed) => info!(
+            removed,
+            "removed fetch workspaces an interrupted backup left"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not remove fetch workspaces an interrupted backup left")
+        }
+    }
     let store = tokio::task::block_in_place(|| open_vault(&config, Create::IfMissing))?;
     info!(vault = %store.location(), "vault open");
     let deps = Arc::new(backup_deps(&config, store.clone())?);

@@ -1,8 +1,102 @@
-//! git plumbing on gix: the mirror cache and fetch over smart HTTP, the
-//! object walk, object id/kind conversions, and the pack writer restore
-//! uses.
+//! git plumbing on gix: the fetch over smart HTTP against what the vault
+//! already holds (`remote`), the workspace one backup receives its pack
+//! into and walks (`fetched`), object id/kind conversions, and the pack
+//! writer restore uses.
 
-pub mod mirror;
+use std::path::PathBuf;
+
+use gix::ObjectId;
+
+use crate::ids::{GitOid, ObjectKind};
+
+pub mod fetched;
 pub mod pack_writer;
+pub mod remote;
 
-pub use mirror::*;
+pub use fetched::*;
+pub use remote::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("fetch workspace of {repo} at {path}: {source}")]
+    Workspace {
+        repo: String,
+        path: PathBuf,
+        source: Box<gix::Error>,
+    },
+    #[error("fetching {repo} from {url}: {source}")]
+    Fetch {
+        repo: String,
+        url: String,
+        source: Box<gix::Error>,
+    },
+    #[error("fetching {repo} from {url}: the transport is not HTTP")]
+    NotHttp { repo: String, url: String },
+    #[error("reading object {oid} of {repo}: {source}")]
+    Object {
+        repo: String,
+        oid: String,
+        source: Box<gix::Error>,
+    },
+    #[error("walking {repo}: {source}")]
+    Walk {
+        repo: String,
+        source: Box<gix::Error>,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A ref on the remote after a fetch. For annotated tags `target` is the tag
+/// object, as `git for-each-ref` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteRef {
+    pub name: String,
+    pub target: GitOid,
+}
+
+/// Metadata of one object found by a walk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub id: GitOid,
+    pub kind: ObjectKind,
+    pub size: u64,
+    /// Where the walk first met a tree or blob (`src/main.rs`; `""` for a
+    /// root tree): the vault stores it as a delta against an earlier version
+    /// of the same path. `None` for commits and tags.
+    pub path: Option<String>,
+}
+
+pub fn to_kind(kind: gix::object::Kind) -> ObjectKind {
+    match kind {
+        gix::object::Kind::Commit => ObjectKind::Commit,
+        gix::object::Kind::Tree => ObjectKind::Tree,
+        gix::object::Kind::Blob => ObjectKind::Blob,
+        gix::object::Kind::Tag => ObjectKind::Tag,
+    }
+}
+
+/// The git kind of a stored object; `None` for documents, which are not
+/// git objects.
+pub fn from_kind(kind: ObjectKind) -> Option<gix::object::Kind> {
+    Some(match kind {
+        ObjectKind::Commit => gix::object::Kind::Commit,
+        ObjectKind::Tree => gix::object::Kind::Tree,
+        ObjectKind::Blob => gix::object::Kind::Blob,
+        ObjectKind::Tag => gix::object::Kind::Tag,
+        ObjectKind::Document | ObjectKind::Refs => return None,
+    })
+}
+
+pub fn to_gix(oid: &GitOid) -> ObjectId {
+    ObjectId::from_bytes_or_panic(&oid.0)
+}
+
+pub fn from_gix(oid: &gix::oid) -> GitOid {
+    let mut bytes = [0u8; 20];
+    bytes.copy_from_slice(oid.as_bytes());
+    GitOid(bytes)
+}

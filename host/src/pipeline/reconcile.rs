@@ -21,7 +21,7 @@ use crate::bitbucket::normalize;
 use crate::bitbucket::rest::Api;
 use crate::config::{SourceConfig, SourceKind};
 use crate::event::{Event, EventKind, RefChange, RefKind, now_ms};
-use crate::git::{Mirror, RemoteRef};
+use crate::git::{Remote, RemoteRef};
 use crate::ids::RepoName;
 use crate::pipeline::queue::{Delivery, Queue, Recorded, Status};
 use crate::plugins::BackupDeps;
@@ -306,15 +306,9 @@ impl Reconciler {
                 .get(&source_name)
                 .ok_or_else(|| format!("source {source_name} is not configured"))?;
             let url = git.config.clone_url(&repo_owned);
-            let mirror = Mirror::open(
-                &deps.mirrors_dir,
-                &source_name,
-                &repo_owned,
-                url,
-                git.authorization.clone(),
-            )
-            .map_err(|e| e.to_string())?;
-            mirror.ls_remote().map_err(|e| e.to_string())
+            Remote::new(&repo_owned, url, git.authorization.clone())
+                .ls_remote()
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("ls-remote task failed: {e}"))??;

@@ -11,7 +11,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::WorkerConfig;
 use crate::event::{Event, EventKind};
-use crate::git::Mirror;
+use crate::git::Remote;
 use crate::pipeline::queue::{Queue, QueueError, Status};
 use crate::plugins::{BackupDeps, Decision, PluginHost};
 
@@ -261,15 +261,13 @@ fn with_real_changes(deps: &BackupDeps, event: &Event) -> Result<Event, String> 
         .sources
         .get(&event.source)
         .ok_or_else(|| format!("source {:?} is not configured", event.source))?;
-    let mirror = Mirror::open(
-        &deps.mirrors_dir,
-        &event.source,
+    let remote = Remote::new(
         &event.repository,
         source.config.clone_url(&event.repository),
         source.authorization.clone(),
     )
+    .ls_remote()
     .map_err(|e| e.to_string())?;
-    let remote = mirror.ls_remote().map_err(|e| e.to_string())?;
     let snapshot_refs: std::collections::BTreeMap<String, String> = deps
         .store
         .latest_refs(&event.repository)

@@ -1,6 +1,7 @@
 //! The `backup` world: a plugin drives one backup through the `git-source`
-//! and `store` capabilities. Bytes move natively between the mirror and the
-//! store; the plugin only ever sees object ids, kinds and sizes.
+//! and `store` capabilities. Bytes move natively between the backup's fetch
+//! workspace and the store; the plugin only ever sees object ids, kinds and
+//! sizes.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use super::sandbox::{self, Loaded, PluginState};
 use super::{PluginError, PluginSpec};
 use crate::config::{SecretString, SourceConfig};
 use crate::event::{Event, now_ms};
-use crate::git::{Mirror, ObjectInfo};
+use crate::git::{ObjectInfo, Remote, Workspace};
 use crate::ids::{GitOid, ObjectKind};
 use crate::vault::{CopyStats, NewSnapshot, RefUpdate, Snapshot, Vault};
 
@@ -46,7 +47,8 @@ pub struct SourceGit {
 #[derive(Debug)]
 pub struct BackupDeps {
     pub store: Vault,
-    pub mirrors_dir: PathBuf,
+    /// Where each backup's temporary fetch workspace is made.
+    pub work_dir: PathBuf,
     pub sources: HashMap<String, SourceGit>,
 }
 
@@ -54,7 +56,8 @@ pub struct BackupDeps {
 pub struct BackupCtx {
     deps: Arc<BackupDeps>,
     event: Event,
-    mirror: Option<Mirror>,
+    /// The workspace the fetch received its pack into (none before it).
+    workspace: Option<Workspace>,
     /// Paths the walks of this call met, so copies can delta by path.
     paths: HashMap<GitOid, String>,
     stats: CopyStats,
@@ -62,27 +65,55 @@ pub struct BackupCtx {
 }
 
 impl BackupCtx {
-    fn mirror(&mut self) -> Result<&mut Mirror, String> {
-        if self.mirror.is_none() {
-            let source = self
-                .deps
-                .sources
-                .get(&self.event.source)
-                .ok_or_else(|| format!("source {:?} is not configured", self.event.source))?;
-            let url = source.config.clone_url(&self.event.repository);
-            let mirror = Mirror::open(
-                &self.deps.mirrors_dir,
-                &self.event.source,
-                &self.event.repository,
-                url,
-                source.authorization.clone(),
-            )
+    fn remote(&self) -> Result<Remote, String> {
+        let source = self
+            .deps
+            .sources
+            .get(&self.event.source)
+            .ok_or_else(|| format!("source {:?} is not configured", self.event.source))?;
+        Ok(Remote::new(
+            &self.event.repository,
+            source.config.clone_url(&self.event.repository),
+            source.authorization.clone(),
+        ))
+    }
+
+    fn workspace(&self) -> Result<&Workspace, String> {
+        self.workspace.as_ref().ok_or_else(|| {
+            "nothing fetched yet: call fetch before walk or copy-objects".to_string()
+        })
+    }
+
+    /// Fetch into a new workspace, negotiating against the repository's
+    /// latest snapshot and completing the thin pack from the vault.
+    fn fetch(&mut self) -> Result<Vec<crate::git::RemoteRef>, String> {
+        let remote = self.remote()?;
+        let store = &self.deps.store;
+        let haves: Vec<GitOid> = store
+            .latest_refs(&self.event.repository)
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default()
+            .into_values()
+            .collect();
+        // Drop an earlier workspace of this call first: one per backup.
+        self.workspace = None;
+        let workspace = Workspace::create(&self.deps.work_dir, &self.event.repository)
             .map_err(|e| e.to_string())?;
-            self.mirror = Some(mirror);
-        }
-        self.mirror
-            .as_mut()
-            .ok_or_else(|| "mirror unavailable".to_string())
+        // An error asking the vault counts as "not held": more is fetched,
+        // never less.
+        let held = |oid: &GitOid| store.has(oid).unwrap_or(false);
+        let bases = |oid: &GitOid| match store.read_object(oid) {
+            Ok((kind, content)) => Some((kind, content.as_ref().clone())),
+            Err(e) => {
+                tracing::warn!(object = %oid.to_hex(), error = %e, "a thin pack's base could not be read from the vault");
+                None
+            }
+        };
+        let fetched = workspace
+            .fetch(&remote, &haves, &held, &bases)
+            .map_err(|e| e.to_string())?;
+        self.workspace = Some(workspace);
+        Ok(fetched.refs)
     }
 }
 
@@ -94,8 +125,7 @@ fn parse_oids(ids: &[String]) -> Result<Vec<GitOid>, String> {
 
 impl git_source::Host for PluginState<BackupCtx> {
     fn fetch(&mut self) -> Result<Vec<git_source::RemoteRef>, String> {
-        let mirror = self.extra.mirror()?;
-        let refs = mirror.fetch().map_err(|e| e.to_string())?;
+        let refs = self.extra.fetch()?;
         Ok(refs
             .into_iter()
             .map(|r| git_source::RemoteRef {
@@ -116,8 +146,9 @@ impl git_source::Host for PluginState<BackupCtx> {
         // An error asking the vault counts as "not held": the walk then lists
         // more, never less.
         let have = move |oid: &GitOid| store.has(oid).unwrap_or(false);
-        let mirror = self.extra.mirror()?;
-        let objects = mirror
+        let objects = self
+            .extra
+            .workspace()?
             .walk(&tips, &known, &have)
             .map_err(|e| e.to_string())?;
         let paths = &mut self.extra.paths;
@@ -193,8 +224,8 @@ impl store::Host for PluginState<BackupCtx> {
             .iter()
             .map(|oid| (*oid, paths.get(oid).map(String::as_str)))
             .collect();
-        let mirror = self.extra.mirror()?;
-        let result = store.put_objects(&objects, |oid| mirror.read(oid));
+        let workspace = self.extra.workspace()?;
+        let result = store.put_objects(&objects, |oid| workspace.read(oid));
         drop(objects);
         self.extra.paths = paths;
         let stats = result.map_err(|e| e.to_string())?;
@@ -289,7 +320,7 @@ impl BackupPlugin {
         let ctx = BackupCtx {
             deps,
             event: event.clone(),
-            mirror: None,
+            workspace: None,
             paths: HashMap::new(),
             stats: CopyStats::default(),
             snapshot: None,
