@@ -5,7 +5,7 @@
 //! synthetic repository with many branches):
 //! * first backup vs `git clone --mirror` over the same smart-HTTP server;
 //! * vault size (every file of the vault) and total disk (vault, queue,
-//!   caches, mirror) vs the mirror's size;
+//!   every cache) vs the mirror's size;
 //! * one-commit push → snapshot vs `git fetch` of the same change, and the
 //!   vault's growth per push;
 //! * restore vs `git clone --mirror`, checked with `git fsck`;
@@ -172,7 +172,7 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
         backup_time.as_secs_f64() / clone_time.as_secs_f64()
     ));
     lines.push(format!(
-        "vault {:.2} MiB vs mirror {:.2} MiB: {:.2}x; total disk (vault + queue + mirror cache) {:.2} MiB: {:.2}x",
+        "vault {:.2} MiB vs mirror {:.2} MiB: {:.2}x; total disk (vault, queue, every cache) {:.2} MiB: {:.2}x",
         mib(vault_bytes),
         mib(mirror_bytes),
         vault_bytes as f64 / mirror_bytes as f64,
