@@ -15,7 +15,8 @@
 //! `HOOKVAULT_CORPUS` (default `../shared/corpus` from the workspace root)
 //! names the bundles; `HOOKVAULT_BENCH_BRANCHES` the synthetic repository's
 //! branch count (default 10000); `HOOKVAULT_BENCH_PUSHES` pushes per
-//! repository (default 20).
+//! repository (default 20); `HOOKVAULT_BENCH_LOG=1` prints each service's
+//! log.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -116,6 +117,24 @@ impl Restic {
     }
 }
 
+/// The delivery's record once it has left the queue, polled every 2 ms so
+/// the poll adds at most that much to a timing (the tests' `outcome` backs
+/// off to 100 ms).
+fn finished(service: &Service, delivery: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (status, record) = service.api(&format!("deliveries/{delivery}"));
+        if status == 200 && record["status"] != "queued" {
+            return record;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "delivery {delivery} not finished: {record}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 struct Row {
     name: String,
     lines: Vec<String>,
@@ -158,7 +177,7 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
     let body = branch_push(repo, &default_branch, None, &head);
     let start = Instant::now();
     service.push("bench-initial", &body);
-    let outcome = service.outcome("bench-initial");
+    let outcome = finished(&service, "bench-initial");
     let backup_time = start.elapsed();
     assert_eq!(outcome["status"], "done", "{outcome}\n{}", service.log());
     let peak_kib = service.pid().map(peak_rss_kib).unwrap_or(0);
@@ -208,7 +227,7 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
         let delivery = format!("bench-push-{i}");
         let start = Instant::now();
         service.push(&delivery, &body);
-        let outcome = service.outcome(&delivery);
+        let outcome = finished(&service, &delivery);
         hv.push(start.elapsed());
         assert_eq!(outcome["status"], "done", "{outcome}");
         growth.push(du(&data.join("vault")) - before);
@@ -300,6 +319,9 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
         ms(open_time)
     ));
     let _: RecordId = deepest.0;
+    if std::env::var_os("HOOKVAULT_BENCH_LOG").is_some() {
+        eprintln!("---- service log of {name} ----\n{}", service.log());
+    }
     service.stop();
     if let Some(keep) = std::env::var_os("HOOKVAULT_BENCH_KEEP") {
         let keep = PathBuf::from(keep).join(name.replace(' ', "-"));

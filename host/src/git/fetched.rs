@@ -4,7 +4,7 @@
 //! when the backup ends; one killed mid-backup is removed when `serve`
 //! next starts (`remove_leftovers`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use gix::ObjectId;
@@ -101,11 +101,11 @@ impl Workspace {
     pub fn fetch(
         &self,
         remote: &Remote,
-        haves: &[GitOid],
+        previous: &BTreeMap<String, GitOid>,
         held: &dyn Fn(&GitOid) -> bool,
         bases: BaseLookup<'_>,
     ) -> Result<Fetch, GitError> {
-        remote.fetch(&self.pack_dir(), haves, held, bases)
+        remote.fetch(&self.pack_dir(), previous, held, bases)
     }
 
     fn walk_err(&self, source: gix::Error) -> GitError {
@@ -139,6 +139,12 @@ impl Workspace {
         // The commit walk stops at the known tips' commits.
         let mut hidden_commits = Vec::new();
         for oid in known {
+            // The commit walk stops at held commits anyway, and a held id is
+            // usually not in the workspace: asking for it would make the
+            // object database rescan its packs once per id.
+            if have(oid) {
+                continue;
+            }
             let mut id = to_gix(oid);
             // Peel known tags down to their commit.
             while let Some(header) = repo.try_find_header(id).map_err(|e| self.walk_err(e))? {

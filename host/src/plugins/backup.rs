@@ -87,14 +87,13 @@ impl BackupCtx {
     /// Fetch into a new workspace, negotiating against the repository's
     /// latest snapshot and completing the thin pack from the vault.
     fn fetch(&mut self) -> Result<Vec<crate::git::RemoteRef>, String> {
+        let started = std::time::Instant::now();
         let remote = self.remote()?;
         let store = &self.deps.store;
-        let haves: Vec<GitOid> = store
+        let previous = store
             .latest_refs(&self.event.repository)
             .map_err(|e| e.to_string())?
-            .unwrap_or_default()
-            .into_values()
-            .collect();
+            .unwrap_or_default();
         // Drop an earlier workspace of this call first: one per backup.
         self.workspace = None;
         let workspace = Workspace::create(&self.deps.work_dir, &self.event.repository)
@@ -109,9 +108,18 @@ impl BackupCtx {
                 None
             }
         };
+        let negotiated = started.elapsed();
         let fetched = workspace
-            .fetch(&remote, &haves, &held, &bases)
+            .fetch(&remote, &previous, &held, &bases)
             .map_err(|e| e.to_string())?;
+        tracing::debug!(
+            refs = fetched.refs.len(),
+            previous_refs = previous.len(),
+            received_pack = fetched.received_pack,
+            snapshot_refs_ms = negotiated.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "fetched against the vault"
+        );
         self.workspace = Some(workspace);
         Ok(fetched.refs)
     }
@@ -146,11 +154,19 @@ impl git_source::Host for PluginState<BackupCtx> {
         // An error asking the vault counts as "not held": the walk then lists
         // more, never less.
         let have = move |oid: &GitOid| store.has(oid).unwrap_or(false);
+        let started = std::time::Instant::now();
         let objects = self
             .extra
             .workspace()?
             .walk(&tips, &known, &have)
             .map_err(|e| e.to_string())?;
+        tracing::debug!(
+            tips = tips.len(),
+            known = known.len(),
+            listed = objects.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "walked the workspace"
+        );
         let paths = &mut self.extra.paths;
         Ok(objects
             .into_iter()
