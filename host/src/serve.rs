@@ -139,7 +139,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     info!(
         filters = plugins.filters.len(),
         backups = plugins.backups.len(),
-        pending = queue.pending_len(),
+        pending = queue.pending_len()?,
         "plugins loaded"
     );
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -11,9 +11,16 @@
 //! flushed before the receiver answers 2xx: an acknowledged delivery survives
 //! a crash. Processing is at-least-once; the entry leaves `pending` only after
 //! the outcome is recorded.
+//!
+//! After an IO error (a full disk) sled fails every later write until the
+//! database is reopened. The queue then closes it, every call fails with an
+//! error naming the queue's path (the receiver answers 503), and a call
+//! after [`REOPEN_PAUSE`] opens it again: the queue recovers by itself when
+//! space returns.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -22,17 +29,18 @@ use tokio::sync::Notify;
 
 use crate::event::{Event, now_ms};
 
+/// How long a queue whose database failed waits before opening it again;
+/// calls in between fail at once with the error that closed it.
+const REOPEN_PAUSE: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("queue database error: {0}")]
-    Db(#[from] sled::Error),
+    #[error("delivery queue at {path}: {}", describe(.source))]
+    Db { path: PathBuf, source: sled::Error },
+    #[error("delivery queue at {path}: closed after {error}; it is reopened on a later call")]
+    Closed { path: PathBuf, error: String },
     #[error("the delivery queue at {path} is in use by another `hookvault serve`")]
-    InUse { path: std::path::PathBuf },
-    #[error("delivery queue at {path}: {source}")]
-    Open {
-        path: std::path::PathBuf,
-        source: sled::Error,
-    },
+    InUse { path: PathBuf },
     #[error("queue record for delivery {id} is corrupt: {source}")]
     Corrupt {
         id: String,
@@ -44,12 +52,24 @@ pub enum QueueError {
     Task(String),
 }
 
-impl From<TransactionError<QueueError>> for QueueError {
-    fn from(e: TransactionError<QueueError>) -> Self {
-        match e {
-            TransactionError::Abort(inner) => inner,
-            TransactionError::Storage(e) => QueueError::Db(e),
-        }
+/// An error as the operating system words it. sled hands out copies of its
+/// first IO error whose message is the original's `Debug` text
+/// (`Os { code: 28, .. }`); the code is read back from it.
+fn describe(error: &sled::Error) -> String {
+    let sled::Error::Io(io) = error else {
+        return error.to_string();
+    };
+    let code = io.raw_os_error().or_else(|| {
+        io.to_string()
+            .strip_prefix("Os { code: ")?
+            .split(',')
+            .next()?
+            .parse()
+            .ok()
+    });
+    match code {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => io.to_string(),
     }
 }
 
@@ -88,6 +108,15 @@ pub enum Recorded {
     Duplicate,
 }
 
+/// The head of `pending`, as [`Queue::next`] finds it.
+enum Head {
+    Empty,
+    Later(Duration),
+    Due(Box<Claimed>),
+    /// An entry without a readable record was taken off.
+    Dropped,
+}
+
 /// A delivery taken from the queue, to be completed or retried.
 #[derive(Debug)]
 pub struct Claimed {
@@ -95,17 +124,42 @@ pub struct Claimed {
     pub delivery: Delivery,
 }
 
+/// The open database. Each call takes its own clone and drops it before
+/// waiting for work, so a failed database can be closed and reopened.
 #[derive(Clone)]
-pub struct Queue {
+struct Handles {
+    /// Which opening of the database this is.
+    generation: u64,
     db: sled::Db,
     deliveries: sled::Tree,
     pending: sled::Tree,
-    wake: Arc<Notify>,
+}
+
+enum State {
+    Open(Handles),
+    Closed {
+        generation: u64,
+        since: Instant,
+        error: String,
+    },
+}
+
+struct Shared {
+    dir: PathBuf,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+#[derive(Clone)]
+pub struct Queue {
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").finish_non_exhaustive()
+        f.debug_struct("Queue")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -121,11 +175,21 @@ fn encode(delivery: &Delivery) -> Vec<u8> {
     serde_json::to_vec(delivery).expect("delivery serialises")
 }
 
+fn open_handles(dir: &Path, generation: u64) -> Result<Handles, sled::Error> {
+    let db = sled::Config::new().path(dir).open()?;
+    Ok(Handles {
+        generation,
+        deliveries: db.open_tree("deliveries")?,
+        pending: db.open_tree("pending")?,
+        db,
+    })
+}
+
 impl Queue {
     /// Open (or create) the queue's own database in `dir`
     /// (`<store.path>/queue`). Only one process may hold it.
-    pub fn open_dir(dir: &std::path::Path) -> Result<Self, QueueError> {
-        let db = sled::Config::new().path(dir).open().map_err(|source| {
+    pub fn open_dir(dir: &Path) -> Result<Self, QueueError> {
+        let handles = open_handles(dir, 0).map_err(|source| {
             let in_use = matches!(&source, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock)
                 || source.to_string().contains("lock");
             if in_use {
@@ -133,69 +197,171 @@ impl Queue {
                     path: dir.to_path_buf(),
                 }
             } else {
-                QueueError::Open {
+                QueueError::Db {
                     path: dir.to_path_buf(),
                     source,
                 }
             }
         })?;
-        Self::open(&db)
+        Ok(Self {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                state: Mutex::new(State::Open(handles)),
+                wake: Notify::new(),
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state is replaced whole, so a panic elsewhere cannot leave it
+        // half-changed.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The open database, reopening it when an earlier error closed it.
+    fn handles(&self) -> Result<Handles, QueueError> {
+        let mut state = self.state();
+        let generation = match &*state {
+            State::Open(handles) => return Ok(handles.clone()),
+            State::Closed { since, error, .. } if since.elapsed() < REOPEN_PAUSE => {
+                return Err(QueueError::Closed {
+                    path: self.shared.dir.clone(),
+                    error: error.clone(),
+                });
+            }
+            State::Closed { generation, .. } => generation + 1,
+        };
+        match open_handles(&self.shared.dir, generation) {
+            Ok(handles) => {
+                tracing::info!(path = %self.shared.dir.display(), "delivery queue reopened");
+                *state = State::Open(handles.clone());
+                Ok(handles)
+            }
+            Err(source) => {
+                *state = State::Closed {
+                    generation,
+                    since: Instant::now(),
+                    error: describe(&source),
+                };
+                Err(QueueError::Db {
+                    path: self.shared.dir.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Every sled error goes through here. sled keeps the first IO error it
+    /// meets (a full disk, EIO) and fails every later write with it, even
+    /// once the cause is gone: after an IO error the database is closed and
+    /// the next call reopens it from disk, where everything acknowledged was
+    /// flushed.
+    fn failed(&self, handles: &Handles, source: sled::Error) -> QueueError {
+        if matches!(source, sled::Error::Io(_)) {
+            let mut state = self.state();
+            if matches!(&*state, State::Open(open) if open.generation == handles.generation) {
+                tracing::warn!(
+                    path = %self.shared.dir.display(),
+                    error = %describe(&source),
+                    "delivery queue failed; closing it to reopen"
+                );
+                let closed = std::mem::replace(
+                    &mut *state,
+                    State::Closed {
+                        generation: handles.generation,
+                        since: Instant::now(),
+                        error: describe(&source),
+                    },
+                );
+                // Closing joins sled's flusher thread: not under the lock.
+                drop(state);
+                drop(closed);
+            }
+        }
+        QueueError::Db {
+            path: self.shared.dir.clone(),
+            source,
+        }
+    }
+
+    fn transaction_failed(
+        &self,
+        handles: &Handles,
+        error: TransactionError<QueueError>,
+    ) -> QueueError {
+        match error {
+            TransactionError::Abort(inner) => inner,
+            TransactionError::Storage(source) => self.failed(handles, source),
+        }
     }
 
     /// Make everything recorded durable (at shutdown).
     pub fn flush_now(&self) -> Result<(), QueueError> {
-        self.db.flush()?;
+        let handles = self.handles()?;
+        handles
+            .db
+            .flush()
+            .map_err(|source| self.failed(&handles, source))?;
         Ok(())
-    }
-
-    pub fn open(db: &sled::Db) -> Result<Self, QueueError> {
-        Ok(Self {
-            db: db.clone(),
-            deliveries: db.open_tree("deliveries")?,
-            pending: db.open_tree("pending")?,
-            wake: Arc::new(Notify::new()),
-        })
     }
 
     /// Make everything written so far durable. sled's synchronous flush
     /// on tokio's blocking pool (sled's own `flush_async` pool is avoided).
-    async fn flush(&self) -> Result<(), QueueError> {
-        let db = self.db.clone();
+    async fn flush(&self, handles: &Handles) -> Result<(), QueueError> {
+        let db = handles.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
-            .map_err(|e| QueueError::Task(e.to_string()))??;
+            .map_err(|e| QueueError::Task(e.to_string()))?
+            .map_err(|source| self.failed(handles, source))?;
         Ok(())
     }
 
     /// Record a delivery; queue it when `delivery.status` is `Queued`.
     /// Durable (flushed) when this returns.
     pub async fn record(&self, delivery: Delivery) -> Result<Recorded, QueueError> {
-        let seq = self.db.generate_id()?;
+        let handles = self.handles()?;
+        let seq = handles
+            .db
+            .generate_id()
+            .map_err(|source| self.failed(&handles, source))?;
         let value = encode(&delivery);
         let queued = delivery.status == Status::Queued;
         let id = delivery.id.clone();
-        let result = (&self.deliveries, &self.pending).transaction(|(deliveries, pending)| {
-            if deliveries.get(id.as_bytes())?.is_some() {
-                return Ok(Recorded::Duplicate);
-            }
-            deliveries.insert(id.as_bytes(), value.as_slice())?;
-            if queued {
-                pending.insert(pending_key(delivery.received_at_ms, seq), id.as_bytes())?;
-            }
-            Ok::<_, ConflictableTransactionError<QueueError>>(Recorded::New)
-        });
-        let recorded = result?;
+        let result =
+            (&handles.deliveries, &handles.pending).transaction(|(deliveries, pending)| {
+                if deliveries.get(id.as_bytes())?.is_some() {
+                    return Ok(Recorded::Duplicate);
+                }
+                deliveries.insert(id.as_bytes(), value.as_slice())?;
+                if queued {
+                    pending.insert(pending_key(delivery.received_at_ms, seq), id.as_bytes())?;
+                }
+                Ok::<_, ConflictableTransactionError<QueueError>>(Recorded::New)
+            });
+        let recorded = result.map_err(|e| self.transaction_failed(&handles, e))?;
         // Also for a duplicate: the first copy may still be on its way to
         // disk, and a 2xx promises it is there.
-        self.flush().await?;
+        self.flush(&handles).await?;
         if recorded == Recorded::New && queued {
-            self.wake.notify_one();
+            self.shared.wake.notify_one();
         }
         Ok(recorded)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Delivery>, QueueError> {
-        match self.deliveries.get(id.as_bytes())? {
+        let handles = self.handles()?;
+        self.get_in(&handles, id)
+    }
+
+    fn get_in(&self, handles: &Handles, id: &str) -> Result<Option<Delivery>, QueueError> {
+        let found = handles
+            .deliveries
+            .get(id.as_bytes())
+            .map_err(|source| self.failed(handles, source))?;
+        match found {
             None => Ok(None),
             Some(bytes) => {
                 serde_json::from_slice(&bytes)
@@ -209,8 +375,8 @@ impl Queue {
     }
 
     /// Number of deliveries waiting (including ones waiting for a retry).
-    pub fn pending_len(&self) -> usize {
-        self.pending.len()
+    pub fn pending_len(&self) -> Result<usize, QueueError> {
+        Ok(self.handles()?.pending.len())
     }
 
     /// Wait for the next delivery whose time has come. An entry whose
@@ -218,80 +384,113 @@ impl Queue {
     /// so it can never block the deliveries behind it.
     pub async fn next(&self) -> Result<Claimed, QueueError> {
         loop {
-            let notified = self.wake.notified();
-            if let Some((key, id)) = self.pending.first()? {
-                let mut not_before = [0u8; 8];
-                not_before.copy_from_slice(&key[..8]);
-                let not_before = u64::from_be_bytes(not_before);
-                let now = now_ms();
-                if not_before <= now {
-                    let id = String::from_utf8_lossy(&id).into_owned();
-                    match self.get(&id) {
-                        Ok(Some(delivery)) => {
-                            return Ok(Claimed {
-                                key: key.to_vec(),
-                                delivery,
-                            });
-                        }
-                        Ok(None) => {
-                            tracing::error!(delivery_id = %id, "queue entry without a record; dropped");
-                        }
-                        Err(e) => {
-                            tracing::error!(delivery_id = %id, error = %e, "unreadable delivery; taken off the queue");
-                        }
+            let notified = self.shared.wake.notified();
+            match self.first_due().await? {
+                Head::Due(claimed) => return Ok(*claimed),
+                Head::Dropped => {}
+                Head::Later(wait) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    self.pending.remove(&key)?;
-                    self.flush().await?;
-                    continue;
                 }
-                let wait = Duration::from_millis(not_before - now);
-                tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            } else {
-                notified.await;
+                Head::Empty => notified.await,
             }
         }
+    }
+
+    /// The first entry of `pending`, if its time has come. Holds the
+    /// database only for the look, never while [`Queue::next`] waits.
+    async fn first_due(&self) -> Result<Head, QueueError> {
+        let handles = self.handles()?;
+        let first = handles
+            .pending
+            .first()
+            .map_err(|source| self.failed(&handles, source))?;
+        let Some((key, id)) = first else {
+            return Ok(Head::Empty);
+        };
+        let mut not_before = [0u8; 8];
+        not_before.copy_from_slice(&key[..8]);
+        let not_before = u64::from_be_bytes(not_before);
+        let now = now_ms();
+        if not_before > now {
+            return Ok(Head::Later(Duration::from_millis(not_before - now)));
+        }
+        let id = String::from_utf8_lossy(&id).into_owned();
+        match self.get_in(&handles, &id) {
+            Ok(Some(delivery)) => {
+                return Ok(Head::Due(Box::new(Claimed {
+                    key: key.to_vec(),
+                    delivery,
+                })));
+            }
+            Ok(None) => {
+                tracing::error!(delivery_id = %id, "queue entry without a record; dropped");
+            }
+            // The database failed, not the entry: it stays queued.
+            Err(e @ (QueueError::Db { .. } | QueueError::Closed { .. })) => return Err(e),
+            Err(e) => {
+                tracing::error!(delivery_id = %id, error = %e, "unreadable delivery; taken off the queue");
+            }
+        }
+        handles
+            .pending
+            .remove(&key)
+            .map_err(|source| self.failed(&handles, source))?;
+        self.flush(&handles).await?;
+        Ok(Head::Dropped)
     }
 
     /// Count an attempt durably before it starts, so a delivery that
     /// crashes the process still reaches `max_attempts`.
     pub async fn start_attempt(&self, claimed: &mut Claimed) -> Result<(), QueueError> {
+        let handles = self.handles()?;
         claimed.delivery.attempts += 1;
-        self.deliveries
-            .insert(claimed.delivery.id.as_bytes(), encode(&claimed.delivery))?;
-        self.flush().await
+        handles
+            .deliveries
+            .insert(claimed.delivery.id.as_bytes(), encode(&claimed.delivery))
+            .map_err(|source| self.failed(&handles, source))?;
+        self.flush(&handles).await
     }
 
     /// Record the outcome and take the delivery off the queue, atomically.
     pub async fn complete(&self, claimed: Claimed) -> Result<(), QueueError> {
+        let handles = self.handles()?;
         let value = encode(&claimed.delivery);
         let id = claimed.delivery.id.clone();
-        (&self.deliveries, &self.pending).transaction(|(deliveries, pending)| {
-            deliveries.insert(id.as_bytes(), value.as_slice())?;
-            pending.remove(claimed.key.as_slice())?;
-            Ok::<_, ConflictableTransactionError<QueueError>>(())
-        })?;
-        self.flush().await?;
+        (&handles.deliveries, &handles.pending)
+            .transaction(|(deliveries, pending)| {
+                deliveries.insert(id.as_bytes(), value.as_slice())?;
+                pending.remove(claimed.key.as_slice())?;
+                Ok::<_, ConflictableTransactionError<QueueError>>(())
+            })
+            .map_err(|e| self.transaction_failed(&handles, e))?;
+        self.flush(&handles).await?;
         Ok(())
     }
 
     /// Put the delivery back, not to be tried before `delay` has passed.
     pub async fn retry_later(&self, claimed: Claimed, delay: Duration) -> Result<(), QueueError> {
-        let seq = self.db.generate_id()?;
+        let handles = self.handles()?;
+        let seq = handles
+            .db
+            .generate_id()
+            .map_err(|source| self.failed(&handles, source))?;
         let not_before =
             now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
         let new_key = pending_key(not_before, seq);
         let value = encode(&claimed.delivery);
         let id = claimed.delivery.id.clone();
-        (&self.deliveries, &self.pending).transaction(|(deliveries, pending)| {
-            deliveries.insert(id.as_bytes(), value.as_slice())?;
-            pending.remove(claimed.key.as_slice())?;
-            pending.insert(new_key.as_slice(), id.as_bytes())?;
-            Ok::<_, ConflictableTransactionError<QueueError>>(())
-        })?;
-        self.flush().await?;
+        (&handles.deliveries, &handles.pending)
+            .transaction(|(deliveries, pending)| {
+                deliveries.insert(id.as_bytes(), value.as_slice())?;
+                pending.remove(claimed.key.as_slice())?;
+                pending.insert(new_key.as_slice(), id.as_bytes())?;
+                Ok::<_, ConflictableTransactionError<QueueError>>(())
+            })
+            .map_err(|e| self.transaction_failed(&handles, e))?;
+        self.flush(&handles).await?;
         Ok(())
     }
 }
@@ -303,8 +502,7 @@ mod tests {
     /// A queue in a new temporary database (kept alive by the directory).
     fn fresh_queue() -> (tempfile::TempDir, Queue) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::open(dir.path()).expect("db");
-        let queue = Queue::open(&db).expect("queue");
+        let queue = Queue::open_dir(dir.path()).expect("queue");
         (dir, queue)
     }
 
@@ -339,7 +537,7 @@ mod tests {
                 .expect("record"),
             Recorded::Duplicate
         );
-        assert_eq!(queue.pending_len(), 1);
+        assert_eq!(queue.pending_len().expect("pending"), 1);
         assert_eq!(
             queue
                 .record(delivery("b", Status::Ignored))
@@ -347,15 +545,18 @@ mod tests {
                 .expect("record"),
             Recorded::New
         );
-        assert_eq!(queue.pending_len(), 1, "ignored deliveries are not queued");
+        assert_eq!(
+            queue.pending_len().expect("pending"),
+            1,
+            "ignored deliveries are not queued"
+        );
     }
 
     #[tokio::test]
     async fn survives_reopen_and_retries_later() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let db = sled::open(dir.path()).expect("db");
-            let queue = Queue::open(&db).expect("queue");
+            let queue = Queue::open_dir(dir.path()).expect("queue");
             queue
                 .record(delivery("x", Status::Queued))
                 .await
@@ -363,15 +564,14 @@ mod tests {
         }
         // sled's flusher thread may hold the lock a moment after the drop.
         let start = std::time::Instant::now();
-        let db = loop {
-            match sled::open(dir.path()) {
+        let queue = loop {
+            match Queue::open_dir(dir.path()) {
                 Err(_) if start.elapsed().as_secs() < 10 => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 other => break other.expect("reopen"),
             }
         };
-        let queue = Queue::open(&db).expect("queue");
         let mut claimed = queue.next().await.expect("claimed");
         assert_eq!(claimed.delivery.id, "x");
         claimed.delivery.attempts = 1;
@@ -379,12 +579,12 @@ mod tests {
             .retry_later(claimed, Duration::from_millis(50))
             .await
             .expect("retry");
-        assert_eq!(queue.pending_len(), 1);
+        assert_eq!(queue.pending_len().expect("pending"), 1);
         let mut again = queue.next().await.expect("claimed again");
         assert_eq!(again.delivery.attempts, 1);
         again.delivery.status = Status::Done;
         queue.complete(again).await.expect("complete");
-        assert_eq!(queue.pending_len(), 0);
+        assert_eq!(queue.pending_len().expect("pending"), 0);
         assert_eq!(
             queue.get("x").expect("get").expect("present").status,
             Status::Done
@@ -403,12 +603,18 @@ mod tests {
             .expect("record");
         // Corrupt the first record, as a crash or an incompatible upgrade might.
         queue
+            .handles()
+            .expect("open")
             .deliveries
             .insert("bad", b"{not json".to_vec())
             .expect("insert");
         let claimed = queue.next().await.expect("next");
         assert_eq!(claimed.delivery.id, "good");
-        assert_eq!(queue.pending_len(), 1, "the corrupt entry was taken off");
+        assert_eq!(
+            queue.pending_len().expect("pending"),
+            1,
+            "the corrupt entry was taken off"
+        );
     }
 
     #[tokio::test]
@@ -422,5 +628,56 @@ mod tests {
         queue.start_attempt(&mut claimed).await.expect("start");
         // As if the process died now: the attempt is on disk.
         assert_eq!(queue.get("x").expect("get").expect("present").attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn an_io_error_closes_the_database_and_a_later_call_reopens_it() {
+        let (_dir, queue) = fresh_queue();
+        queue
+            .record(delivery("kept", Status::Queued))
+            .await
+            .expect("record");
+        let failed = queue.handles().expect("open");
+        let error = queue.failed(
+            &failed,
+            sled::Error::Io(std::io::Error::from_raw_os_error(28)),
+        );
+        assert!(
+            error.to_string().contains("No space left on device")
+                && error
+                    .to_string()
+                    .contains(&queue.shared.dir.display().to_string()),
+            "{error}"
+        );
+        drop(failed);
+        let closed = queue.get("kept").expect_err("closed for a moment");
+        assert!(matches!(closed, QueueError::Closed { .. }), "{closed}");
+        // Reopened from disk after the pause, with what was flushed.
+        let start = Instant::now();
+        let kept = loop {
+            match queue.get("kept") {
+                Ok(found) => break found,
+                Err(e) => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "not reopened: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        assert_eq!(kept.expect("recorded").status, Status::Queued);
+        // A late error from the failed opening does not close the new one.
+        let stale = Handles {
+            generation: 0,
+            ..queue.handles().expect("open")
+        };
+        let _ = queue.failed(&stale, sled::Error::Io(std::io::Error::other("late")));
+        assert_eq!(queue.pending_len().expect("still open"), 1);
+        queue
+            .record(delivery("after", Status::Queued))
+            .await
+            .expect("records again");
+        assert_eq!(queue.next().await.expect("next").delivery.id, "kept");
     }
 }

@@ -406,7 +406,7 @@ async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respon
     match stats {
         Ok(stats) => reply(
             StatusCode::OK,
-            json!({ "store": stats, "queue": { "pending": state.queue.pending_len() } }),
+            json!({ "store": stats, "queue": { "pending": state.queue.pending_len().ok() } }),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
