@@ -556,6 +556,29 @@ credentials = {{ kind = "access-token", token = "{TOKEN}" }}
         }
     }
 
+    /// SIGTERM, and expect a clean exit within `limit` (a service still
+    /// running then fails the test and is killed on drop).
+    pub fn stop_within(mut self, limit: Duration) {
+        let Some(pid) = self.pid() else {
+            return;
+        };
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        let status = wait_until("hookvault to exit after SIGTERM", limit, || {
+            self.child
+                .as_mut()
+                .and_then(|child| child.try_wait().expect("try_wait"))
+        });
+        self.child = None;
+        assert!(
+            status.success(),
+            "hookvault exited with {status}; log:\n{}",
+            self.log()
+        );
+    }
+
     /// The service's process id (for resource measurements).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
