@@ -18,13 +18,13 @@ pub use remote::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
-    #[error("fetch workspace of {repo} at {path}: {source}")]
+    #[error("fetch workspace of {repo} at {path}: {}", chain(source))]
     Workspace {
         repo: String,
         path: PathBuf,
         source: Box<gix::Error>,
     },
-    #[error("fetching {repo} from {url}: {source}")]
+    #[error("fetching {repo} from {url}: {}", chain(source))]
     Fetch {
         repo: String,
         url: String,
@@ -32,13 +32,13 @@ pub enum GitError {
     },
     #[error("fetching {repo} from {url}: the transport is not HTTP")]
     NotHttp { repo: String, url: String },
-    #[error("reading object {oid} of {repo}: {source}")]
+    #[error("reading object {oid} of {repo}: {}", chain(source))]
     Object {
         repo: String,
         oid: String,
         source: Box<gix::Error>,
     },
-    #[error("walking {repo}: {source}")]
+    #[error("walking {repo}: {}", chain(source))]
     Walk {
         repo: String,
         source: Box<gix::Error>,
@@ -68,6 +68,24 @@ pub struct ObjectInfo {
     /// root tree): the vault stores it as a delta against an earlier version
     /// of the same path. `None` for commits and tags.
     pub path: Option<String>,
+}
+
+/// An error and every cause below it, joined with ": ". gix's own message
+/// is often only the top of the story ("Failed to consume the pack sent by
+/// the remote"); the cause names the file and the OS error, and a delivery's
+/// recorded error is all an operator sees.
+fn chain(error: &gix::Error) -> String {
+    let mut out = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = e.source();
+    }
+    out
 }
 
 pub fn to_kind(kind: gix::object::Kind) -> ObjectKind {

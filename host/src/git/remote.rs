@@ -419,6 +419,20 @@ mod tests {
             .collect()
     }
 
+    /// The recorded error says why, not only that the fetch failed.
+    #[test]
+    fn a_failed_fetch_names_its_cause() {
+        let name = RepoName::parse("acme/app").expect("name");
+        // Port 9 (discard) on loopback: nothing listens there.
+        let remote = Remote::new(&name, "http://127.0.0.1:9/acme/app.git".into(), None);
+        let error = remote.ls_remote().expect_err("nothing listens").to_string();
+        assert!(
+            error.starts_with("fetching acme/app from http://127.0.0.1:9/acme/app.git: "),
+            "{error}"
+        );
+        assert!(error.to_lowercase().contains("refused"), "{error}");
+    }
+
     /// A push after a backup: the fetch says what the vault has, receives
     /// only the new objects as a thin pack, and completes it from the vault.
     #[test]
