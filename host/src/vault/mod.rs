@@ -189,6 +189,140 @@ struct Pending {
     stored_bytes: u64,
 }
 
+/// Records on their way into the pending data file: bases chosen, not yet
+/// compressed.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    /// Record id → position in `jobs`.
+    index: HashMap<RecordId, usize>,
+    /// Raw bytes in `jobs`.
+    bytes: usize,
+}
+
+/// A batch is compressed when it holds this many records or raw bytes.
+const BATCH_RECORDS: usize = 1024;
+const BATCH_BYTES: usize = 8 << 20;
+
+impl Batch {
+    fn is_full(&self) -> bool {
+        self.jobs.len() >= BATCH_RECORDS || self.bytes >= BATCH_BYTES
+    }
+}
+
+/// The depth of a delta base: known when it is stored, or the position of
+/// a record earlier in the same batch (whose depth is known once that one
+/// is compressed and kept whole or as a delta).
+#[derive(Clone, Copy)]
+enum BaseDepth {
+    Stored(u8),
+    InBatch(usize),
+}
+
+/// A delta base's content and depth.
+type DeltaBase = (Arc<Vec<u8>>, BaseDepth);
+
+struct Job {
+    id: RecordId,
+    kind: ObjectKind,
+    placed: Option<(u64, u32)>,
+    data: Arc<Vec<u8>>,
+    base: Option<DeltaBase>,
+}
+
+impl Job {
+    /// The depth this record will have at most: that of a delta on its
+    /// base. Chains are capped with this bound, so they never pass
+    /// `MAX_DEPTH` (a record kept whole only makes later ones shallower).
+    fn depth_bound(&self, batch: &Batch) -> u8 {
+        match &self.base {
+            None => 0,
+            Some((_, BaseDepth::Stored(d))) => d + 1,
+            Some((_, BaseDepth::InBatch(at))) => batch
+                .jobs
+                .get(*at)
+                .map_or(MAX_DEPTH, |base| base.depth_bound(batch))
+                .saturating_add(1),
+        }
+    }
+}
+
+/// Compress each job: a delta on its base unless the whole frame is
+/// smaller (a delta under an eighth of the content is kept without trying
+/// the whole frame, which would not be smaller in practice: half the work
+/// of a first backup). Returns (frame, is a delta) per job, in order.
+fn compress_jobs(jobs: &[Job], level: i32) -> Result<Vec<(Vec<u8>, bool)>, VaultError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    fn one<'a>(
+        compressor: &mut format::Compressor<'a>,
+        job: &'a Job,
+    ) -> Result<(Vec<u8>, bool), FormatError> {
+        let data = job.data.as_slice();
+        let Some((base, _)) = &job.base else {
+            return Ok((compressor.compress(data, None)?, false));
+        };
+        let delta = compressor.compress(data, Some(base.as_slice()))?;
+        if delta.len() <= data.len() / 8 {
+            return Ok((delta, true));
+        }
+        let whole = compressor.compress(data, None)?;
+        Ok(if delta.len() < whole.len() {
+            (delta, true)
+        } else {
+            (whole, false)
+        })
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len().div_ceil(16))
+        .max(1);
+    if threads == 1 {
+        let mut compressor = format::Compressor::new(level);
+        return jobs
+            .iter()
+            .map(|job| one(&mut compressor, job).map_err(VaultError::Encode))
+            .collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut frames: Vec<Option<(Vec<u8>, bool)>> = Vec::new();
+    frames.resize_with(jobs.len(), || None);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut compressor = format::Compressor::new(level);
+                    let mut done = Vec::new();
+                    loop {
+                        let at = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(job) = jobs.get(at) else {
+                            return Ok(done);
+                        };
+                        done.push((at, one(&mut compressor, job)?));
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            let done = worker
+                .join()
+                .map_err(|_| {
+                    VaultError::Encode(FormatError("a compression thread panicked".into()))
+                })?
+                .map_err(VaultError::Encode)?;
+            for (at, frame) in done {
+                frames[at] = Some(frame);
+            }
+        }
+        Ok::<(), VaultError>(())
+    })?;
+    frames
+        .into_iter()
+        .map(|f| {
+            f.ok_or_else(|| VaultError::Encode(FormatError("a record was not compressed".into())))
+        })
+        .collect()
+}
+
 struct Inner {
     backend: Box<dyn Backend>,
     location: String,
@@ -467,10 +601,14 @@ impl Vault {
     ) -> Result<CopyStats, PutError<E>> {
         let _writer = lock(&self.inner.writer)?;
         let mut pending = Pending::default();
+        let mut batch = Batch::default();
         let mut stats = CopyStats::default();
         for (oid, path) in objects {
             let id = RecordId::from(*oid);
-            if pending.entries.contains_key(&id) || self.has(oid)? {
+            if batch.index.contains_key(&id)
+                || pending.entries.contains_key(&id)
+                || self.has(oid)?
+            {
                 stats.present += 1;
                 continue;
             }
@@ -480,12 +618,13 @@ impl Vault {
                 ObjectKind::Tree | ObjectKind::Blob => path.map(|p| format::path_key(kind, p)),
                 _ => None,
             };
-            self.append(&mut pending, id, kind, path_key, data)?;
+            self.prepare(&mut pending, &mut batch, id, kind, path_key, data)?;
             stats.written += 1;
-            if pending.buf.len() >= DATA_FILE_TARGET {
-                self.close_data_file(&mut pending)?;
+            if batch.is_full() {
+                self.store_batch(&mut pending, std::mem::take(&mut batch))?;
             }
         }
+        self.store_batch(&mut pending, batch)?;
         self.finish(&mut pending)?;
         stats.stored_bytes = pending.stored_bytes;
         Ok(stats)
@@ -504,23 +643,26 @@ impl Vault {
         let known = pending.entries.contains_key(&id) || read(&self.inner.index)?.contains(&id);
         if !known {
             let path_key = path.map(|p| format::path_key(kind, p));
-            self.append(pending, id, kind, path_key, content)?;
+            let mut batch = Batch::default();
+            self.prepare(pending, &mut batch, id, kind, path_key, content)?;
+            self.store_batch(pending, batch)?;
         }
         Ok(id)
     }
 
-    /// Encode one record into the pending data file.
-    fn append(
+    /// Give a record its path version and choose its delta base (by the
+    /// skip-delta rule), then queue it in `batch` to be compressed.
+    fn prepare(
         &self,
         pending: &mut Pending,
+        batch: &mut Batch,
         id: RecordId,
         kind: ObjectKind,
         path_key: Option<u64>,
         data: Vec<u8>,
     ) -> Result<(), VaultError> {
-        let level = self.inner.options.zstd_level;
         let mut placed = None;
-        let mut base: Option<(Arc<Vec<u8>>, u8)> = None;
+        let mut base = None;
         if let Some(key) = path_key {
             let version = match pending.next_version.get(&key) {
                 Some(v) => *v,
@@ -530,40 +672,93 @@ impl Vault {
             if let Some(base_version) = format::skip_delta_base(version)
                 && let Some(base_id) = self.version_id(Some(pending), key, base_version)?
             {
-                let base_entry = self.entry(Some(pending), &base_id)?;
-                if let Some((_, base_entry)) = base_entry
-                    && base_entry.depth < MAX_DEPTH
-                {
-                    let (_, content) = self.load(Some(pending), &base_id)?;
-                    if content.len() <= MAX_DELTA_BASE {
-                        base = Some((content, base_entry.depth));
-                    }
+                base = self.delta_base(pending, batch, &base_id)?;
+            }
+            pending.versions.insert((key, version), id);
+            pending.next_version.insert(key, version + 1);
+        }
+        batch.bytes += data.len();
+        batch.index.insert(id, batch.jobs.len());
+        batch.jobs.push(Job {
+            id,
+            kind,
+            placed,
+            data: Arc::new(data),
+            base,
+        });
+        Ok(())
+    }
+
+    /// The content of a delta base and its depth (a bound while it is in
+    /// this batch), unless its chain is already as deep as allowed or it
+    /// is too large to serve as a base.
+    fn delta_base(
+        &self,
+        pending: &Pending,
+        batch: &Batch,
+        base_id: &RecordId,
+    ) -> Result<Option<DeltaBase>, VaultError> {
+        let (content, depth, at) = if let Some(&at) = batch.index.get(base_id) {
+            let job = &batch.jobs[at];
+            (
+                job.data.clone(),
+                job.depth_bound(batch),
+                BaseDepth::InBatch(at),
+            )
+        } else {
+            let Some((_, entry)) = self.entry(Some(pending), base_id)? else {
+                return Ok(None);
+            };
+            if entry.depth >= MAX_DEPTH {
+                return Ok(None);
+            }
+            let (_, content) = self.load(Some(pending), base_id)?;
+            (content, entry.depth, BaseDepth::Stored(entry.depth))
+        };
+        Ok((depth < MAX_DEPTH && content.len() <= MAX_DELTA_BASE).then_some((content, at)))
+    }
+
+    /// Compress a batch (on every core: each record's base is already
+    /// chosen, so records are independent) and append it, in order, to the
+    /// pending data file.
+    fn store_batch(&self, pending: &mut Pending, batch: Batch) -> Result<(), VaultError> {
+        if batch.jobs.is_empty() {
+            return Ok(());
+        }
+        let frames = compress_jobs(&batch.jobs, self.inner.options.zstd_level)?;
+        let mut depths: Vec<u8> = Vec::with_capacity(batch.jobs.len());
+        for (job, (frame, delta)) in batch.jobs.into_iter().zip(frames) {
+            let depth = match (&job.base, delta) {
+                (Some((_, BaseDepth::Stored(d))), true) => d + 1,
+                (Some((_, BaseDepth::InBatch(at))), true) => {
+                    depths.get(*at).copied().unwrap_or(0) + 1
                 }
+                _ => 0,
+            };
+            depths.push(depth);
+            self.append(pending, job, frame, depth)?;
+            if pending.buf.len() >= DATA_FILE_TARGET {
+                self.close_data_file(pending)?;
             }
         }
-        // A delta under an eighth of the content is kept without trying the
-        // whole frame (which would not be smaller in practice): half the
-        // compression work of a first backup.
-        let (frame, depth) = match &base {
-            Some((content, base_depth)) => {
-                let delta =
-                    format::compress(&data, Some(content), level).map_err(VaultError::Encode)?;
-                if delta.len() <= data.len() / 8 {
-                    (delta, base_depth + 1)
-                } else {
-                    let whole = format::compress(&data, None, level).map_err(VaultError::Encode)?;
-                    if delta.len() < whole.len() {
-                        (delta, base_depth + 1)
-                    } else {
-                        (whole, 0)
-                    }
-                }
-            }
-            None => (
-                format::compress(&data, None, level).map_err(VaultError::Encode)?,
-                0,
-            ),
-        };
+        Ok(())
+    }
+
+    /// Append one compressed record to the pending data file.
+    fn append(
+        &self,
+        pending: &mut Pending,
+        job: Job,
+        frame: Vec<u8>,
+        depth: u8,
+    ) -> Result<(), VaultError> {
+        let Job {
+            id,
+            kind,
+            placed,
+            data,
+            ..
+        } = job;
         if pending.buf.is_empty() {
             pending.buf.extend_from_slice(format::DATA_MAGIC);
         }
@@ -579,10 +774,6 @@ impl Vault {
         pending.buf.extend_from_slice(&frame);
         let len = pending.buf.len() as u64 - offset;
         pending.stored_bytes += len;
-        if let Some((key, version)) = placed {
-            pending.versions.insert((key, version), id);
-            pending.next_version.insert(key, version + 1);
-        }
         pending.entries.insert(
             id,
             (
@@ -599,7 +790,7 @@ impl Vault {
             ),
         );
         pending.order.push(id);
-        lock(&self.inner.decoded)?.insert(id, Arc::new(data));
+        lock(&self.inner.decoded)?.insert(id, data);
         Ok(())
     }
 

@@ -311,3 +311,62 @@ fn the_file_cache_is_used_checked_and_rebuilt() {
         b"tree x\n"
     );
 }
+
+/// A first backup stores a path's whole history in one call: records are
+/// compressed in batches on several threads, with bases inside the same
+/// batch. The result reads back, stays within the depth cap, and is as
+/// small as storing one version per call.
+#[test]
+fn one_call_with_a_whole_history_compresses_in_batches_as_well_as_one_by_one() {
+    let versions = 2500u32;
+    let contents: HashMap<GitOid, Vec<u8>> = (0..versions)
+        .map(|v| (oid(v), version_text(150, v as usize % 150)))
+        .collect();
+    let read = |o: &GitOid| -> Result<(ObjectKind, Vec<u8>), std::io::Error> {
+        Ok((ObjectKind::Blob, contents[o].clone()))
+    };
+    let all: Vec<(GitOid, Option<&str>)> = (0..versions)
+        .map(|v| (oid(v), Some("src/lib.rs")))
+        .collect();
+
+    let batched_dir = tempfile::tempdir().expect("tempdir");
+    let batched = open(batched_dir.path());
+    let stats = batched.put_objects(&all, read).expect("put");
+    assert_eq!(stats.written, u64::from(versions));
+
+    let single_dir = tempfile::tempdir().expect("tempdir");
+    let single = open(single_dir.path());
+    let mut single_bytes = 0;
+    for object in &all {
+        single_bytes += single
+            .put_objects(&[*object], read)
+            .expect("put")
+            .stored_bytes;
+    }
+    // One-by-one writes an index file per call; compare the data alone.
+    let data_bytes = |vault: &Vault| -> u64 {
+        let index = vault.inner.index.read().expect("index");
+        index.entries().map(|(_, e)| e.len).sum()
+    };
+    assert!(
+        data_bytes(&batched) <= data_bytes(&single) + data_bytes(&single) / 20,
+        "batched {} vs one by one {} (of {single_bytes} with index files)",
+        data_bytes(&batched),
+        data_bytes(&single)
+    );
+    drop(batched);
+    let batched = Vault::open_local(batched_dir.path(), Create::Never, WriteOptions::default())
+        .expect("reopen");
+    let index = batched.inner.index.read().expect("index");
+    let deepest = index.entries().map(|(_, e)| e.depth).max().unwrap_or(0);
+    let deltas = index.entries().filter(|(_, e)| e.depth > 0).count();
+    drop(index);
+    assert!(deepest <= MAX_DEPTH && deepest > 1, "depth {deepest}");
+    assert!(deltas as u32 > versions * 9 / 10, "only {deltas} deltas");
+    for v in (0..versions).step_by(97).chain([versions - 1]) {
+        assert_eq!(
+            *batched.read_object(&oid(v)).expect("read").1,
+            contents[&oid(v)]
+        );
+    }
+}
