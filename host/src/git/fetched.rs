@@ -12,6 +12,11 @@ use gix::ObjectId;
 use super::{BaseLookup, Fetch, GitError, ObjectInfo, Remote, from_gix, to_gix, to_kind};
 use crate::ids::{GitOid, ObjectKind, RepoName};
 
+/// Delta bases the workspace keeps decoded while objects are read.
+const PACK_CACHE_BYTES: usize = 24 << 20;
+/// Whole objects kept (trees the walk read are read again by the copy).
+const OBJECT_CACHE_BYTES: usize = 8 << 20;
+
 /// A backup's temporary repository.
 pub struct Workspace {
     repo_name: String,
@@ -81,7 +86,14 @@ impl Workspace {
             source: Box::new(source),
         };
         let mut handle = gix::init_bare(dir.path()).map_err(err)?;
-        handle.object_cache_size_if_unset(16 * 1024 * 1024);
+        // gix's defaults cache up to 96 MiB of delta bases and nothing of
+        // whole objects; a backup reads each object about once, in history
+        // order, so a smaller base cache costs little time and bounds
+        // `serve`'s memory.
+        handle
+            .objects
+            .set_pack_cache(|| Box::new(gix::odb::pack::cache::lru::StaticLinkedList::<64>::new(PACK_CACHE_BYTES)));
+        handle.object_cache_size(OBJECT_CACHE_BYTES);
         Ok(Self {
             repo_name: repo.to_string(),
             dir,

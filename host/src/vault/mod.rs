@@ -30,6 +30,7 @@ pub mod snapshot;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -603,6 +604,8 @@ impl Vault {
         let mut pending = Pending::default();
         let mut batch = Batch::default();
         let mut stats = CopyStats::default();
+        let started = std::time::Instant::now();
+        let (mut reading, mut storing) = (Duration::ZERO, Duration::ZERO);
         for (oid, path) in objects {
             let id = RecordId::from(*oid);
             if batch.index.contains_key(&id)
@@ -612,7 +615,9 @@ impl Vault {
                 stats.present += 1;
                 continue;
             }
+            let read_started = std::time::Instant::now();
             let (kind, data) = read(oid).map_err(PutError::Source)?;
+            reading += read_started.elapsed();
             let path_key = match kind {
                 ObjectKind::Commit => Some(format::path_key(kind, "")),
                 ObjectKind::Tree | ObjectKind::Blob => path.map(|p| format::path_key(kind, p)),
@@ -621,12 +626,23 @@ impl Vault {
             self.prepare(&mut pending, &mut batch, id, kind, path_key, data)?;
             stats.written += 1;
             if batch.is_full() {
+                let store_started = std::time::Instant::now();
                 self.store_batch(&mut pending, std::mem::take(&mut batch))?;
+                storing += store_started.elapsed();
             }
         }
+        let store_started = std::time::Instant::now();
         self.store_batch(&mut pending, batch)?;
         self.finish(&mut pending)?;
+        storing += store_started.elapsed();
         stats.stored_bytes = pending.stored_bytes;
+        tracing::debug!(
+            written = stats.written,
+            read_ms = reading.as_millis() as u64,
+            compress_and_write_ms = storing.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "objects stored"
+        );
         Ok(stats)
     }
 
