@@ -90,9 +90,11 @@ impl Workspace {
         // whole objects; a backup reads each object about once, in history
         // order, so a smaller base cache costs little time and bounds
         // `serve`'s memory.
-        handle
-            .objects
-            .set_pack_cache(|| Box::new(gix::odb::pack::cache::lru::StaticLinkedList::<64>::new(PACK_CACHE_BYTES)));
+        handle.objects.set_pack_cache(|| {
+            Box::new(gix::odb::pack::cache::lru::StaticLinkedList::<64>::new(
+                PACK_CACHE_BYTES,
+            ))
+        });
         handle.object_cache_size(OBJECT_CACHE_BYTES);
         Ok(Self {
             repo_name: repo.to_string(),

@@ -28,6 +28,18 @@ enum Outcome {
     Done(Option<String>),
 }
 
+/// The longest pause between retries of a backup that failed for lack of
+/// space.
+const NO_SPACE_RETRY_MAX_MS: u64 = 60_000;
+
+/// Whether a failed backup ran out of disk space (ENOSPC, as the OS words
+/// it, or the vault's own wording). Plugin calls report errors as text, so
+/// the text is what is matched.
+fn is_no_space(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("no space left") || message.contains("os error 28")
+}
+
 pub struct Worker {
     pub queue: Queue,
     pub plugins: Arc<PluginHost>,
@@ -104,6 +116,21 @@ impl Worker {
                     delivery.last_error = None;
                     drop(_entered);
                     self.queue.complete(claimed).await?;
+                }
+                Err(message) if is_no_space(&message) => {
+                    // Not the delivery's fault: it waits for space however
+                    // long that takes, so a full disk never dead-letters.
+                    delivery.attempts = delivery.attempts.saturating_sub(1);
+                    let delay = Duration::from_millis(
+                        self.config
+                            .retry_base_ms
+                            .saturating_mul(8)
+                            .min(NO_SPACE_RETRY_MAX_MS),
+                    );
+                    warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "backup failed: no space left; will retry without counting an attempt");
+                    delivery.last_error = Some(message);
+                    drop(_entered);
+                    self.queue.retry_later(claimed, delay).await?;
                 }
                 Err(message) if delivery.attempts >= self.config.max_attempts => {
                     error!(error = %message, "backup failed for good; dead-lettered");
