@@ -16,7 +16,9 @@
 //! names the bundles; `HOOKVAULT_BENCH_BRANCHES` the synthetic repository's
 //! branch count (default 10000); `HOOKVAULT_BENCH_PUSHES` pushes per
 //! repository (default 20); `HOOKVAULT_BENCH_LOG=1` prints each service's
-//! log.
+//! log. `HOOKVAULT_BENCH_ONLY=large` runs instead a synthetic repository of
+//! `HOOKVAULT_BENCH_LARGE_MIB` (default 1024) MiB of incompressible files,
+//! for peak memory on a large first backup (at most 3 pushes).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -69,6 +71,52 @@ fn peak_rss_kib(pid: u32) -> u64 {
                 .and_then(|n| n.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// One field of `/proc/PID/status`, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Samples a process's anonymous memory (heap, stacks: what it allocated,
+/// not file pages it mapped) every 5 ms until dropped; `peak()` is the
+/// largest sample. VmHWM counts mapped pack files too, which the kernel
+/// can drop at any time.
+struct AnonSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl AnonSampler {
+    fn start(pid: u32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(status_kib(pid, "RssAnon:"));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn peak_kib(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -175,10 +223,12 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
 
     let service = Service::start(&tmp.path().join("hv"), &server, "");
     let body = branch_push(repo, &default_branch, None, &head);
+    let sampler = service.pid().map(AnonSampler::start);
     let start = Instant::now();
     service.push("bench-initial", &body);
     let outcome = finished(&service, "bench-initial");
     let backup_time = start.elapsed();
+    let peak_anon_kib = sampler.map(AnonSampler::peak_kib).unwrap_or(0);
     assert_eq!(outcome["status"], "done", "{outcome}\n{}", service.log());
     let peak_kib = service.pid().map(peak_rss_kib).unwrap_or(0);
     let data = service.dir.join("data");
@@ -199,8 +249,9 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
         total_bytes as f64 / mirror_bytes as f64
     ));
     lines.push(format!(
-        "peak RSS of serve after the first backup: {:.0} MiB",
-        peak_kib as f64 / 1024.0
+        "peak RSS of serve after the first backup: {:.0} MiB (VmHWM, mapped files included); peak anonymous memory during it: {:.0} MiB (RssAnon, sampled every 5 ms)",
+        peak_kib as f64 / 1024.0,
+        peak_anon_kib as f64 / 1024.0
     ));
 
     // One-commit pushes.
@@ -391,6 +442,69 @@ fn many_branches(n: usize) -> impl FnOnce(&Path) {
     }
 }
 
+/// A repository of about `mib` MiB: every commit adds four 1 MiB files of
+/// incompressible bytes and edits a 200 KB text file, so memory is measured
+/// on objects that neither compress nor delta.
+fn large(mib: usize) -> impl FnOnce(&Path) {
+    move |upstream: &Path| {
+        let mut child = std::process::Command::new("git")
+            .args(["fast-import", "--quiet"])
+            .current_dir(upstream)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("fast-import");
+        let mut input = std::io::BufWriter::new(child.stdin.take().expect("stdin"));
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = |len: usize| -> Vec<u8> {
+            let mut out = Vec::with_capacity(len);
+            while out.len() < len {
+                // xorshift64*
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+            }
+            out.truncate(len);
+            out
+        };
+        let mut text: Vec<String> = (0..4000)
+            .map(|i| format!("line {i} of the notes\n"))
+            .collect();
+        for c in 0..mib.div_ceil(4) {
+            text[(c * 37) % 4000] = format!("line changed in commit {c}\n");
+            let mut commit = format!(
+                "commit refs/heads/main\ncommitter L <l@example.com> {} +0000\ndata 4\nc{:03}\n",
+                1_700_000_000 + c,
+                c % 1000
+            );
+            let notes = text.concat();
+            commit.push_str(&format!(
+                "M 100644 inline notes.txt\ndata {}\n{notes}\n",
+                notes.len()
+            ));
+            std::io::Write::write_all(&mut input, commit.as_bytes()).expect("write");
+            for f in 0..4 {
+                let blob = random(1 << 20);
+                std::io::Write::write_all(
+                    &mut input,
+                    format!(
+                        "M 100644 inline assets/c{c:04}-{f}.bin\ndata {}\n",
+                        blob.len()
+                    )
+                    .as_bytes(),
+                )
+                .expect("write");
+                std::io::Write::write_all(&mut input, &blob).expect("write");
+                std::io::Write::write_all(&mut input, b"\n").expect("write");
+            }
+        }
+        drop(input);
+        assert!(child.wait().expect("wait").success());
+        git(upstream, &["symbolic-ref", "HEAD", "refs/heads/main"]);
+        git(upstream, &["repack", "-adq"]);
+    }
+}
+
 fn main() {
     let pushes: usize = std::env::var("HOOKVAULT_BENCH_PUSHES")
         .ok()
@@ -426,6 +540,18 @@ fn main() {
             "synthetic/branches",
             many_branches(branches),
             pushes,
+        ));
+    }
+    if only.as_deref() == Some("large") {
+        let mib: usize = std::env::var("HOOKVAULT_BENCH_LARGE_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024);
+        rows.push(bench_repo(
+            &format!("{mib} MiB synthetic"),
+            "synthetic/large",
+            large(mib),
+            pushes.min(3),
         ));
     }
     for row in rows {
