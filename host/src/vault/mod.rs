@@ -43,8 +43,10 @@ pub use snapshot::{CopyStats, RefTable, RefUpdate, Snapshot, SnapshotBody};
 
 /// Data files are closed when they pass this size.
 const DATA_FILE_TARGET: usize = 32 << 20;
-/// Decoded contents kept for delta bases and repeated reads.
-const DECODED_CACHE_BYTES: usize = 64 << 20;
+/// Decoded contents kept for delta bases and repeated reads. Bases are
+/// mostly the version just written; 16 MiB rather than 64 halved `serve`'s
+/// peak memory on the corpus at no measurable cost in time.
+const DECODED_CACHE_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
