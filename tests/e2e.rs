@@ -608,3 +608,52 @@ fn read_commands_work_while_serve_runs_and_never_create_a_store() {
     assert!(!Path::new(never).exists());
     service.stop();
 }
+
+/// What a killed process leaves (a half-written vault file, a backup's
+/// fetch workspace) is removed when `serve` starts again, and the next
+/// backup works.
+#[test]
+fn leftovers_of_a_killed_process_are_removed_at_start() {
+    let OneCommitRepo {
+        tmp,
+        server,
+        work,
+        head,
+        ..
+    } = one_commit_repo(REPO);
+    let dir = tmp.path().join("hv");
+    let service = Service::start(&dir, &server, "");
+    service.push("left-1", &branch_push(REPO, "main", None, &head));
+    assert_eq!(service.outcome("left-1")["status"], "done");
+    let config = service.config.clone();
+    drop(service); // SIGKILL
+
+    let data = dir.join("data");
+    let stale_tmp = data.join("vault/data/00/half-written.tmp");
+    std::fs::create_dir_all(stale_tmp.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&stale_tmp, b"half").expect("write");
+    let stale_workspace = data.join("fetch/acme-eng.billing-service.x1.git/objects/pack");
+    std::fs::create_dir_all(&stale_workspace).expect("mkdir");
+    std::fs::write(stale_workspace.join("tmp_pack_x"), b"half").expect("write");
+
+    let service = Service::launch(&dir, config);
+    assert!(!stale_tmp.exists(), "{}", service.log());
+    assert!(
+        std::fs::read_dir(data.join("fetch"))
+            .expect("fetch dir")
+            .next()
+            .is_none(),
+        "{}",
+        service.log()
+    );
+    let next = work.commit("NEXT.md", "next\n", "Next");
+    work.git(&["push", "-q", "origin", "main"]);
+    service.push("left-2", &branch_push(REPO, "main", Some(&head), &next));
+    assert_eq!(
+        service.outcome("left-2")["status"],
+        "done",
+        "{}",
+        service.log()
+    );
+    service.stop();
+}

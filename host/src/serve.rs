@@ -132,6 +132,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tracing::warn!(error = %e, "could not remove fetch workspaces an interrupted backup left")
         }
     }
+    if config.store.url.is_none() {
+        // Likewise a `.tmp` in the vault is a killed writer's (listings
+        // skip them; this gives the space back).
+        let vault_dir = config.store.path.join("vault");
+        match crate::vault::backend::LocalBackend::open(&vault_dir).remove_stale_temporaries() {
+            Ok(0) => {}
+            Ok(removed) => info!(
+                removed,
+                "removed temporary vault files an interrupted write left"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove temporary vault files an interrupted write left")
+            }
+        }
+    }
     let store = tokio::task::block_in_place(|| open_vault(&config, Create::IfMissing))?;
     info!(vault = %store.location(), "vault open");
     let deps = Arc::new(backup_deps(&config, store.clone())?);
