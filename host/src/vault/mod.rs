@@ -197,8 +197,6 @@ struct Pending {
 #[derive(Default)]
 struct Batch {
     jobs: Vec<Job>,
-    /// Record id → position in `jobs`.
-    index: HashMap<RecordId, usize>,
     /// Raw bytes in `jobs`.
     bytes: usize,
 }
@@ -213,48 +211,46 @@ impl Batch {
     }
 }
 
-/// The depth of a delta base: known when it is stored, or the position of
-/// a record earlier in the same batch (whose depth is known once that one
-/// is compressed and kept whole or as a delta).
-#[derive(Clone, Copy)]
-enum BaseDepth {
-    Stored(u8),
-    InBatch(usize),
-}
+/// Records prepared but not yet appended (the batch being filled and the
+/// one being compressed), by id: content and depth bound, for choosing
+/// later records' bases.
+type InFlight = HashMap<RecordId, Bounded>;
 
-/// A delta base's content and depth.
-type DeltaBase = (Arc<Vec<u8>>, BaseDepth);
+/// A record's content and a bound on its depth.
+type Bounded = (Arc<Vec<u8>>, u8);
+
+/// A batch and its frames, in order.
+type Compressed = (Batch, Result<Vec<Frame>, VaultError>);
 
 struct Job {
     id: RecordId,
     kind: ObjectKind,
     placed: Option<(u64, u32)>,
     data: Arc<Vec<u8>>,
-    base: Option<DeltaBase>,
+    /// The delta base's content and id. Its depth is looked up when this
+    /// record is appended: the base is appended before it.
+    base: Option<(Arc<Vec<u8>>, RecordId)>,
+    /// The depth this record will have at most (as a delta on its base).
+    /// Chains are capped with this bound, so they never pass `MAX_DEPTH`
+    /// (a base kept whole only makes the chain shallower).
+    bound: u8,
 }
 
-impl Job {
-    /// The depth this record will have at most: that of a delta on its
-    /// base. Chains are capped with this bound, so they never pass
-    /// `MAX_DEPTH` (a record kept whole only makes later ones shallower).
-    fn depth_bound(&self, batch: &Batch) -> u8 {
-        match &self.base {
-            None => 0,
-            Some((_, BaseDepth::Stored(d))) => d + 1,
-            Some((_, BaseDepth::InBatch(at))) => batch
-                .jobs
-                .get(*at)
-                .map_or(MAX_DEPTH, |base| base.depth_bound(batch))
-                .saturating_add(1),
-        }
-    }
+/// A compressed record and whether it is a delta.
+type Frame = (Vec<u8>, bool);
+
+/// The outcome of a batch compressed on another thread.
+fn joined(handle: std::thread::ScopedJoinHandle<'_, Compressed>) -> Result<Compressed, VaultError> {
+    handle
+        .join()
+        .map_err(|_| VaultError::Encode(FormatError("a compression thread panicked".into())))
 }
 
 /// Compress each job: a delta on its base unless the whole frame is
 /// smaller (a delta under an eighth of the content is kept without trying
 /// the whole frame, which would not be smaller in practice: half the work
 /// of a first backup). Returns (frame, is a delta) per job, in order.
-fn compress_jobs(jobs: &[Job], level: i32) -> Result<Vec<(Vec<u8>, bool)>, VaultError> {
+fn compress_jobs(jobs: &[Job], level: i32) -> Result<Vec<Frame>, VaultError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     fn one<'a>(
         compressor: &mut format::Compressor<'a>,
@@ -597,51 +593,80 @@ impl Vault {
     /// as a delta against an earlier version of its path when that is
     /// smaller. Follows the write order in the module docs: when this
     /// returns, every object is in a data file and an index file.
+    ///
+    /// Records go in batches: bases are chosen in order as objects are
+    /// read, and a full batch is compressed on other threads while the next
+    /// one is read, then appended in order.
     pub fn put_objects<E>(
         &self,
         objects: &[(GitOid, Option<&str>)],
         mut read: impl FnMut(&GitOid) -> Result<(ObjectKind, Vec<u8>), E>,
     ) -> Result<CopyStats, PutError<E>> {
         let _writer = lock(&self.inner.writer)?;
+        let level = self.inner.options.zstd_level;
         let mut pending = Pending::default();
-        let mut batch = Batch::default();
         let mut stats = CopyStats::default();
         let started = std::time::Instant::now();
-        let (mut reading, mut storing) = (Duration::ZERO, Duration::ZERO);
-        for (oid, path) in objects {
-            let id = RecordId::from(*oid);
-            if batch.index.contains_key(&id)
-                || pending.entries.contains_key(&id)
-                || self.has(oid)?
-            {
-                stats.present += 1;
-                continue;
+        let (mut reading, mut waiting) = (Duration::ZERO, Duration::ZERO);
+        std::thread::scope(|scope| -> Result<(), PutError<E>> {
+            let mut batch = Batch::default();
+            let mut in_flight = InFlight::new();
+            let mut compressing = None;
+            for (oid, path) in objects {
+                let id = RecordId::from(*oid);
+                if in_flight.contains_key(&id)
+                    || pending.entries.contains_key(&id)
+                    || self.has(oid)?
+                {
+                    stats.present += 1;
+                    continue;
+                }
+                let read_started = std::time::Instant::now();
+                let (kind, data) = read(oid).map_err(PutError::Source)?;
+                reading += read_started.elapsed();
+                let path_key = match kind {
+                    ObjectKind::Commit => Some(format::path_key(kind, "")),
+                    ObjectKind::Tree | ObjectKind::Blob => path.map(|p| format::path_key(kind, p)),
+                    _ => None,
+                };
+                self.prepare(
+                    &mut pending,
+                    &mut batch,
+                    &mut in_flight,
+                    id,
+                    kind,
+                    path_key,
+                    data,
+                )?;
+                stats.written += 1;
+                if batch.is_full() {
+                    let wait_started = std::time::Instant::now();
+                    if let Some(previous) = compressing.take() {
+                        self.append_batch(&mut pending, &mut in_flight, joined(previous)?)?;
+                    }
+                    waiting += wait_started.elapsed();
+                    let full = std::mem::take(&mut batch);
+                    compressing = Some(scope.spawn(move || {
+                        let frames = compress_jobs(&full.jobs, level);
+                        (full, frames)
+                    }));
+                }
             }
-            let read_started = std::time::Instant::now();
-            let (kind, data) = read(oid).map_err(PutError::Source)?;
-            reading += read_started.elapsed();
-            let path_key = match kind {
-                ObjectKind::Commit => Some(format::path_key(kind, "")),
-                ObjectKind::Tree | ObjectKind::Blob => path.map(|p| format::path_key(kind, p)),
-                _ => None,
-            };
-            self.prepare(&mut pending, &mut batch, id, kind, path_key, data)?;
-            stats.written += 1;
-            if batch.is_full() {
-                let store_started = std::time::Instant::now();
-                self.store_batch(&mut pending, std::mem::take(&mut batch))?;
-                storing += store_started.elapsed();
+            let wait_started = std::time::Instant::now();
+            if let Some(previous) = compressing.take() {
+                self.append_batch(&mut pending, &mut in_flight, joined(previous)?)?;
             }
-        }
-        let store_started = std::time::Instant::now();
-        self.store_batch(&mut pending, batch)?;
+            let frames = compress_jobs(&batch.jobs, level);
+            self.append_batch(&mut pending, &mut in_flight, (batch, frames))?;
+            waiting += wait_started.elapsed();
+            Ok(())
+        })?;
         self.finish(&mut pending)?;
-        storing += store_started.elapsed();
         stats.stored_bytes = pending.stored_bytes;
         tracing::debug!(
             written = stats.written,
             read_ms = reading.as_millis() as u64,
-            compress_and_write_ms = storing.as_millis() as u64,
+            compress_wait_ms = waiting.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             "objects stored"
         );
@@ -662,18 +687,30 @@ impl Vault {
         if !known {
             let path_key = path.map(|p| format::path_key(kind, p));
             let mut batch = Batch::default();
-            self.prepare(pending, &mut batch, id, kind, path_key, content)?;
-            self.store_batch(pending, batch)?;
+            let mut in_flight = InFlight::new();
+            self.prepare(
+                pending,
+                &mut batch,
+                &mut in_flight,
+                id,
+                kind,
+                path_key,
+                content,
+            )?;
+            let frames = compress_jobs(&batch.jobs, self.inner.options.zstd_level);
+            self.append_batch(pending, &mut in_flight, (batch, frames))?;
         }
         Ok(id)
     }
 
     /// Give a record its path version and choose its delta base (by the
     /// skip-delta rule), then queue it in `batch` to be compressed.
+    #[allow(clippy::too_many_arguments)]
     fn prepare(
         &self,
         pending: &mut Pending,
         batch: &mut Batch,
+        in_flight: &mut InFlight,
         id: RecordId,
         kind: ObjectKind,
         path_key: Option<u64>,
@@ -681,6 +718,7 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let mut placed = None;
         let mut base = None;
+        let mut bound = 0;
         if let Some(key) = path_key {
             let version = match pending.next_version.get(&key) {
                 Some(v) => *v,
@@ -689,40 +727,40 @@ impl Vault {
             placed = Some((key, version));
             if let Some(base_version) = format::skip_delta_base(version)
                 && let Some(base_id) = self.version_id(Some(pending), key, base_version)?
+                && let Some((content, base_bound)) =
+                    self.delta_base(pending, in_flight, &base_id)?
             {
-                base = self.delta_base(pending, batch, &base_id)?;
+                base = Some((content, base_id));
+                bound = base_bound + 1;
             }
             pending.versions.insert((key, version), id);
             pending.next_version.insert(key, version + 1);
         }
+        let data = Arc::new(data);
         batch.bytes += data.len();
-        batch.index.insert(id, batch.jobs.len());
+        in_flight.insert(id, (data.clone(), bound));
         batch.jobs.push(Job {
             id,
             kind,
             placed,
-            data: Arc::new(data),
+            data,
             base,
+            bound,
         });
         Ok(())
     }
 
-    /// The content of a delta base and its depth (a bound while it is in
-    /// this batch), unless its chain is already as deep as allowed or it
-    /// is too large to serve as a base.
+    /// The content of a delta base and (a bound on) its depth, unless its
+    /// chain is already as deep as allowed or it is too large to serve as a
+    /// base.
     fn delta_base(
         &self,
         pending: &Pending,
-        batch: &Batch,
+        in_flight: &InFlight,
         base_id: &RecordId,
-    ) -> Result<Option<DeltaBase>, VaultError> {
-        let (content, depth, at) = if let Some(&at) = batch.index.get(base_id) {
-            let job = &batch.jobs[at];
-            (
-                job.data.clone(),
-                job.depth_bound(batch),
-                BaseDepth::InBatch(at),
-            )
+    ) -> Result<Option<Bounded>, VaultError> {
+        let (content, depth) = if let Some((content, bound)) = in_flight.get(base_id) {
+            (content.clone(), *bound)
         } else {
             let Some((_, entry)) = self.entry(Some(pending), base_id)? else {
                 return Ok(None);
@@ -730,30 +768,34 @@ impl Vault {
             if entry.depth >= MAX_DEPTH {
                 return Ok(None);
             }
-            let (_, content) = self.load(Some(pending), base_id)?;
-            (content, entry.depth, BaseDepth::Stored(entry.depth))
+            (self.load(Some(pending), base_id)?.1, entry.depth)
         };
-        Ok((depth < MAX_DEPTH && content.len() <= MAX_DELTA_BASE).then_some((content, at)))
+        Ok((depth < MAX_DEPTH && content.len() <= MAX_DELTA_BASE).then_some((content, depth)))
     }
 
-    /// Compress a batch (on every core: each record's base is already
-    /// chosen, so records are independent) and append it, in order, to the
-    /// pending data file.
-    fn store_batch(&self, pending: &mut Pending, batch: Batch) -> Result<(), VaultError> {
-        if batch.jobs.is_empty() {
-            return Ok(());
-        }
-        let frames = compress_jobs(&batch.jobs, self.inner.options.zstd_level)?;
-        let mut depths: Vec<u8> = Vec::with_capacity(batch.jobs.len());
-        for (job, (frame, delta)) in batch.jobs.into_iter().zip(frames) {
+    /// Append a compressed batch, in order, to the pending data file. A
+    /// record's base was appended before it, so its depth is known here.
+    fn append_batch(
+        &self,
+        pending: &mut Pending,
+        in_flight: &mut InFlight,
+        (batch, frames): Compressed,
+    ) -> Result<(), VaultError> {
+        for (job, (frame, delta)) in batch.jobs.into_iter().zip(frames?) {
             let depth = match (&job.base, delta) {
-                (Some((_, BaseDepth::Stored(d))), true) => d + 1,
-                (Some((_, BaseDepth::InBatch(at))), true) => {
-                    depths.get(*at).copied().unwrap_or(0) + 1
+                (Some((_, base_id)), true) => {
+                    let (_, base) = self.entry(Some(pending), base_id)?.ok_or_else(|| {
+                        VaultError::Encode(FormatError(format!(
+                            "record {} was compressed against {}, which was not written first",
+                            job.id, base_id
+                        )))
+                    })?;
+                    base.depth + 1
                 }
                 _ => 0,
             };
-            depths.push(depth);
+            debug_assert!(depth <= job.bound);
+            in_flight.remove(&job.id);
             self.append(pending, job, frame, depth)?;
             if pending.buf.len() >= DATA_FILE_TARGET {
                 self.close_data_file(pending)?;
