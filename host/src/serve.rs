@@ -118,34 +118,33 @@ pub fn backup_deps(config: &Config, store: Vault) -> Result<BackupDeps, ConfigEr
     })
 }
 
+/// Log what a start-up cleanup removed, or why it could not.
+fn report_cleanup(what: &str, removed: Result<usize, String>) {
+    match removed {
+        Ok(0) => {}
+        Ok(removed) => info!(removed, "removed {what} an interrupted process left"),
+        Err(error) => tracing::warn!(%error, "could not remove {what} an interrupted process left"),
+    }
+}
+
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let queue = Queue::open_dir(&config.store.path.join("queue"))?;
     // The queue's lock makes this the only `serve` of the store, so no
-    // backup is running: any workspace left is a killed backup's.
-    match crate::git::remove_leftovers(&work_dir(&config)) {
-        Ok(0) => {}
-        Ok(removed) => info!(
-            removed,
-            "removed fetch workspaces an interrupted backup left"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not remove fetch workspaces an interrupted backup left")
-        }
-    }
+    // backup or vault write is running: any fetch workspace or `.tmp` vault
+    // file is a killed process's (listings skip them; this frees the space).
+    report_cleanup(
+        "fetch workspaces",
+        crate::git::remove_leftovers(&work_dir(&config)).map_err(|e| e.to_string()),
+    );
     if config.store.url.is_none() {
-        // Likewise a `.tmp` in the vault is a killed writer's (listings
-        // skip them; this gives the space back).
-        let vault_dir = config.store.path.join("vault");
-        match crate::vault::backend::LocalBackend::open(&vault_dir).remove_stale_temporaries() {
-            Ok(0) => {}
-            Ok(removed) => info!(
-                removed,
-                "removed temporary vault files an interrupted write left"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not remove temporary vault files an interrupted write left")
-            }
-        }
+        let vault = crate::vault::backend::LocalBackend::open(&config.store.path.join("vault"));
+        report_cleanup(
+            "temporary vault files",
+            vault
+                .remove_stale_temporaries()
+                .map(|n| n as usize)
+                .map_err(|e| e.to_string()),
+        );
     }
     let store = tokio::task::block_in_place(|| open_vault(&config, Create::IfMissing))?;
     info!(vault = %store.location(), "vault open");

@@ -129,6 +129,17 @@ impl Workspace {
         }
     }
 
+    /// The object a tag points at.
+    fn tag_target(&self, tag: ObjectId) -> Result<ObjectId, GitError> {
+        Ok(self
+            .repo
+            .find_tag(tag)
+            .map_err(|e| self.walk_err(e))?
+            .target_id()
+            .map_err(|e| self.walk_err(e))?
+            .detach())
+    }
+
     /// Every object reachable from `tips` that is neither reachable from
     /// `known` (the previous snapshot's tips; ids the workspace lacks
     /// are ignored) nor already held (`have`, asked of the vault), each listed
@@ -163,14 +174,7 @@ impl Workspace {
             // Peel known tags down to their commit.
             while let Some(header) = repo.try_find_header(id).map_err(|e| self.walk_err(e))? {
                 match header.kind() {
-                    Kind::Tag => {
-                        id = repo
-                            .find_tag(id)
-                            .map_err(|e| self.walk_err(e))?
-                            .target_id()
-                            .map_err(|e| self.walk_err(e))?
-                            .detach();
-                    }
+                    Kind::Tag => id = self.tag_target(id)?,
                     Kind::Commit => {
                         hidden_commits.push(id);
                         break;
@@ -198,12 +202,7 @@ impl Workspace {
                             size: header.size(),
                             path: None,
                         });
-                        id = repo
-                            .find_tag(id)
-                            .map_err(|e| self.walk_err(e))?
-                            .target_id()
-                            .map_err(|e| self.walk_err(e))?
-                            .detach();
+                        id = self.tag_target(id)?;
                     }
                     Kind::Commit => {
                         commit_tips.push(id);
