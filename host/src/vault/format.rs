@@ -61,15 +61,20 @@ pub fn record_id(kind: ObjectKind, content: &[u8]) -> RecordId {
     RecordId(id)
 }
 
-/// The check of a record: BLAKE3-128 of its id and canonical encoding.
-pub fn check(id: &RecordId, kind: ObjectKind, content: &[u8]) -> [u8; 16] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&id.0);
-    hasher.update(canonical_header(kind, content.len()).as_bytes());
-    hasher.update(content);
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-    out
+/// Whether `content` of `kind` is the record `id` names: a git object's id
+/// is git's SHA-1 of its canonical encoding, any other record's the BLAKE3
+/// of it, so every record is checked against its own id and no separate
+/// check is stored.
+pub fn matches_id(id: &RecordId, kind: ObjectKind, content: &[u8]) -> bool {
+    let git_kind = match kind {
+        ObjectKind::Commit => gix::object::Kind::Commit,
+        ObjectKind::Tree => gix::object::Kind::Tree,
+        ObjectKind::Blob => gix::object::Kind::Blob,
+        ObjectKind::Tag => gix::object::Kind::Tag,
+        ObjectKind::Document | ObjectKind::Refs => return record_id(kind, content) == *id,
+    };
+    gix::objs::compute_hash(gix::hash::Kind::Sha1, git_kind, content)
+        .is_ok_and(|computed| computed.as_bytes() == id.0.as_slice())
 }
 
 /// The path key of `path` for records of `kind` (FORMAT.md, Terms).
@@ -99,7 +104,6 @@ pub fn skip_delta_base(v: u32) -> Option<u32> {
 pub struct RecordHeader {
     pub kind: ObjectKind,
     pub delta: bool,
-    pub check: [u8; 16],
     pub raw_size: u64,
     pub frame_len: u64,
 }
@@ -108,14 +112,13 @@ impl RecordHeader {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(self.kind.code());
         out.push(if self.delta { FLAG_DELTA } else { 0 });
-        out.extend_from_slice(&self.check);
         push_varint(out, self.raw_size);
         push_varint(out, self.frame_len);
     }
 
     /// Parse a header at the start of `bytes`; returns it and its length.
     pub fn decode(bytes: &[u8]) -> Result<(Self, usize), FormatError> {
-        if bytes.len() < 18 {
+        if bytes.len() < 4 {
             return Err(bad("record header is truncated"));
         }
         let kind = ObjectKind::from_code(bytes[0])
@@ -123,16 +126,13 @@ impl RecordHeader {
         if bytes[1] & !FLAG_DELTA != 0 {
             return Err(bad(format!("unknown record flags {:#04x}", bytes[1])));
         }
-        let mut check = [0u8; 16];
-        check.copy_from_slice(&bytes[2..18]);
-        let mut at = 18;
+        let mut at = 2;
         let raw_size = read_varint(bytes, &mut at)?;
         let frame_len = read_varint(bytes, &mut at)?;
         Ok((
             Self {
                 kind,
                 delta: bytes[1] & FLAG_DELTA != 0,
-                check,
                 raw_size,
                 frame_len,
             },
@@ -362,7 +362,6 @@ mod tests {
         let header = RecordHeader {
             kind: ObjectKind::Tree,
             delta: true,
-            check: [7; 16],
             raw_size: 300,
             frame_len: 1 << 40,
         };
@@ -385,13 +384,21 @@ mod tests {
     }
 
     #[test]
-    fn checks_bind_the_id() {
-        let a = RecordId([1; 20]);
-        let b = RecordId([2; 20]);
-        assert_ne!(
-            check(&a, ObjectKind::Blob, b"x"),
-            check(&b, ObjectKind::Blob, b"x")
+    fn records_are_checked_against_their_ids() {
+        // `git hash-object` of "hello\n" as a blob.
+        let hello = RecordId(
+            hex::decode("ce013625030ba8dba906f756967f9e9ca394464a")
+                .expect("hex")
+                .try_into()
+                .expect("20 bytes"),
         );
+        assert!(matches_id(&hello, ObjectKind::Blob, b"hello\n"));
+        assert!(!matches_id(&hello, ObjectKind::Blob, b"hello!"));
+        assert!(!matches_id(&hello, ObjectKind::Tree, b"hello\n"));
+        let doc = record_id(ObjectKind::Document, b"{}");
+        assert!(matches_id(&doc, ObjectKind::Document, b"{}"));
+        assert!(!matches_id(&doc, ObjectKind::Refs, b"{}"));
+        assert!(!matches_id(&doc, ObjectKind::Document, b"{ }"));
         assert_ne!(
             path_key(ObjectKind::Blob, "a"),
             path_key(ObjectKind::Tree, "a")

@@ -826,7 +826,6 @@ impl Vault {
         RecordHeader {
             kind,
             delta: depth > 0,
-            check: format::check(&id, kind, &data),
             raw_size: data.len() as u64,
             frame_len: frame.len() as u64,
         }
@@ -997,8 +996,8 @@ impl Vault {
         let content =
             format::decompress(frame, base.as_deref().map(Vec::as_slice), header.raw_size)
                 .map_err(|e| self.damaged(id, &entry, e.0))?;
-        if format::check(id, header.kind, &content) != header.check {
-            return Err(self.damaged(id, &entry, "content does not match its check"));
+        if !format::matches_id(id, header.kind, &content) {
+            return Err(self.damaged(id, &entry, "content does not match its id"));
         }
         let content = Arc::new(content);
         lock(&self.inner.decoded)?.insert(*id, content.clone());

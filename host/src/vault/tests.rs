@@ -6,6 +6,17 @@ fn oid(n: u32) -> GitOid {
     GitOid(b)
 }
 
+/// The git id of `content` as an object of `kind`: reads check records
+/// against their ids, so test objects need real ones.
+fn git_id(kind: gix::object::Kind, content: &[u8]) -> GitOid {
+    let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, kind, content).expect("hash");
+    GitOid(id.as_bytes().try_into().expect("20 bytes"))
+}
+
+fn blob_id(content: &[u8]) -> GitOid {
+    git_id(gix::object::Kind::Blob, content)
+}
+
 fn open(dir: &Path) -> Vault {
     Vault::open_local(dir, Create::IfMissing, WriteOptions::default()).expect("open")
 }
@@ -27,8 +38,11 @@ fn version_text(lines: usize, changed: usize) -> Vec<u8> {
 #[test]
 fn deltas_along_a_path_read_back_after_reopen_and_stay_shallow() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let ids: Vec<GitOid> = (0..300u32)
+        .map(|v| blob_id(&version_text(2000, v as usize)))
+        .collect();
     let contents: HashMap<GitOid, Vec<u8>> = (0..300u32)
-        .map(|v| (oid(v), version_text(2000, v as usize)))
+        .map(|v| (ids[v as usize], version_text(2000, v as usize)))
         .collect();
     let whole_size: usize = contents
         .values()
@@ -42,7 +56,7 @@ fn deltas_along_a_path_read_back_after_reopen_and_stay_shallow() {
     let mut stored = 0;
     for v in 0..300u32 {
         let stats = vault
-            .put_objects(&[(oid(v), Some("src/main.rs"))], read)
+            .put_objects(&[(ids[v as usize], Some("src/main.rs"))], read)
             .expect("put");
         assert_eq!(stats.written, 1);
         stored += stats.stored_bytes;
@@ -52,7 +66,7 @@ fn deltas_along_a_path_read_back_after_reopen_and_stay_shallow() {
         "deltas should be far smaller: {stored} vs {whole_size}"
     );
     let again = vault
-        .put_objects(&[(oid(7), Some("src/main.rs"))], read)
+        .put_objects(&[(ids[7], Some("src/main.rs"))], read)
         .expect("put");
     assert_eq!((again.written, again.present), (0, 1));
     drop(vault);
@@ -64,12 +78,12 @@ fn deltas_along_a_path_read_back_after_reopen_and_stay_shallow() {
     drop(index);
     for v in [0u32, 1, 15, 16, 255, 299] {
         assert_eq!(
-            *vault.read_object(&oid(v)).expect("read").1,
-            contents[&oid(v)]
+            *vault.read_object(&ids[v as usize]).expect("read").1,
+            contents[&ids[v as usize]]
         );
     }
     assert_eq!(
-        vault.missing(&[oid(1), oid(9999)]).expect("missing"),
+        vault.missing(&[ids[1], oid(9999)]).expect("missing"),
         vec![oid(9999)]
     );
 }
@@ -78,11 +92,16 @@ fn deltas_along_a_path_read_back_after_reopen_and_stay_shallow() {
 fn a_flipped_byte_is_reported_as_damage_naming_the_record_and_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vault = open(dir.path());
+    let id = blob_id(&version_text(100, 1));
     vault
-        .put_objects(&[(oid(1), Some("a"))], |_| {
+        .put_objects(&[(id, Some("a"))], |_| {
             Ok::<_, std::io::Error>((ObjectKind::Blob, version_text(100, 1)))
         })
         .expect("put");
+    assert_eq!(
+        *vault.read_object(&id).expect("intact").1,
+        version_text(100, 1)
+    );
     drop(vault);
     let data = LocalBackend::open(dir.path())
         .list(FileType::Data)
@@ -93,11 +112,11 @@ fn a_flipped_byte_is_reported_as_damage_naming_the_record_and_file() {
     bytes[last] ^= 0x40;
     std::fs::write(&path, bytes).expect("write");
     let vault = open(dir.path());
-    let err = vault.read_object(&oid(1)).expect_err("damaged");
+    let err = vault.read_object(&id).expect_err("damaged");
     let text = err.to_string();
     assert!(matches!(err, VaultError::Damaged { .. }), "{text}");
     assert!(
-        text.contains(&oid(1).to_hex()) && text.contains(data[0].0.as_str()),
+        text.contains(&id.to_hex()) && text.contains(data[0].0.as_str()),
         "{text}"
     );
 }
@@ -264,12 +283,13 @@ fn the_file_cache_is_used_checked_and_rebuilt() {
         .expect("open")
     };
     let vault = open();
+    let commit = git_id(gix::object::Kind::Commit, b"tree x\n");
     vault
-        .put_objects(&[(oid(1), None)], |_| {
+        .put_objects(&[(commit, None)], |_| {
             Ok::<_, std::io::Error>((ObjectKind::Commit, b"tree x\n".to_vec()))
         })
         .expect("put");
-    let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), oid(1))].into();
+    let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), commit)].into();
     let snapshot = vault
         .commit_snapshot(NewSnapshot {
             repository: repo.clone(),
@@ -307,7 +327,7 @@ fn the_file_cache_is_used_checked_and_rebuilt() {
     assert_eq!(vault.cached_files(), Some(3));
     assert_eq!(vault.snapshots(&repo).expect("list").len(), 1);
     assert_eq!(
-        vault.read_object(&oid(1)).expect("read").1.as_slice(),
+        vault.read_object(&commit).expect("read").1.as_slice(),
         b"tree x\n"
     );
 }
@@ -319,14 +339,23 @@ fn the_file_cache_is_used_checked_and_rebuilt() {
 #[test]
 fn one_call_with_a_whole_history_compresses_in_batches_as_well_as_one_by_one() {
     let versions = 2500u32;
+    // Each version a line longer, with one line changed: all distinct.
+    let ids: Vec<GitOid> = (0..versions)
+        .map(|v| blob_id(&version_text(150 + v as usize, v as usize % 150)))
+        .collect();
     let contents: HashMap<GitOid, Vec<u8>> = (0..versions)
-        .map(|v| (oid(v), version_text(150, v as usize % 150)))
+        .map(|v| {
+            (
+                ids[v as usize],
+                version_text(150 + v as usize, v as usize % 150),
+            )
+        })
         .collect();
     let read = |o: &GitOid| -> Result<(ObjectKind, Vec<u8>), std::io::Error> {
         Ok((ObjectKind::Blob, contents[o].clone()))
     };
     let all: Vec<(GitOid, Option<&str>)> = (0..versions)
-        .map(|v| (oid(v), Some("src/lib.rs")))
+        .map(|v| (ids[v as usize], Some("src/lib.rs")))
         .collect();
 
     let batched_dir = tempfile::tempdir().expect("tempdir");
@@ -365,8 +394,8 @@ fn one_call_with_a_whole_history_compresses_in_batches_as_well_as_one_by_one() {
     assert!(deltas as u32 > versions * 9 / 10, "only {deltas} deltas");
     for v in (0..versions).step_by(97).chain([versions - 1]) {
         assert_eq!(
-            *batched.read_object(&oid(v)).expect("read").1,
-            contents[&oid(v)]
+            *batched.read_object(&ids[v as usize]).expect("read").1,
+            contents[&ids[v as usize]]
         );
     }
 }
