@@ -33,31 +33,8 @@ const DELIVERY_DEADLINE: Duration = Duration::from_secs(180);
 
 /// The config of `Service::start`, with enough attempts that deliveries
 /// interrupted by kills still complete.
-fn config_text(dir: &Path, git: &GitServer) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-max_body_bytes = 262144
-admin_token = "{ADMIN}"
-
-[store]
-path = "{store}"
-
-[worker]
-max_attempts = 20
-retry_base_ms = 50
-
-[[sources]]
-name = "cloud"
-kind = "cloud"
-secrets = ["{SECRET}"]
-git_url = "http://{addr}/{{repo}}.git"
-credentials = {{ kind = "access-token", token = "{TOKEN}" }}
-"#,
-        store = dir.join("data").display(),
-        addr = git.addr,
-    )
+fn crash_config(dir: &Path, git: &GitServer) -> String {
+    config_text(&dir.join("data"), git, 20, 50, "")
 }
 
 /// A deterministic xorshift64 sequence.
@@ -274,7 +251,7 @@ struct Experiment {
 
 impl Experiment {
     fn start(dir: &Path, git: &GitServer) -> Self {
-        let service = Service::start_config(dir, &config_text(dir, git));
+        let service = Service::start_config(dir, &crash_config(dir, git));
         Self {
             dir: dir.to_path_buf(),
             config: service.config.clone(),

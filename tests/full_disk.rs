@@ -171,32 +171,7 @@ fn full_disk_answers_503_keeps_snapshots_readable_and_recovers_without_restart()
 
     // Two attempts only: a backup failing for lack of space must not use
     // them up (it is retried, uncounted, until space returns).
-    let service = Service::start_config(
-        &hv,
-        &format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_token = "{ADMIN}"
-
-[store]
-path = "{store}"
-
-[worker]
-max_attempts = 2
-retry_base_ms = 100
-
-[[sources]]
-name = "cloud"
-kind = "cloud"
-secrets = ["{SECRET}"]
-git_url = "http://{addr}/{{repo}}.git"
-credentials = {{ kind = "access-token", token = "{TOKEN}" }}
-"#,
-            store = store.display(),
-            addr = server.addr,
-        ),
-    );
+    let service = Service::start_config(&hv, &config_text(&store, &server, 2, 100, ""));
     let pid = service.pid().expect("pid");
     service.push("d-before", &branch_push(REPO, "main", None, &head1));
     let first = service.outcome("d-before");

@@ -334,6 +334,42 @@ pub fn cloud_push(repo: &str, changes: &[Change<'_>]) -> Vec<u8> {
 }
 
 /// A running `hookvault serve`.
+/// The tests' service config: loopback, the test tokens and secrets, the
+/// store at `store`, one Cloud source on `git`, `extra` appended.
+pub fn config_text(
+    store: &Path,
+    git: &GitServer,
+    max_attempts: u32,
+    retry_base_ms: u64,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 262144
+admin_token = "{ADMIN}"
+
+[store]
+path = "{store}"
+
+[worker]
+max_attempts = {max_attempts}
+retry_base_ms = {retry_base_ms}
+
+[[sources]]
+name = "cloud"
+kind = "cloud"
+secrets = ["old-secret-being-rotated", "{SECRET}"]
+git_url = "http://{addr}/{{repo}}.git"
+credentials = {{ kind = "access-token", token = "{TOKEN}" }}
+{extra}
+"#,
+        store = store.display(),
+        addr = git.addr,
+    )
+}
+
 pub struct Service {
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -345,35 +381,8 @@ pub struct Service {
 impl Service {
     /// Write a config (with `extra` appended) and start the service.
     pub fn start(dir: &Path, git: &GitServer, extra: &str) -> Self {
-        std::fs::create_dir_all(dir).expect("mkdir");
-        let config = dir.join("hookvault.toml");
-        let text = format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-max_body_bytes = 262144
-admin_token = "{ADMIN}"
-
-[store]
-path = "{store}"
-
-[worker]
-max_attempts = 2
-retry_base_ms = 50
-
-[[sources]]
-name = "cloud"
-kind = "cloud"
-secrets = ["old-secret-being-rotated", "{SECRET}"]
-git_url = "http://{addr}/{{repo}}.git"
-credentials = {{ kind = "access-token", token = "{TOKEN}" }}
-{extra}
-"#,
-            store = dir.join("data").display(),
-            addr = git.addr,
-        );
-        std::fs::write(&config, text).expect("config");
-        Self::launch(dir, config)
+        let text = config_text(&dir.join("data"), git, 2, 50, extra);
+        Self::start_config(dir, &text)
     }
 
     /// Start on a config written from `text`.

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ const MAX_HAVES: usize = 256;
 
 /// Reads a thin pack's bases: the kind and content of an object the vault
 /// holds, `None` when it does not.
-pub type BaseLookup<'a> = &'a dyn Fn(&GitOid) -> Option<(ObjectKind, Vec<u8>)>;
+pub type BaseLookup<'a> = &'a dyn Fn(&GitOid) -> Option<(ObjectKind, Arc<Vec<u8>>)>;
 
 /// What a fetch received.
 #[derive(Debug)]
@@ -473,7 +474,7 @@ mod tests {
         let bases = |oid: &GitOid| {
             base_reads.set(base_reads.get() + 1);
             let object = held_repo.try_find_object(to_gix(oid)).ok()??;
-            Some((to_kind(object.kind), object.detach().data))
+            Some((to_kind(object.kind), Arc::new(object.detach().data)))
         };
         let first_oid = GitOid::from_hex(&first).expect("oid");
         let previous = BTreeMap::from([("refs/heads/main".to_string(), first_oid)]);

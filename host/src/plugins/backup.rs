@@ -102,7 +102,7 @@ impl BackupCtx {
         // never less.
         let held = |oid: &GitOid| store.has(oid).unwrap_or(false);
         let bases = |oid: &GitOid| match store.read_object(oid) {
-            Ok((kind, content)) => Some((kind, content.as_ref().clone())),
+            Ok(found) => Some(found),
             Err(e) => {
                 tracing::warn!(object = %oid.to_hex(), error = %e, "a thin pack's base could not be read from the vault");
                 None

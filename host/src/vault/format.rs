@@ -66,15 +66,11 @@ pub fn record_id(kind: ObjectKind, content: &[u8]) -> RecordId {
 /// of it, so every record is checked against its own id and no separate
 /// check is stored.
 pub fn matches_id(id: &RecordId, kind: ObjectKind, content: &[u8]) -> bool {
-    let git_kind = match kind {
-        ObjectKind::Commit => gix::object::Kind::Commit,
-        ObjectKind::Tree => gix::object::Kind::Tree,
-        ObjectKind::Blob => gix::object::Kind::Blob,
-        ObjectKind::Tag => gix::object::Kind::Tag,
-        ObjectKind::Document | ObjectKind::Refs => return record_id(kind, content) == *id,
-    };
-    gix::objs::compute_hash(gix::hash::Kind::Sha1, git_kind, content)
-        .is_ok_and(|computed| computed.as_bytes() == id.0.as_slice())
+    match crate::git::from_kind(kind) {
+        Some(git_kind) => gix::objs::compute_hash(gix::hash::Kind::Sha1, git_kind, content)
+            .is_ok_and(|computed| computed.as_bytes() == id.0.as_slice()),
+        None => record_id(kind, content) == *id,
+    }
 }
 
 /// The path key of `path` for records of `kind` (FORMAT.md, Terms).

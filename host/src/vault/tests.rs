@@ -17,6 +17,21 @@ fn blob_id(content: &[u8]) -> GitOid {
     git_id(gix::object::Kind::Blob, content)
 }
 
+/// A push snapshot of `refs` for `repo`, the rest fixed.
+fn new_snapshot(repo: &RepoName, refs: BTreeMap<String, GitOid>) -> NewSnapshot {
+    NewSnapshot {
+        repository: repo.clone(),
+        source: "cloud".into(),
+        time_ms: 1,
+        delivery_id: "d".into(),
+        event_key: "repo:push".into(),
+        actor: None,
+        refs,
+        updates: vec![],
+        stats: CopyStats::default(),
+    }
+}
+
 fn open(dir: &Path) -> Vault {
     Vault::open_local(dir, Create::IfMissing, WriteOptions::default()).expect("open")
 }
@@ -126,17 +141,7 @@ fn snapshots_chain_refuse_missing_objects_and_keep_ref_tables() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vault = open(dir.path());
     let repo = RepoName::parse("acme/app").expect("name");
-    let new = |refs: BTreeMap<String, GitOid>| NewSnapshot {
-        repository: repo.clone(),
-        source: "cloud".into(),
-        time_ms: 1,
-        delivery_id: "d".into(),
-        event_key: "repo:push".into(),
-        actor: None,
-        refs,
-        updates: vec![],
-        stats: CopyStats::default(),
-    };
+    let new = |refs: BTreeMap<String, GitOid>| new_snapshot(&repo, refs);
     let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), oid(7))].into();
     let err = vault
         .commit_snapshot(new(refs.clone()))
@@ -184,17 +189,7 @@ fn many_refs_one_push_writes_a_few_kib() {
     let mut refs: BTreeMap<String, GitOid> = (0..10_000)
         .map(|i| (format!("refs/heads/branch-{i:05}"), oid(1)))
         .collect();
-    let snap = |refs: &BTreeMap<String, GitOid>| NewSnapshot {
-        repository: repo.clone(),
-        source: "cloud".into(),
-        time_ms: 1,
-        delivery_id: "d".into(),
-        event_key: "repo:push".into(),
-        actor: None,
-        refs: refs.clone(),
-        updates: vec![],
-        stats: CopyStats::default(),
-    };
+    let snap = |refs: &BTreeMap<String, GitOid>| new_snapshot(&repo, refs.clone());
     vault.commit_snapshot(snap(&refs)).expect("first");
     let before = vault.stats().expect("stats").total_bytes;
     refs.insert("refs/heads/branch-04321".into(), oid(2));
@@ -291,17 +286,7 @@ fn the_file_cache_is_used_checked_and_rebuilt() {
         .expect("put");
     let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), commit)].into();
     let snapshot = vault
-        .commit_snapshot(NewSnapshot {
-            repository: repo.clone(),
-            source: "cloud".into(),
-            time_ms: 1,
-            delivery_id: "d".into(),
-            event_key: "repo:push".into(),
-            actor: None,
-            refs,
-            updates: vec![],
-            stats: CopyStats::default(),
-        })
+        .commit_snapshot(new_snapshot(&repo, refs))
         .expect("snapshot");
     // Two index files (objects, ref chunk) and one snapshot file.
     assert_eq!(vault.cached_files(), Some(3));
@@ -477,17 +462,10 @@ fn mangled_vault_bytes_give_errors_never_panics_or_wrong_content() {
         .expect("put");
     let repo = RepoName::parse("acme/app").expect("name");
     vault
-        .commit_snapshot(NewSnapshot {
-            repository: repo,
-            source: "cloud".into(),
-            time_ms: 1,
-            delivery_id: "d".into(),
-            event_key: "repo:push".into(),
-            actor: None,
-            refs: [("refs/heads/main".to_string(), id)].into(),
-            updates: vec![],
-            stats: CopyStats::default(),
-        })
+        .commit_snapshot(new_snapshot(
+            &repo,
+            [("refs/heads/main".to_string(), id)].into(),
+        ))
         .expect("snapshot");
     let blob_file = {
         let index = vault.inner.index.read().expect("index");
