@@ -758,6 +758,99 @@ fn every_payload_shape_through_the_endpoint() {
     assert_eq!(status, 400, "{reply}");
     assert_eq!(delivery("cross-1").0, 404);
     assert_eq!(delivery("hostile-1").0, 404);
+
+    // Ref names as git check-ref-format checks them, object ids that are
+    // not 40 hex digits, keys named twice: 400 naming the field, nothing
+    // recorded.
+    let refs_changed = |edit: &dyn Fn(&mut Value)| {
+        let mut body: Value =
+            serde_json::from_slice(&example("dc-repo-refs-changed.json")).expect("json");
+        edit(&mut body);
+        serde_json::to_vec(&body).expect("json")
+    };
+    let hash = "e91f3c7a2b5d8e0f4a6c1b3d5e7f9a0b2c4d6e8f";
+    let mut strict_cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "dot-dot",
+            refs_changed(&|b| b["changes"][0]["ref"]["id"] = json!("refs/heads/../../x")),
+            "changes[0].ref.id: invalid ref name",
+        ),
+        (
+            "escape",
+            refs_changed(&|b| b["changes"][0]["ref"]["id"] = json!("refs/heads/\u{1b}[2K\nmain")),
+            "changes[0].ref.id: invalid ref name",
+        ),
+        (
+            "nul",
+            refs_changed(&|b| {
+                // The older spelling: `refId` without a `ref` object.
+                b["changes"][1]
+                    .as_object_mut()
+                    .expect("change")
+                    .remove("ref");
+                b["changes"][1]["refId"] = json!("refs/tags/v\0");
+            }),
+            "changes[1].refId: invalid ref name",
+        ),
+        (
+            "long",
+            refs_changed(&|b| {
+                b["changes"][0]["ref"]["id"] = json!(format!("refs/heads/{}", "x".repeat(5000)))
+            }),
+            "changes[0].ref.id: invalid ref name",
+        ),
+        (
+            "number-hash",
+            refs_changed(&|b| b["changes"][0]["toHash"] = json!(12345)),
+            "changes[0].toHash: expected 40 hex digits",
+        ),
+        (
+            "short-hash",
+            refs_changed(&|b| b["changes"][2]["toHash"] = json!("12345")),
+            "changes[2].toHash",
+        ),
+    ];
+    let mut duplicate = refs_changed(&|_| {});
+    let end = duplicate.iter().rposition(|&b| b == b'}').expect("object");
+    duplicate.splice(
+        end..end,
+        format!(r#","changes":[{{"refId":"refs/heads/main","fromHash":"{hash}","toHash":"0000000000000000000000000000000000000000"}}]"#).into_bytes(),
+    );
+    strict_cases.push(("duplicate", duplicate, r#"duplicate key "changes""#));
+    for (name, body, expected) in &strict_cases {
+        let id = format!("strict-dc-{name}");
+        let (status, reply) = service.post(
+            "/webhooks/bitbucket/dc",
+            &dc_headers("repo:refs_changed", &id, &sign(DC_SECRET.as_bytes(), body)),
+            body,
+        );
+        assert_eq!(status, 400, "{name}: {reply}");
+        let error = reply["error"].as_str().unwrap_or_default();
+        assert!(error.contains(expected), "{name}: {error}");
+        assert_eq!(delivery(&id).0, 404, "{name} was recorded");
+    }
+    let mut bad_ref: Value =
+        serde_json::from_slice(&example("cloud-repo-push.json")).expect("json");
+    bad_ref["push"]["changes"][0]["new"]["name"] = json!("main\n2026-01-01 forged line");
+    let body = serde_json::to_vec(&bad_ref).expect("json");
+    let (status, reply) = service.post(
+        "/webhooks/bitbucket/cloud",
+        &cloud_headers(
+            "repo:push",
+            "strict-cloud-1",
+            &sign(SECRET.as_bytes(), &body),
+        ),
+        &body,
+    );
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("push.changes[0].new.name: invalid ref name"),
+        "{reply}"
+    );
+    assert_eq!(delivery("strict-cloud-1").0, 404);
     service.stop();
 }
 

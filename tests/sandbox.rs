@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use hookvault::event::{Event, EventKind, RefChange, RefKind};
-use hookvault::ids::RepoName;
+use hookvault::ids::{RefName, RepoName};
 use hookvault::plugins::{Decision, FilterPlugin, Limits, PluginError, PluginSpec};
 
 const ARTIFACTS: &str = env!("HOOKVAULT_PLUGIN_ARTIFACTS");
@@ -18,7 +18,7 @@ fn event() -> Event {
         repository: RepoName::parse("acme/app").expect("name"),
         actor: Some("Dana".into()),
         changes: vec![RefChange {
-            name: "refs/heads/main".into(),
+            name: RefName::parse("refs/heads/main").expect("ref name"),
             kind: RefKind::Branch,
             old_target: None,
             new_target: Some("e91f3c7a2b5d8e0f4a6c1b3d5e7f9a0b2c4d6e8f".into()),
@@ -159,10 +159,10 @@ fn skip_refs_example_decides_by_glob() {
     .expect("loads");
     let mut e = event();
     assert_eq!(plugin.run(&e).expect("runs"), Decision::Keep);
-    e.changes[0].name = "refs/heads/wip/spike".into();
+    e.changes[0].name = RefName::parse("refs/heads/wip/spike").expect("ref name");
     assert!(matches!(plugin.run(&e).expect("runs"), Decision::Skip(_)));
     let mut main = e.changes[0].clone();
-    main.name = "refs/heads/main".into();
+    main.name = RefName::parse("refs/heads/main").expect("ref name");
     e.changes.push(main);
     assert_eq!(
         plugin.run(&e).expect("runs"),

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::RepoName;
+use crate::ids::{RefName, RepoName};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -17,7 +17,7 @@ pub enum RefKind {
 /// `None` means the ref did not exist (created) or no longer exists (deleted).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefChange {
-    pub name: String,
+    pub name: RefName,
     pub kind: RefKind,
     pub old_target: Option<String>,
     pub new_target: Option<String>,

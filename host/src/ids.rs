@@ -90,6 +90,83 @@ impl From<RepoName> for String {
     }
 }
 
+/// A full git reference name (`refs/heads/main`, `refs/tags/v1`, `HEAD`),
+/// checked as `git check-ref-format` checks it (gix-validate's reference
+/// name rules: no `..`, no control characters, no `~^:?*[\\`, no `@{`, no
+/// component starting with `.` or ending in `.lock`, ...) and at most
+/// [`RefName::MAX_LEN`] bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RefName(String);
+
+/// Why a reference name was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid ref name {name:?}: {reason}")]
+pub struct InvalidRefName {
+    /// The name as given, cut to 200 characters.
+    pub name: String,
+    pub reason: String,
+}
+
+impl RefName {
+    /// The longest name accepted, in bytes. Git itself has no limit; a
+    /// name must fit in a path on every filesystem a restore writes to
+    /// (loose refs are files), and no real branch comes near it.
+    pub const MAX_LEN: usize = 1024;
+
+    pub fn parse(name: &str) -> Result<Self, InvalidRefName> {
+        let fail = |reason: String| InvalidRefName {
+            name: name.chars().take(200).collect(),
+            reason,
+        };
+        if name.len() > Self::MAX_LEN {
+            return Err(fail(format!(
+                "{} bytes, longer than {} bytes",
+                name.len(),
+                Self::MAX_LEN
+            )));
+        }
+        gix::validate::reference::name(gix::bstr::BStr::new(name.as_bytes()))
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Self(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RefName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for RefName {
+    type Error = InvalidRefName;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<RefName> for String {
+    fn from(value: RefName) -> Self {
+        value.0
+    }
+}
+
+impl PartialEq<str> for RefName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for RefName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// A git object id (SHA-1, 20 bytes).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GitOid(pub [u8; 20]);
@@ -308,6 +385,64 @@ mod tests {
         }
         let long = format!("acme/{}", "x".repeat(129));
         assert!(RepoName::parse(&long).is_err());
+    }
+
+    #[test]
+    fn accepts_real_ref_names() {
+        for ok in [
+            "refs/heads/main",
+            "refs/heads/feature/old-export",
+            "refs/tags/v2.4.0",
+            "refs/heads/@",
+            "refs/heads/ünïcode",
+            "HEAD",
+        ] {
+            assert_eq!(RefName::parse(ok).expect(ok).as_str(), ok);
+        }
+        let longest = format!("refs/heads/{}", "x".repeat(RefName::MAX_LEN - 11));
+        assert!(RefName::parse(&longest).is_ok());
+        let name: RefName = serde_json::from_str("\"refs/heads/main\"").expect("json");
+        assert_eq!(
+            serde_json::to_string(&name).expect("json"),
+            "\"refs/heads/main\""
+        );
+    }
+
+    #[test]
+    fn rejects_what_git_check_ref_format_rejects() {
+        for bad in [
+            "refs/heads/../../x",
+            "refs/heads/a..b",
+            "refs/heads/na\0me",
+            "refs/heads/new\nline",
+            "refs/heads/\u{1b}[31mred",
+            "refs/heads/del\u{7f}",
+            "refs/heads/sp ace",
+            "refs/heads/x.lock",
+            "refs/heads/.hidden",
+            "refs/heads/trailing/",
+            "refs/heads//double",
+            "refs/heads/a@{1}",
+            "refs/heads/a~1",
+            "refs/heads/a^",
+            "refs/heads/a:b",
+            "refs/heads/a?",
+            "refs/heads/a*",
+            "refs/heads/a[b",
+            "refs/heads/a\\b",
+            "refs/heads/dot.",
+            "/refs/heads/x",
+            "main",
+            "@",
+            "",
+        ] {
+            assert!(RefName::parse(bad).is_err(), "{bad:?} must be rejected");
+        }
+        let long = format!("refs/heads/{}", "x".repeat(5000));
+        let err = RefName::parse(&long).expect_err("too long");
+        assert!(err.reason.contains("1024"), "{err}");
+        assert!(err.name.len() <= 200);
+        assert!(serde_json::from_str::<RefName>("\"refs/heads/../x\"").is_err());
     }
 
     #[test]

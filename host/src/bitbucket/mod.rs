@@ -1,5 +1,6 @@
 //! Everything Bitbucket-specific: the webhook payloads of Cloud and Data
-//! Center (`push`, `normalize`, `lenient`), their HMAC signature, the REST
+//! Center (`push`, `normalize`, `lenient`, read by `strict_json`, which
+//! refuses duplicate keys), their HMAC signature, the REST
 //! client, webhook registration and the secrets it generates.
 
 pub mod hooks;
@@ -9,3 +10,4 @@ pub mod push;
 pub mod rest;
 pub mod secrets;
 pub mod signature;
+mod strict_json;

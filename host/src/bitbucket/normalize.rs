@@ -9,7 +9,7 @@ use super::lenient::{at, first, id_at, str_at, time};
 use super::push::{PayloadError, parse_cloud_push};
 use crate::config::SourceKind;
 use crate::event::{Comment, Event, EventKind, PullRequest, RefChange, RefKind};
-use crate::ids::{GitOid, RepoName};
+use crate::ids::{GitOid, RefName, RepoName};
 
 /// What the receiver does with a delivery.
 #[derive(Debug)]
@@ -29,8 +29,10 @@ pub fn canonical_key(key: &str) -> &str {
     }
 }
 
+/// The body as JSON; a key named twice in one object is refused, as it is
+/// for Cloud pushes.
 fn json(event_key: &str, body: &[u8]) -> Result<Value, PayloadError> {
-    serde_json::from_slice(body).map_err(|source| PayloadError::Json {
+    super::strict_json::parse(body).map_err(|source| PayloadError::Json {
         event_key: event_key.to_string(),
         source,
     })
@@ -163,42 +165,58 @@ fn dc_user(value: Option<&Value>) -> Option<String> {
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
-fn dc_hash(value: Option<&Value>, reference: &str) -> Result<Option<String>, PayloadError> {
-    match value.and_then(Value::as_str) {
-        None => Ok(None),
-        Some(h) if h == ZERO => Ok(None),
-        Some(h) => GitOid::from_hex(h)
+/// `fromHash` / `toHash`: 40 hex digits, all zeros for "no ref". Absent
+/// or `null` means the same as all zeros; anything else that is not 40 hex
+/// digits as a string (a number, a short hash) is refused, never taken for
+/// a created or deleted ref.
+fn dc_hash(value: Option<&Value>, field: String) -> Result<Option<String>, PayloadError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(h)) if h == ZERO => Ok(None),
+        Some(Value::String(h)) => GitOid::from_hex(h)
             .map(|o| Some(o.to_hex()))
-            .map_err(|source| PayloadError::Oid {
-                reference: reference.to_string(),
-                source,
-            }),
+            .map_err(|source| PayloadError::Oid { field, source }),
+        Some(other) => Err(PayloadError::not_an_oid(field, other)),
     }
 }
 
 fn dc_changes(value: &Value) -> Result<Vec<RefChange>, PayloadError> {
-    let changes = first(value, &["changes", "refChanges"])
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let (key, changes) = match (value.get("changes"), value.get("refChanges")) {
+        (Some(changes), _) if !changes.is_null() => ("changes", changes),
+        (_, Some(changes)) if !changes.is_null() => ("refChanges", changes),
+        _ => return Ok(Vec::new()),
+    };
+    let Some(changes) = changes.as_array() else {
+        return Ok(Vec::new());
+    };
     let mut out = Vec::new();
-    for change in &changes {
-        let name = str_at(change, &["ref", "id"])
-            .or_else(|| str_at(change, &["refId"]))
-            .ok_or(PayloadError::NoRefName)?
-            .to_string();
+    for (i, change) in changes.iter().enumerate() {
+        let field = |what: &str| format!("{key}[{i}].{what}");
+        let (name_field, name) = match str_at(change, &["ref", "id"]) {
+            Some(name) => ("ref.id", name),
+            None => (
+                "refId",
+                str_at(change, &["refId"]).ok_or_else(|| PayloadError::NoRefName {
+                    field: field("ref.id"),
+                })?,
+            ),
+        };
+        let name = RefName::parse(name).map_err(|source| PayloadError::RefName {
+            field: field(name_field),
+            source,
+        })?;
         let kind = match str_at(change, &["ref", "type"])
             .map(str::to_ascii_uppercase)
             .as_deref()
         {
             Some("BRANCH") => RefKind::Branch,
             Some("TAG") => RefKind::Tag,
-            _ if name.starts_with("refs/heads/") => RefKind::Branch,
-            _ if name.starts_with("refs/tags/") => RefKind::Tag,
+            _ if name.as_str().starts_with("refs/heads/") => RefKind::Branch,
+            _ if name.as_str().starts_with("refs/tags/") => RefKind::Tag,
             _ => RefKind::Other,
         };
-        let old_target = dc_hash(change.get("fromHash"), &name)?;
-        let new_target = dc_hash(change.get("toHash"), &name)?;
+        let old_target = dc_hash(change.get("fromHash"), field("fromHash"))?;
+        let new_target = dc_hash(change.get("toHash"), field("toHash"))?;
         out.push(RefChange {
             name,
             kind,
@@ -443,6 +461,94 @@ mod tests {
         );
         assert_eq!(e.repository.to_string(), "~dana/app");
         assert!(e.changes.is_empty());
+    }
+
+    fn dc_push(body: &[u8]) -> Result<Parsed, PayloadError> {
+        parse(&envelope(SourceKind::DataCenter, "repo:refs_changed"), body)
+    }
+
+    fn dc_change(change: &str) -> String {
+        format!(r#"{{"repository":{{"slug":"a","project":{{"key":"P"}}}},"changes":[{change}]}}"#)
+    }
+
+    const HASH: &str = "e91f3c7a2b5d8e0f4a6c1b3d5e7f9a0b2c4d6e8f";
+
+    #[test]
+    fn dc_duplicate_keys_are_refused_like_cloud() {
+        let body = format!(
+            r#"{{"repository":{{"slug":"a","project":{{"key":"P"}}}},"changes":[{{"ref":{{"id":"refs/heads/main","type":"BRANCH"}},"fromHash":"{HASH}","toHash":"{HASH}","toHash":"0000000000000000000000000000000000000000","type":"UPDATE"}}]}}"#
+        );
+        let error = dc_push(body.as_bytes()).expect_err("duplicate toHash");
+        assert!(matches!(error, PayloadError::Json { .. }), "{error}");
+        assert!(
+            error.to_string().contains(r#"duplicate key "toHash""#),
+            "{error}"
+        );
+        // Anywhere in the body, and in every DC event.
+        let body = br#"{"repository":{"slug":"a","project":{"key":"P"}},"repository":{"slug":"b","project":{"key":"P"}},"changes":[]}"#;
+        assert!(dc_push(body).is_err());
+        let body = br#"{"pullRequest":{"id":1,"id":2,"toRef":{"repository":{"slug":"a","project":{"key":"P"}}}}}"#;
+        assert!(parse(&envelope(SourceKind::DataCenter, "pr:opened"), body).is_err());
+        let body =
+            br#"{"repository":{"full_name":"a/b"},"pullrequest":{"id":1},"pullrequest":{"id":2}}"#;
+        assert!(parse(&envelope(SourceKind::Cloud, "pullrequest:created"), body).is_err());
+    }
+
+    #[test]
+    fn dc_hash_that_is_not_an_id_is_refused_not_taken_for_a_deletion() {
+        for to_hash in ["12345", "\"12345\"", "true", "{}", "[]"] {
+            let body = dc_change(&format!(
+                r#"{{"ref":{{"id":"refs/heads/main","type":"BRANCH"}},"fromHash":"{HASH}","toHash":{to_hash},"type":"UPDATE"}}"#
+            ));
+            let error = dc_push(body.as_bytes()).expect_err(to_hash);
+            assert!(
+                error.to_string().starts_with("changes[0].toHash: "),
+                "{to_hash}: {error}"
+            );
+        }
+        let body = dc_change(&format!(
+            r#"{{"refId":"refs/heads/main","fromHash":12345,"toHash":"{HASH}"}}"#
+        ));
+        let error = dc_push(body.as_bytes()).expect_err("fromHash");
+        assert!(error.to_string().contains("fromHash"), "{error}");
+        // All zeros still means "no ref".
+        let body = dc_change(&format!(
+            r#"{{"refId":"refs/heads/main","fromHash":"{HASH}","toHash":"0000000000000000000000000000000000000000","type":"DELETE"}}"#
+        ));
+        let e = event(dc_push(body.as_bytes()).expect("a deletion"));
+        assert_eq!(e.changes[0].new_target, None);
+    }
+
+    #[test]
+    fn dc_ref_names_are_checked_like_git_check_ref_format() {
+        let long = format!("refs/heads/{}", "x".repeat(5000));
+        for (name, field) in [
+            ("refs/heads/../../x", "ref.id"),
+            ("refs/heads/a\\u0000b", "ref.id"),
+            ("refs/heads/a\\nb", "ref.id"),
+            ("refs/heads/\\u001b[31mred", "ref.id"),
+            (long.as_str(), "ref.id"),
+        ] {
+            let body = dc_change(&format!(
+                r#"{{"ref":{{"id":"{name}","type":"BRANCH"}},"fromHash":"{HASH}","toHash":"{HASH}"}}"#
+            ));
+            let error = dc_push(body.as_bytes()).expect_err(name);
+            assert!(matches!(error, PayloadError::RefName { .. }), "{error}");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("changes[0].{field}: invalid ref name")),
+                "{error}"
+            );
+        }
+        let body = dc_change(&format!(
+            r#"{{"refId":"refs/heads/x.lock","fromHash":"{HASH}","toHash":"{HASH}"}}"#
+        ));
+        let error = dc_push(body.as_bytes()).expect_err("refId");
+        assert!(
+            error.to_string().starts_with("changes[0].refId: "),
+            "{error}"
+        );
     }
 
     #[test]

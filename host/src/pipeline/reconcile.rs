@@ -22,7 +22,7 @@ use crate::bitbucket::rest::Api;
 use crate::config::{SourceConfig, SourceKind};
 use crate::event::{Event, EventKind, RefChange, RefKind, now_ms};
 use crate::git::{Remote, RemoteRef};
-use crate::ids::RepoName;
+use crate::ids::{RefName, RepoName};
 use crate::pipeline::queue::{Delivery, Queue, Recorded, Status};
 use crate::plugins::BackupDeps;
 
@@ -62,34 +62,38 @@ fn kind_of(name: &str) -> RefKind {
     }
 }
 
-/// The ref changes that take `snapshot` to `remote`.
+/// The ref changes that take `snapshot` to `remote`. A name that is not a
+/// valid ref name ([`RefName`]) cannot be named in an event and is left out
+/// with a warning (the backup still takes every ref the remote lists).
 pub fn diff(snapshot: &BTreeMap<String, String>, remote: &[RemoteRef]) -> Vec<RefChange> {
     let remote: BTreeMap<&str, String> = remote
         .iter()
         .map(|r| (r.name.as_str(), r.target.to_hex()))
         .collect();
+    let change = |name: &str, old: Option<&String>, new: Option<&String>| match RefName::parse(name)
+    {
+        Ok(valid) => Some(RefChange {
+            name: valid,
+            kind: kind_of(name),
+            old_target: old.cloned(),
+            new_target: new.cloned(),
+            forced: false,
+        }),
+        Err(error) => {
+            warn!(%error, "ref left out of the changes");
+            None
+        }
+    };
     let mut changes = Vec::new();
     for (name, target) in &remote {
         let old = snapshot.get(*name);
         if old != Some(target) {
-            changes.push(RefChange {
-                name: (*name).to_string(),
-                kind: kind_of(name),
-                old_target: old.cloned(),
-                new_target: Some(target.clone()),
-                forced: false,
-            });
+            changes.extend(change(name, old, Some(target)));
         }
     }
     for (name, old) in snapshot {
         if !remote.contains_key(name.as_str()) {
-            changes.push(RefChange {
-                name: name.clone(),
-                kind: kind_of(name),
-                old_target: Some(old.clone()),
-                new_target: None,
-                forced: false,
-            });
+            changes.extend(change(name, Some(old), None));
         }
     }
     changes

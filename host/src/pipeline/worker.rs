@@ -206,7 +206,7 @@ fn run_pipeline(
         Some(keep) => event
             .changes
             .iter()
-            .map(|c| c.name.clone())
+            .map(|c| c.name.to_string())
             .filter(|name| !keep.contains(name))
             .collect(),
     };
@@ -216,7 +216,9 @@ fn run_pipeline(
         ));
     }
     let mut narrowed = event.clone();
-    narrowed.changes.retain(|c| !excluded.contains(&c.name));
+    narrowed
+        .changes
+        .retain(|c| !excluded.iter().any(|name| c.name == name.as_str()));
     match event.kind {
         EventKind::Push | EventKind::Repository | EventKind::Reconcile => {}
         EventKind::RepositoryDeleted => {

@@ -76,7 +76,7 @@ pub(super) fn to_wit_event(event: &Event, excluded: &[String]) -> types::Event {
             .changes
             .iter()
             .map(|c| types::RefChange {
-                name: c.name.clone(),
+                name: c.name.to_string(),
                 kind: match c.kind {
                     RefKind::Branch => types::RefKind::Branch,
                     RefKind::Tag => types::RefKind::Tag,
