@@ -657,3 +657,65 @@ fn leftovers_of_a_killed_process_are_removed_at_start() {
     );
     service.stop();
 }
+
+/// An actor name with ESC sequences and a newline, from a signed payload,
+/// is shown escaped by `hookvault snapshots`: each snapshot one line, no raw
+/// control character; `--json` keeps the name exactly.
+#[test]
+fn control_characters_from_payloads_never_reach_the_terminal() {
+    let OneCommitRepo {
+        tmp,
+        server,
+        work,
+        head,
+        ..
+    } = one_commit_repo(REPO);
+    let service = Service::start(&tmp.path().join("hv"), &server, "");
+    let hostile =
+        "Dana\u{1b}[2K\u{1b}[1A\r\n000000000000  2026-01-01T00:00:00Z  refs=1  actor=admin\u{7}";
+    let with_actor = |body: Vec<u8>| {
+        let mut value: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        value["actor"]["display_name"] = serde_json::json!(hostile);
+        serde_json::to_vec(&value).expect("json")
+    };
+    service.push(
+        "ansi-1",
+        &with_actor(branch_push(REPO, "main", None, &head)),
+    );
+    assert_eq!(service.outcome("ansi-1")["status"], "done");
+    let second = work.commit("b.txt", "b\n", "B");
+    work.git(&["push", "-q", "origin", "main"]);
+    service.push(
+        "ansi-2",
+        &with_actor(branch_push(REPO, "main", Some(&head), &second)),
+    );
+    assert_eq!(service.outcome("ansi-2")["status"], "done");
+
+    let out = service.cli(&["snapshots", "--repo", REPO]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per snapshot:\n{stdout}");
+    for line in &lines {
+        assert!(
+            !line.chars().any(char::is_control),
+            "raw control character in {line:?}"
+        );
+        assert!(
+            line.ends_with(r"actor=Dana\u{1b}[2K\u{1b}[1A\r\n000000000000  2026-01-01T00:00:00Z  refs=1  actor=admin\u{7}"),
+            "{line}"
+        );
+    }
+    assert_eq!(stdout.matches('\n').count(), 2, "{stdout}");
+    assert!(!stdout.contains(['\r', '\u{1b}', '\u{7}']), "{stdout}");
+
+    // Machine output is JSON, the name exactly as sent.
+    let out = service.cli(&["snapshots", "--repo", REPO, "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed[0]["actor"], hostile);
+    service.stop();
+}

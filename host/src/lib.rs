@@ -13,4 +13,5 @@ pub mod plugins;
 pub mod receive;
 pub mod restore;
 pub mod serve;
+pub mod terminal;
 pub mod vault;

@@ -3,8 +3,10 @@
 //! Exit codes: 0 success; 1 failure (the message names the file, repository
 //! or object); 2 usage error. Read commands work while `serve` runs: they
 //! read the vault's immutable files and never create or lock anything.
-//! Human output goes to stderr (logs) and stdout (listings); `--json` gives
-//! machine output on stdout.
+//! Human output goes to stderr (logs) and stdout (listings), every line
+//! through [`terminal::escape`] (`out!`, `note!`): names from payloads and
+//! REST answers never reach the terminal as control characters. `--json`
+//! gives machine output on stdout.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +17,21 @@ use hookvault::bitbucket::rest::{Api, HookTarget};
 use hookvault::config::{Config, SecretString};
 use hookvault::ids::RepoName;
 use hookvault::vault::{Create, Snapshot};
-use hookvault::{restore, serve};
+use hookvault::{restore, serve, terminal};
+
+/// A line of human output on stdout, control characters escaped.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        println!("{}", terminal::escape(&format!($($arg)*)))
+    };
+}
+
+/// A line of human output on stderr, control characters escaped.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        eprintln!("{}", terminal::escape(&format!($($arg)*)))
+    };
+}
 
 #[derive(Parser)]
 #[command(
@@ -188,7 +204,7 @@ fn print_hooks(hooks: &[hookvault::bitbucket::hooks::HookView], json: bool) -> a
         println!("{}", serde_json::to_string_pretty(hooks)?);
     } else {
         for h in hooks {
-            println!(
+            out!(
                 "{}  {}  {}  active={}  events={}",
                 h.id,
                 h.url,
@@ -255,10 +271,10 @@ fn run_hooks(config: &Config, action: HooksAction) -> anyhow::Result<()> {
             } else {
                 match outcome {
                     hookvault::bitbucket::hooks::Registered::Created { hook } => {
-                        eprintln!("registered hook {} → {}", hook.id, hook.url)
+                        note!("registered hook {} → {}", hook.id, hook.url)
                     }
                     hookvault::bitbucket::hooks::Registered::AlreadyRegistered { hook } => {
-                        eprintln!("already registered: hook {} → {}", hook.id, hook.url)
+                        note!("already registered: hook {} → {}", hook.id, hook.url)
                     }
                 }
             }
@@ -276,7 +292,7 @@ fn run_hooks(config: &Config, action: HooksAction) -> anyhow::Result<()> {
             ))?;
             print_hooks(&removed, json)?;
             if !json {
-                eprintln!("removed {} hook(s)", removed.len());
+                note!("removed {} hook(s)", removed.len());
             }
         }
     }
@@ -296,7 +312,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("hookvault: {error:#}");
+            note!("hookvault: {error:#}");
             ExitCode::from(1)
         }
     }
@@ -330,7 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect::<Result<Vec<_>, _>>()?;
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else if snapshots.is_empty() {
-                eprintln!("{repo} has no snapshots");
+                note!("{repo} has no snapshots");
             } else {
                 for s in &snapshots {
                     print_snapshot(s);
@@ -362,7 +378,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                eprintln!(
+                note!(
                     "restored {repo} snapshot {} ({}) to {}: {} refs, {} objects",
                     chosen.short_id(),
                     format_time(chosen.body.time_ms),
@@ -380,7 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                eprintln!(
+                note!(
                     "exported {} pull requests ({} comments) of {repo} to {}",
                     report.pull_requests,
                     report.comments,
@@ -398,7 +414,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             hookvault::vault::cache::FileCache::clear(&cache)?;
             let vault = serve::open_vault(&config, Create::IfMissing)?;
             let stats = vault.stats()?;
-            eprintln!(
+            note!(
                 "index rebuilt from {}: {} index files, {} records, {} snapshots{}",
                 vault.location(),
                 stats.index_files,
@@ -416,7 +432,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
-                println!(
+                out!(
                     "{} git objects ({} records) in {} data files; {} bytes in all ({} data, {} index); {} snapshots of {} repositories; {} document versions",
                     stats.git_objects,
                     stats.records,
@@ -438,7 +454,7 @@ fn print_snapshot(s: &Snapshot) {
     let b = &s.body;
     let forced = b.updates.iter().filter(|u| u.forced).count();
     let deleted = b.updates.iter().filter(|u| u.deleted).count();
-    println!(
+    out!(
         "{}  {}  refs={} updated={} deleted={} forced={}  new-objects={}  delivery={}  actor={}",
         s.short_id(),
         format_time(b.time_ms),
