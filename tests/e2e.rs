@@ -719,3 +719,52 @@ fn control_characters_from_payloads_never_reach_the_terminal() {
     assert_eq!(listed[0]["actor"], hostile);
     service.stop();
 }
+
+/// A signed push for a repository the git server does not have fails
+/// with an error that says so, and leaves nothing on disk: no fetch
+/// workspace, no vault file, no snapshot.
+#[test]
+fn push_for_a_missing_repository_fails_clearly_and_creates_nothing() {
+    let OneCommitRepo {
+        tmp, server, head, ..
+    } = one_commit_repo(REPO);
+    let service = Service::start(&tmp.path().join("hv"), &server, "");
+    let files = |dir: &Path| -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                found.push(path.clone());
+                if path.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        found.sort();
+        found
+    };
+    let data = service.dir.join("data");
+    let vault_before = files(&data.join("vault"));
+    let missing = "acme-eng/no-such-repo";
+    service.push("missing-1", &branch_push(missing, "main", None, &head));
+    let outcome = service.outcome("missing-1");
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    let error = outcome["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains(missing), "names the repository: {error}");
+    assert!(
+        error.contains("404"),
+        "says what the server answered: {error}"
+    );
+    assert!(service.snapshots(missing).is_empty());
+    assert_eq!(files(&data.join("vault")), vault_before, "vault changed");
+    assert_eq!(files(&data.join("fetch")), Vec::<std::path::PathBuf>::new());
+    assert!(
+        files(&data)
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("no-such-repo")),
+        "{:?}",
+        files(&data)
+    );
+    service.stop();
+}
