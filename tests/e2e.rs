@@ -768,3 +768,64 @@ fn push_for_a_missing_repository_fails_clearly_and_creates_nothing() {
     );
     service.stop();
 }
+
+/// A second `serve` on a store in use exits 1 with one plain line naming
+/// the queue; read commands run side by side, beside `serve` and without
+/// it, and never claim that a `serve` is running.
+#[test]
+fn second_serve_is_refused_and_read_commands_run_side_by_side() {
+    let OneCommitRepo {
+        tmp, server, head, ..
+    } = one_commit_repo(REPO);
+    let service = Service::start(&tmp.path().join("hv"), &server, "");
+    service.push("lock-1", &branch_push(REPO, "main", None, &head));
+    assert_eq!(service.outcome("lock-1")["status"], "done");
+
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_hookvault"))
+        .arg("--config")
+        .arg(&service.config)
+        .arg("serve")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("second serve");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let message = lines.last().copied().unwrap_or_default();
+    assert!(
+        message.starts_with("hookvault: the delivery queue at ")
+            && message.ends_with("is in use by another `hookvault serve`"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("in use").count(), 1, "said once: {stderr}");
+    assert!(!stderr.contains("Io("), "no debug form: {stderr}");
+    assert!(second.stdout.is_empty(), "never said it listens");
+    // The first service is unaffected.
+    assert_eq!(service.api("stats").0, 200);
+
+    let run_two_at_once = |config: &Path| {
+        let spawn = |args: &[&str]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_hookvault"))
+                .arg("--config")
+                .arg(config)
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("read command")
+        };
+        let a = spawn(&["snapshots", "--repo", REPO]);
+        let b = spawn(&["stats"]);
+        for child in [a, b] {
+            let out = child.wait_with_output().expect("wait");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            assert!(!stderr.contains("serve"), "{stderr}");
+            assert!(!out.stdout.is_empty());
+        }
+    };
+    run_two_at_once(&service.config);
+    let config = service.config.clone();
+    service.stop();
+    run_two_at_once(&config);
+}
