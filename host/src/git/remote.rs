@@ -96,8 +96,8 @@ impl Remote {
     /// where the server speaks it).
     fn connect(&self) -> Result<(BoxedTransport, gix::protocol::Handshake), GitError> {
         let version = gix::protocol::transport::Protocol::V2;
-        let url = gix::url::parse(gix::bstr::BStr::new(self.url.as_bytes()))
-            .map_err(|e| self.err(e))?;
+        let url =
+            gix::url::parse(gix::bstr::BStr::new(self.url.as_bytes())).map_err(|e| self.err(e))?;
         let mut transport: BoxedTransport = match url.scheme {
             gix::url::Scheme::Http | gix::url::Scheme::Https => Box::new(http::connect_http(
                 Buffered(http::reqwest::Remote::default()),

@@ -1023,8 +1023,10 @@ impl Vault {
         }
         let mut pending = Pending::default();
         let mut chunks = Vec::new();
-        for chunk in refs::chunk(&new.refs) {
-            chunks.push(self.put_record(&mut pending, ObjectKind::Refs, None, chunk)?);
+        let repository = new.repository.to_string();
+        for (chunk, first) in refs::chunk(&new.refs) {
+            let path = refs::chunk_path(&new.source, &repository, first);
+            chunks.push(self.put_record(&mut pending, ObjectKind::Refs, Some(&path), chunk)?);
         }
         self.finish(&mut pending)?;
         let latest = self.latest_snapshot(&new.repository)?;

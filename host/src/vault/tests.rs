@@ -181,25 +181,45 @@ fn many_refs_one_push_writes_a_few_kib() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vault = open(dir.path());
     let repo = RepoName::parse("acme/big").expect("name");
+    // Every branch at its own commit, as in a real repository: targets are
+    // 20 random-looking bytes each, which no compressor shrinks.
+    let blobs: Vec<Vec<u8>> = (0..10_001)
+        .map(|i| format!("tip {i}").into_bytes())
+        .collect();
+    let ids: Vec<(GitOid, Option<&str>)> = blobs.iter().map(|b| (blob_id(b), None)).collect();
+    let by_id: HashMap<GitOid, &Vec<u8>> = ids.iter().map(|(id, _)| *id).zip(&blobs).collect();
     vault
-        .put_objects(&[(oid(1), None), (oid(2), None)], |o| {
-            Ok::<_, std::io::Error>((ObjectKind::Commit, format!("commit {o}").into_bytes()))
+        .put_objects(&ids, |o| {
+            Ok::<_, std::io::Error>((ObjectKind::Blob, by_id[o].clone()))
         })
         .expect("put");
     let mut refs: BTreeMap<String, GitOid> = (0..10_000)
-        .map(|i| (format!("refs/heads/branch-{i:05}"), oid(1)))
+        .map(|i| (format!("refs/heads/branch-{i:05}"), ids[i].0))
         .collect();
     let snap = |refs: &BTreeMap<String, GitOid>| new_snapshot(&repo, refs.clone());
-    vault.commit_snapshot(snap(&refs)).expect("first");
+    let first = vault.commit_snapshot(snap(&refs)).expect("first");
     let before = vault.stats().expect("stats").total_bytes;
-    refs.insert("refs/heads/branch-04321".into(), oid(2));
+    refs.insert("refs/heads/branch-04321".into(), ids[10_000].0);
     let second = vault.commit_snapshot(snap(&refs)).expect("second");
     let growth = vault.stats().expect("stats").total_bytes - before;
     assert!(
         growth < 16 * 1024,
         "one moved ref grew the vault by {growth} bytes"
     );
+    // The one chunk that changed is a delta on its previous version: a
+    // few dozen bytes, not its ~256 targets again.
+    assert!(
+        second.body.stats.stored_bytes < 200,
+        "the changed ref chunk took {} bytes (the first table {})",
+        second.body.stats.stored_bytes,
+        first.body.stats.stored_bytes
+    );
     assert_eq!(vault.snapshot_refs(&second).expect("refs"), refs);
+    // And it reads back from the files alone.
+    drop(vault);
+    let reopened =
+        Vault::open_local(dir.path(), Create::Never, WriteOptions::default()).expect("reopen");
+    assert_eq!(reopened.snapshot_refs(&second).expect("refs"), refs);
 }
 
 #[test]
@@ -446,11 +466,10 @@ fn mangled_vault_bytes_give_errors_never_panics_or_wrong_content() {
     };
     let frame = format::compress(&content, Some(&base), 3).expect("compress");
     let envelope = format::seal(format::INDEX_MAGIC, &content, 3).expect("seal");
-    let chunks = refs::chunk(
-        &(0..300)
-            .map(|i| (format!("refs/heads/b{i}"), oid(i)))
-            .collect::<BTreeMap<_, _>>(),
-    );
+    let table: BTreeMap<_, _> = (0..300)
+        .map(|i| (format!("refs/heads/b{i}"), oid(i)))
+        .collect();
+    let chunks = refs::chunk(&table);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let vault = open(dir.path());
@@ -496,7 +515,7 @@ fn mangled_vault_bytes_give_errors_never_panics_or_wrong_content() {
         let _ = format::open_envelope(format::INDEX_MAGIC, &noise.mangle(&envelope));
         let _ = index::decode_index_file(&noise.mangle(&index_bytes));
         let _ = snapshot::Snapshot::open(&snapshot_name, &noise.mangle(&snapshot_bytes));
-        let chunk = &chunks[noise.below(chunks.len())];
+        let (chunk, _) = &chunks[noise.below(chunks.len())];
         let _ = refs::decode_chunk(&noise.mangle(chunk), &mut BTreeMap::new());
     }
     let mut refused = 0;
