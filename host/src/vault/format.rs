@@ -235,7 +235,7 @@ impl<'a> Compressor<'a> {
         content: &[u8],
         base: Option<&'a [u8]>,
     ) -> Result<Vec<u8>, FormatError> {
-        use zstd::zstd_safe::{CParameter, ResetDirective};
+        use zstd::zstd_safe::{CParameter, FrameFormat, ResetDirective};
         let zerr = |code: usize| bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)));
         let cctx = &mut self.cctx;
         cctx.reset(ResetDirective::SessionAndParameters)
@@ -245,6 +245,10 @@ impl<'a> Compressor<'a> {
         cctx.set_parameter(CParameter::ContentSizeFlag(true))
             .map_err(zerr)?;
         cctx.set_parameter(CParameter::ChecksumFlag(false))
+            .map_err(zerr)?;
+        // A record is a frame by its header; zstd's 4-byte magic would only
+        // repeat that, once per record.
+        cctx.set_parameter(CParameter::Format(FrameFormat::Magicless))
             .map_err(zerr)?;
         if let Some(base) = base {
             cctx.set_parameter(CParameter::WindowLog(window_log_for(
@@ -288,7 +292,7 @@ pub fn decompress(
     base: Option<&[u8]>,
     raw_size: u64,
 ) -> Result<Vec<u8>, FormatError> {
-    use zstd::zstd_safe::{DCtx, DParameter, ResetDirective};
+    use zstd::zstd_safe::{DCtx, DParameter, FrameFormat, ResetDirective};
     let zerr = |code: usize| bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)));
     let size = usize::try_from(raw_size).map_err(|_| bad("raw size too large"))?;
     let mut out: Vec<u8> = Vec::with_capacity(size);
@@ -296,6 +300,8 @@ pub fn decompress(
         Some(base) if base.starts_with(&ZSTD_DICT_MAGIC) => {
             let mut dctx = DCtx::create();
             dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+                .map_err(zerr)?;
+            dctx.set_parameter(DParameter::Format(FrameFormat::Magicless))
                 .map_err(zerr)?;
             dctx.ref_prefix(base).map_err(zerr)?;
             dctx.decompress(&mut out, frame).map_err(zerr)?
@@ -309,6 +315,8 @@ pub fn decompress(
             dctx.reset(ResetDirective::SessionAndParameters)
                 .map_err(zerr)?;
             dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+                .map_err(zerr)?;
+            dctx.set_parameter(DParameter::Format(FrameFormat::Magicless))
                 .map_err(zerr)?;
             if let Some(base) = base {
                 dctx.load_dictionary(base).map_err(zerr)?;
@@ -414,6 +422,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn record_frames_carry_no_zstd_magic() {
+        let frame = compress(b"hello hello hello", None, 3).expect("compress");
+        assert!(!frame.starts_with(&0xFD2F_B528u32.to_le_bytes()));
+        // A plain zstd decoder does not take it; ours does.
+        assert!(zstd::bulk::decompress(&frame, 64).is_err());
+        assert_eq!(
+            decompress(&frame, None, 17).expect("decode"),
+            b"hello hello hello"
+        );
     }
 
     #[test]
