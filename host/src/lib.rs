@@ -6,6 +6,7 @@ pub mod bitbucket;
 pub mod config;
 pub mod event;
 pub mod export;
+pub mod failure;
 pub mod git;
 pub mod ids;
 pub mod pipeline;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use gix::ObjectId;
 
+use crate::failure::FailureKind;
 use crate::ids::{GitOid, ObjectKind};
 
 pub mod fetched;
@@ -23,6 +24,14 @@ pub enum GitError {
         repo: String,
         path: PathBuf,
         source: Box<gix::Error>,
+    },
+    /// The git server answered, or failed to, in a way an operator acts
+    /// on (a refused token, no such repository, a timeout).
+    #[error("fetching {repo} from {url}: {problem}")]
+    Remote {
+        repo: String,
+        url: String,
+        problem: RemoteProblem,
     },
     #[error("fetching {repo} from {url}: {}", chain(source))]
     Fetch {
@@ -48,6 +57,23 @@ pub enum GitError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl GitError {
+    /// Whether trying again can help: what the server said decides for a
+    /// remote's answer; a full disk anywhere in the causes is `NoSpace`;
+    /// anything else may pass on a later attempt.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::Remote { problem, .. } => problem.kind(),
+            Self::NotHttp { .. } => FailureKind::Permanent,
+            Self::Io { source, .. } => crate::failure::of_chain(source),
+            Self::Workspace { source, .. }
+            | Self::Fetch { source, .. }
+            | Self::Object { source, .. }
+            | Self::Walk { source, .. } => crate::failure::of_chain(source.as_ref()),
+        }
+    }
 }
 
 /// A ref on the remote after a fetch. For annotated tags `target` is the tag

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gix::ObjectId;
@@ -22,10 +22,14 @@ use gix::protocol::transport::client::blocking_io::{Transport, connect, http};
 
 use super::{GitError, RemoteRef, from_gix, from_kind, to_gix};
 use crate::config::SecretString;
+use crate::failure::FailureKind;
 use crate::ids::{GitOid, ObjectKind, RepoName};
 
 /// How long to wait for the server to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the server may take to answer a request, or to send the next
+/// part of an answer (the HTTP client's read timeout).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// A transfer slower than 1 byte/s for this long is given up (and retried
 /// by the queue like any other failed fetch).
 const STALL_TIMEOUT_SECS: u64 = 120;
@@ -50,11 +54,151 @@ pub struct Fetch {
     pub received_pack: bool,
 }
 
+/// What went wrong talking to a git server, in the words an operator acts
+/// on. The permanent ones (401, 403, 404) are not retried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteProblem {
+    /// 401 or 403: the credentials were refused, or none were configured.
+    Refused { status: u16, token_sent: bool },
+    /// 404: the repository does not exist, or the token cannot see it.
+    NotFound,
+    /// Any other HTTP status that is not a success.
+    Status(u16),
+    /// No connection could be made to the server.
+    Connect { host: String, reason: String },
+    /// The server took longer than this to answer.
+    Timeout { secs: u64 },
+}
+
+impl RemoteProblem {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::Refused { .. } | Self::NotFound => FailureKind::Permanent,
+            Self::Status(_) | Self::Connect { .. } | Self::Timeout { .. } => FailureKind::Transient,
+        }
+    }
+}
+
+impl std::fmt::Display for RemoteProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused {
+                status,
+                token_sent: true,
+            } => write!(f, "remote answered {status}: the token was refused"),
+            Self::Refused {
+                status,
+                token_sent: false,
+            } => write!(
+                f,
+                "remote answered {status}: it wants a token, and the source has no credentials"
+            ),
+            Self::NotFound => f.write_str("remote answered 404: no such repository (or no access)"),
+            Self::Status(status) => write!(f, "remote answered {status}"),
+            Self::Connect { host, reason } => write!(f, "could not connect to {host}: {reason}"),
+            Self::Timeout { secs } => write!(f, "remote did not answer within {secs} s"),
+        }
+    }
+}
+
+/// What a failed conversation with `host` came to, read from the typed
+/// causes gix keeps (the HTTP client's error and status, an IO error's
+/// kind); `None` when none of them says. `asked_for_credentials` is set when
+/// the server answered 401: gix then asks for credentials, and none are
+/// given.
+fn diagnose(
+    error: &(dyn std::error::Error + 'static),
+    asked_for_credentials: bool,
+    answer_secs: u64,
+    token_sent: bool,
+    host: &str,
+) -> Option<RemoteProblem> {
+    if asked_for_credentials {
+        return Some(RemoteProblem::Refused {
+            status: 401,
+            token_sent,
+        });
+    }
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(http) = e.downcast_ref::<reqwest::Error>() {
+            if let Some(status) = http.status() {
+                return Some(match status.as_u16() {
+                    status @ (401 | 403) => RemoteProblem::Refused { status, token_sent },
+                    404 => RemoteProblem::NotFound,
+                    status => RemoteProblem::Status(status),
+                });
+            }
+            if http.is_timeout() {
+                return Some(RemoteProblem::Timeout { secs: answer_secs });
+            }
+            if http.is_connect() {
+                return Some(RemoteProblem::Connect {
+                    host: host.to_string(),
+                    reason: connect_reason(http),
+                });
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::TimedOut => {
+                    return Some(RemoteProblem::Timeout { secs: answer_secs });
+                }
+                std::io::ErrorKind::ConnectionRefused => {
+                    return Some(RemoteProblem::Connect {
+                        host: host.to_string(),
+                        reason: "connection refused".into(),
+                    });
+                }
+                _ => {}
+            }
+            if let Some(inner) = io.get_ref() {
+                if inner
+                    .downcast_ref::<gix::protocol::transport::client::AuthenticationRequired>()
+                    .is_some()
+                {
+                    return Some(RemoteProblem::Refused {
+                        status: 401,
+                        token_sent,
+                    });
+                }
+                if let Some(found) = diagnose(inner, false, answer_secs, token_sent, host) {
+                    return Some(found);
+                }
+            }
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// Why a connection failed: the OS's reason in lower case
+/// (`connection refused`), or the deepest cause the client gives.
+fn connect_reason(error: &reqwest::Error) -> String {
+    let mut reason = None;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                std::io::ErrorKind::TimedOut => return "the connection timed out".into(),
+                _ => {}
+            }
+        }
+        reason = Some(e.to_string());
+        cause = e.source();
+    }
+    reason.unwrap_or_else(|| "connection failed".into())
+}
+
 /// A repository on its server.
 pub struct Remote {
     repo_name: String,
     url: String,
     authorization: Option<SecretString>,
+    /// Set when the server answered 401 during the last handshake.
+    asked_for_credentials: AtomicBool,
+    answer_timeout: Duration,
 }
 
 impl std::fmt::Debug for Remote {
@@ -74,14 +218,50 @@ impl Remote {
             repo_name: repo.to_string(),
             url,
             authorization,
+            asked_for_credentials: AtomicBool::new(false),
+            answer_timeout: ANSWER_TIMEOUT,
         }
     }
 
+    /// The same remote with a shorter wait for answers (tests of a hung
+    /// server).
+    #[cfg(test)]
+    fn with_answer_timeout(mut self, timeout: Duration) -> Self {
+        self.answer_timeout = timeout;
+        self
+    }
+
+    /// The error of a failed conversation: what the server answered when
+    /// that is known, else gix's chain of causes.
     fn err(&self, source: gix::Error) -> GitError {
-        GitError::Fetch {
-            repo: self.repo_name.clone(),
-            url: self.url.clone(),
-            source: Box::new(source),
+        let host = gix::url::parse(gix::bstr::BStr::new(self.url.as_bytes()))
+            .ok()
+            .and_then(|url| {
+                let host = url.host()?.to_string();
+                Some(match url.port {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_else(|| self.url.clone());
+        let problem = diagnose(
+            &source,
+            self.asked_for_credentials.load(Ordering::Relaxed),
+            self.answer_timeout.as_secs(),
+            self.authorization.is_some(),
+            &host,
+        );
+        match problem {
+            Some(problem) => GitError::Remote {
+                repo: self.repo_name.clone(),
+                url: self.url.clone(),
+                problem,
+            },
+            None => GitError::Fetch {
+                repo: self.repo_name.clone(),
+                url: self.url.clone(),
+                source: Box::new(source),
+            },
         }
     }
 
@@ -114,7 +294,17 @@ impl Remote {
             )
             .map_err(|e| self.err(e))?,
         };
+        let answer_timeout = self.answer_timeout;
+        let client = http::reqwest::Options {
+            configure_client: Some(Box::new(move |builder| {
+                Ok(builder
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .timeout(answer_timeout))
+            })),
+            configure_request: None,
+        };
         let mut options = http::Options {
+            backend: Some(Arc::new(std::sync::Mutex::new(client))),
             connect_timeout: Some(CONNECT_TIMEOUT),
             low_speed_limit_bytes_per_second: 1,
             low_speed_time_seconds: STALL_TIMEOUT_SECS,
@@ -135,10 +325,15 @@ impl Remote {
             });
         }
         // Never consult credential helpers or prompt: a 401 is an error.
+        // gix asks for credentials only when the server answered 401.
+        self.asked_for_credentials.store(false, Ordering::Relaxed);
         let handshake = gix::protocol::handshake(
             &mut transport,
             gix::protocol::transport::Service::UploadPack,
-            |_| Ok(None),
+            |_| {
+                self.asked_for_credentials.store(true, Ordering::Relaxed);
+                Ok(None)
+            },
             Vec::new(),
             &mut gix::progress::Discard,
         )
@@ -504,6 +699,103 @@ mod tests {
             "{error}"
         );
         assert!(error.to_lowercase().contains("refused"), "{error}");
+    }
+
+    /// A loopback HTTP server answering every request with `status` (or,
+    /// with `None`, accepting connections and never answering). Returns a
+    /// repository URL on it.
+    fn stub_server(status: Option<u16>) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let Some(status) = status else {
+                    held.push(stream);
+                    continue;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} Status\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        format!("http://{addr}/acme/app.git")
+    }
+
+    fn failure_of(url: &str, timeout: Duration) -> GitError {
+        let name = RepoName::parse("acme/app").expect("name");
+        let token = Some(SecretString::new("Bearer secret-token".into()));
+        Remote::new(&name, url.to_string(), token)
+            .with_answer_timeout(timeout)
+            .ls_remote()
+            .expect_err("the server fails")
+    }
+
+    /// Each way a git server can fail reads as what happened, and says
+    /// whether trying again can help.
+    #[test]
+    fn remote_failures_are_told_in_words_and_classified() {
+        let cases = [
+            (
+                Some(401),
+                "remote answered 401: the token was refused",
+                FailureKind::Permanent,
+            ),
+            (
+                Some(403),
+                "remote answered 403: the token was refused",
+                FailureKind::Permanent,
+            ),
+            (
+                Some(404),
+                "remote answered 404: no such repository (or no access)",
+                FailureKind::Permanent,
+            ),
+            (Some(500), "remote answered 500", FailureKind::Transient),
+            (Some(503), "remote answered 503", FailureKind::Transient),
+            (
+                None,
+                "remote did not answer within 1 s",
+                FailureKind::Transient,
+            ),
+        ];
+        for (status, expected, kind) in cases {
+            let url = stub_server(status);
+            let error = failure_of(&url, Duration::from_secs(1));
+            assert_eq!(
+                error.to_string(),
+                format!("fetching acme/app from {url}: {expected}"),
+                "{status:?}"
+            );
+            assert_eq!(error.kind(), kind, "{status:?}");
+            assert!(!error.to_string().contains("secret-token"));
+        }
+        // Nothing listens on a port just given back.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let url = format!("http://127.0.0.1:{port}/acme/app.git");
+        let error = failure_of(&url, Duration::from_secs(1));
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "fetching acme/app from {url}: could not connect to 127.0.0.1:{port}: connection refused"
+            )
+        );
+        assert_eq!(error.kind(), FailureKind::Transient);
     }
 
     /// A push after a backup: the fetch says what the vault has, receives

@@ -7,6 +7,11 @@
 //!   worker takes the first entry whose time has come; a retry re-inserts the
 //!   entry later in time.
 //!
+//! A failed delivery is put back on the queue (attempts from zero) by
+//! [`Queue::retry`], [`Queue::retry_all_failed`] and by Bitbucket
+//! redelivering its id ([`Queue::record_redelivery`]); a delivery that is
+//! queued, done, skipped or ignored is never queued twice.
+//!
 //! Recording and enqueueing happen in one transaction, and the database is
 //! flushed before the receiver answers 2xx: an acknowledged delivery survives
 //! a crash. Processing is at-least-once; the entry leaves `pending` only after
@@ -28,6 +33,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::Notify;
 
 use crate::event::{Event, now_ms};
+use crate::failure::FailureKind;
+use crate::ids::RepoName;
 
 /// How long a queue whose database failed waits before opening it again;
 /// calls in between fail at once with the error that closed it.
@@ -97,8 +104,78 @@ pub struct Delivery {
     pub status: Status,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// The kind of `last_error`: whether trying again could help.
+    #[serde(default)]
+    pub failure: Option<FailureKind>,
+    /// When the last attempt started.
+    #[serde(default)]
+    pub last_attempt_ms: Option<u64>,
     pub event: Option<Event>,
     pub snapshot: Option<String>,
+}
+
+impl Delivery {
+    /// The repository the delivery is about, when it carries an event.
+    pub fn repository(&self) -> Option<&RepoName> {
+        self.event.as_ref().map(|e| &e.repository)
+    }
+
+    /// A failed delivery back on the queue: attempts count from zero again,
+    /// the last error stays until the next attempt.
+    fn requeued(mut self) -> Self {
+        self.status = Status::Queued;
+        self.attempts = 0;
+        self
+    }
+}
+
+impl Status {
+    /// The word used in JSON and listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Ignored => "ignored",
+            Self::Skipped => "skipped",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A delivery as `hookvault events` and `GET /api/v1/deliveries` show it:
+/// its state and history, without the event's ref changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryView {
+    pub id: String,
+    pub status: Status,
+    pub attempts: u32,
+    /// `permanent`, `transient` or `no-space`: the kind of `last_error`.
+    pub failure: Option<FailureKind>,
+    pub last_error: Option<String>,
+    pub received_at_ms: u64,
+    pub last_attempt_ms: Option<u64>,
+    pub repo: Option<String>,
+    pub source: String,
+    pub event_key: String,
+    pub snapshot: Option<String>,
+}
+
+impl From<&Delivery> for DeliveryView {
+    fn from(d: &Delivery) -> Self {
+        Self {
+            id: d.id.clone(),
+            status: d.status,
+            attempts: d.attempts,
+            failure: d.failure,
+            last_error: d.last_error.clone(),
+            received_at_ms: d.received_at_ms,
+            last_attempt_ms: d.last_attempt_ms,
+            repo: d.repository().map(ToString::to_string),
+            source: d.source.clone(),
+            event_key: d.event_key.clone(),
+            snapshot: d.snapshot.clone(),
+        }
+    }
 }
 
 /// Whether a delivery was new.
@@ -106,6 +183,53 @@ pub struct Delivery {
 pub enum Recorded {
     New,
     Duplicate,
+    /// A redelivery of a failed delivery: queued again.
+    Requeued,
+}
+
+/// What [`Queue::retry`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Retried {
+    Requeued,
+    /// Only a failed delivery is retried; this one is in another state.
+    NotFailed(Status),
+    NotFound,
+}
+
+/// Which deliveries [`Queue::list`] returns.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub failed_only: bool,
+    pub repo: Option<RepoName>,
+}
+
+impl Filter {
+    fn admits(&self, delivery: &Delivery) -> bool {
+        (!self.failed_only || delivery.status == Status::Failed)
+            && self
+                .repo
+                .as_ref()
+                .is_none_or(|repo| delivery.repository() == Some(repo))
+    }
+}
+
+/// Deliveries by state, for stats.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Entries waiting in the queue (including ones waiting for a retry).
+    pub pending: u64,
+    pub queued: u64,
+    /// Queued again after a failed attempt.
+    pub retrying: u64,
+    pub done: u64,
+    pub skipped: u64,
+    pub ignored: u64,
+    /// Given up (dead-lettered): `failed_permanent + failed_after_retries`.
+    pub failed: u64,
+    /// Failed at once: an error trying again cannot fix (a refused token).
+    pub failed_permanent: u64,
+    /// Failed every one of `worker.max_attempts` attempts.
+    pub failed_after_retries: u64,
 }
 
 /// The head of `pending`, as [`Queue::next`] finds it.
@@ -173,6 +297,13 @@ fn pending_key(not_before_ms: u64, seq: u64) -> Vec<u8> {
 fn encode(delivery: &Delivery) -> Vec<u8> {
     // Serialising plain data with string keys cannot fail.
     serde_json::to_vec(delivery).expect("delivery serialises")
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<Delivery, QueueError> {
+    serde_json::from_slice(bytes).map_err(|source| QueueError::Corrupt {
+        id: id.to_string(),
+        source,
+    })
 }
 
 fn open_handles(dir: &Path, generation: u64) -> Result<Handles, sled::Error> {
@@ -320,8 +451,24 @@ impl Queue {
     }
 
     /// Record a delivery; queue it when `delivery.status` is `Queued`.
-    /// Durable (flushed) when this returns.
+    /// Durable (flushed) when this returns. A known id is a duplicate,
+    /// whatever became of it.
     pub async fn record(&self, delivery: Delivery) -> Result<Recorded, QueueError> {
+        self.record_inner(delivery, false).await
+    }
+
+    /// As [`Queue::record`], except that a known id whose delivery failed
+    /// is queued again (Bitbucket's "resend"): a redelivery of a queued,
+    /// done, skipped or ignored delivery stays a duplicate.
+    pub async fn record_redelivery(&self, delivery: Delivery) -> Result<Recorded, QueueError> {
+        self.record_inner(delivery, true).await
+    }
+
+    async fn record_inner(
+        &self,
+        delivery: Delivery,
+        requeue_failed: bool,
+    ) -> Result<Recorded, QueueError> {
         let handles = self.handles()?;
         let seq = handles
             .db
@@ -332,8 +479,15 @@ impl Queue {
         let id = delivery.id.clone();
         let result =
             (&handles.deliveries, &handles.pending).transaction(|(deliveries, pending)| {
-                if deliveries.get(id.as_bytes())?.is_some() {
-                    return Ok(Recorded::Duplicate);
+                if let Some(known) = deliveries.get(id.as_bytes())? {
+                    // An unreadable record is left alone: a duplicate.
+                    let known = match decode(&id, &known) {
+                        Ok(known) if requeue_failed && known.status == Status::Failed => known,
+                        _ => return Ok(Recorded::Duplicate),
+                    };
+                    deliveries.insert(id.as_bytes(), encode(&known.requeued()))?;
+                    pending.insert(pending_key(now_ms(), seq), id.as_bytes())?;
+                    return Ok(Recorded::Requeued);
                 }
                 deliveries.insert(id.as_bytes(), value.as_slice())?;
                 if queued {
@@ -345,10 +499,103 @@ impl Queue {
         // Also for a duplicate: the first copy may still be on its way to
         // disk, and a 2xx promises it is there.
         self.flush(&handles).await?;
-        if recorded == Recorded::New && queued {
+        if (recorded == Recorded::New && queued) || recorded == Recorded::Requeued {
             self.shared.wake.notify_one();
         }
         Ok(recorded)
+    }
+
+    /// Put a failed delivery back on the queue, attempts from zero. Any
+    /// other delivery is left as it is. Durable when this returns.
+    pub async fn retry(&self, id: &str) -> Result<Retried, QueueError> {
+        let handles = self.handles()?;
+        let seq = handles
+            .db
+            .generate_id()
+            .map_err(|source| self.failed(&handles, source))?;
+        let retried = (&handles.deliveries, &handles.pending)
+            .transaction(|(deliveries, pending)| {
+                let Some(known) = deliveries.get(id.as_bytes())? else {
+                    return Ok(Retried::NotFound);
+                };
+                let known = decode(id, &known).map_err(ConflictableTransactionError::Abort)?;
+                if known.status != Status::Failed {
+                    return Ok(Retried::NotFailed(known.status));
+                }
+                deliveries.insert(id.as_bytes(), encode(&known.requeued()))?;
+                pending.insert(pending_key(now_ms(), seq), id.as_bytes())?;
+                Ok::<_, ConflictableTransactionError<QueueError>>(Retried::Requeued)
+            })
+            .map_err(|e| self.transaction_failed(&handles, e))?;
+        if retried == Retried::Requeued {
+            self.flush(&handles).await?;
+            self.shared.wake.notify_one();
+        }
+        Ok(retried)
+    }
+
+    /// Put every failed delivery back on the queue; returns their ids.
+    pub async fn retry_all_failed(&self) -> Result<Vec<String>, QueueError> {
+        let failed = self.list(&Filter {
+            failed_only: true,
+            repo: None,
+        })?;
+        let mut requeued = Vec::new();
+        for delivery in failed {
+            if self.retry(&delivery.id).await? == Retried::Requeued {
+                requeued.push(delivery.id);
+            }
+        }
+        Ok(requeued)
+    }
+
+    /// Every recorded delivery `filter` admits, oldest first. An unreadable
+    /// record is logged and left out.
+    pub fn list(&self, filter: &Filter) -> Result<Vec<Delivery>, QueueError> {
+        let handles = self.handles()?;
+        let mut found = Vec::new();
+        for entry in handles.deliveries.iter() {
+            let (id, bytes) = entry.map_err(|source| self.failed(&handles, source))?;
+            let id = String::from_utf8_lossy(&id);
+            match decode(&id, &bytes) {
+                Ok(delivery) if filter.admits(&delivery) => found.push(delivery),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record")
+                }
+            }
+        }
+        found.sort_by(|a, b| (a.received_at_ms, &a.id).cmp(&(b.received_at_ms, &b.id)));
+        Ok(found)
+    }
+
+    /// Deliveries by state (reads every record).
+    pub fn counts(&self) -> Result<Counts, QueueError> {
+        let mut counts = Counts {
+            pending: self.pending_len()? as u64,
+            ..Counts::default()
+        };
+        for delivery in self.list(&Filter::default())? {
+            match delivery.status {
+                Status::Queued if delivery.last_error.is_some() => {
+                    counts.queued += 1;
+                    counts.retrying += 1;
+                }
+                Status::Queued => counts.queued += 1,
+                Status::Done => counts.done += 1,
+                Status::Skipped => counts.skipped += 1,
+                Status::Ignored => counts.ignored += 1,
+                Status::Failed => {
+                    counts.failed += 1;
+                    if delivery.failure == Some(FailureKind::Permanent) {
+                        counts.failed_permanent += 1;
+                    } else {
+                        counts.failed_after_retries += 1;
+                    }
+                }
+            }
+        }
+        Ok(counts)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Delivery>, QueueError> {
@@ -361,17 +608,7 @@ impl Queue {
             .deliveries
             .get(id.as_bytes())
             .map_err(|source| self.failed(handles, source))?;
-        match found {
-            None => Ok(None),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|source| QueueError::Corrupt {
-                        id: id.to_string(),
-                        source,
-                    })
-            }
-        }
+        found.map(|bytes| decode(id, &bytes)).transpose()
     }
 
     /// Number of deliveries waiting (including ones waiting for a retry).
@@ -447,6 +684,7 @@ impl Queue {
     pub async fn start_attempt(&self, claimed: &mut Claimed) -> Result<(), QueueError> {
         let handles = self.handles()?;
         claimed.delivery.attempts += 1;
+        claimed.delivery.last_attempt_ms = Some(now_ms());
         handles
             .deliveries
             .insert(claimed.delivery.id.as_bytes(), encode(&claimed.delivery))
@@ -515,6 +753,8 @@ mod tests {
             status,
             attempts: 0,
             last_error: None,
+            failure: None,
+            last_attempt_ms: None,
             event: None,
             snapshot: None,
         }
@@ -550,6 +790,138 @@ mod tests {
             1,
             "ignored deliveries are not queued"
         );
+    }
+
+    /// Take the only due delivery and record `status` (and `failure`) for it.
+    async fn finish(queue: &Queue, status: Status, failure: Option<FailureKind>) -> String {
+        let mut claimed = queue.next().await.expect("next");
+        queue.start_attempt(&mut claimed).await.expect("start");
+        claimed.delivery.status = status;
+        claimed.delivery.failure = failure;
+        claimed.delivery.last_error = failure.map(|_| "remote answered 401".to_string());
+        let id = claimed.delivery.id.clone();
+        queue.complete(claimed).await.expect("complete");
+        id
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_failed_id_is_queued_again_and_nothing_else_is() {
+        let (_dir, queue) = fresh_queue();
+        queue
+            .record(delivery("f", Status::Queued))
+            .await
+            .expect("record");
+        finish(&queue, Status::Failed, Some(FailureKind::Permanent)).await;
+        queue
+            .record(delivery("d", Status::Queued))
+            .await
+            .expect("record");
+        finish(&queue, Status::Done, None).await;
+        queue
+            .record(delivery("q", Status::Queued))
+            .await
+            .expect("record");
+        assert_eq!(queue.pending_len().expect("pending"), 1);
+
+        // A plain record (reconciliation) never revives a failed id.
+        assert_eq!(
+            queue
+                .record(delivery("f", Status::Queued))
+                .await
+                .expect("record"),
+            Recorded::Duplicate
+        );
+        for id in ["d", "q"] {
+            assert_eq!(
+                queue
+                    .record_redelivery(delivery(id, Status::Queued))
+                    .await
+                    .expect("record"),
+                Recorded::Duplicate,
+                "{id}"
+            );
+        }
+        assert_eq!(
+            queue
+                .record_redelivery(delivery("f", Status::Queued))
+                .await
+                .expect("record"),
+            Recorded::Requeued
+        );
+        assert_eq!(queue.pending_len().expect("pending"), 2);
+        let again = queue.get("f").expect("get").expect("recorded");
+        assert_eq!((again.status, again.attempts), (Status::Queued, 0));
+        assert_eq!(again.last_error.as_deref(), Some("remote answered 401"));
+        // Queued now: a second resend is a duplicate.
+        assert_eq!(
+            queue
+                .record_redelivery(delivery("f", Status::Queued))
+                .await
+                .expect("record"),
+            Recorded::Duplicate
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_requeues_only_failed_deliveries_and_counts_tell_them_apart() {
+        let (_dir, queue) = fresh_queue();
+        for (id, failure) in [
+            ("perm", Some(FailureKind::Permanent)),
+            ("tried", Some(FailureKind::Transient)),
+        ] {
+            queue
+                .record(delivery(id, Status::Queued))
+                .await
+                .expect("record");
+            assert_eq!(finish(&queue, Status::Failed, failure).await, id);
+        }
+        queue
+            .record(delivery("ok", Status::Queued))
+            .await
+            .expect("record");
+        finish(&queue, Status::Done, None).await;
+        queue
+            .record(delivery("ign", Status::Ignored))
+            .await
+            .expect("record");
+        let counts = queue.counts().expect("counts");
+        assert_eq!(
+            counts,
+            Counts {
+                pending: 0,
+                done: 1,
+                ignored: 1,
+                failed: 2,
+                failed_permanent: 1,
+                failed_after_retries: 1,
+                ..Counts::default()
+            }
+        );
+        let failed: Vec<String> = queue
+            .list(&Filter {
+                failed_only: true,
+                repo: None,
+            })
+            .expect("list")
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(failed, ["perm", "tried"]);
+
+        assert_eq!(queue.retry("nope").await.expect("retry"), Retried::NotFound);
+        assert_eq!(
+            queue.retry("ok").await.expect("retry"),
+            Retried::NotFailed(Status::Done)
+        );
+        assert_eq!(queue.retry("perm").await.expect("retry"), Retried::Requeued);
+        assert_eq!(
+            queue.retry("perm").await.expect("retry"),
+            Retried::NotFailed(Status::Queued)
+        );
+        assert_eq!(queue.retry_all_failed().await.expect("retry"), ["tried"]);
+        let counts = queue.counts().expect("counts");
+        assert_eq!((counts.pending, counts.retrying, counts.failed), (2, 2, 0));
+        assert_eq!(queue.next().await.expect("next").delivery.attempts, 0);
     }
 
     #[tokio::test]

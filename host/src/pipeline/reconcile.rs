@@ -277,6 +277,8 @@ impl Reconciler {
             status: Status::Queued,
             attempts: 0,
             last_error: None,
+            failure: None,
+            last_attempt_ms: None,
             event: Some(event.clone()),
             snapshot: None,
         };
@@ -290,7 +292,7 @@ impl Reconciler {
                 info!(delivery_id = %event.delivery_id, "queued");
                 Ok(true)
             }
-            Recorded::Duplicate => Ok(false),
+            Recorded::Duplicate | Recorded::Requeued => Ok(false),
         }
     }
 

@@ -1,7 +1,10 @@
 //! The worker: takes deliveries from the queue one at a time, runs the
-//! filter plugins, then the backup plugins, and records the outcome. A
-//! failure is retried with exponential backoff; after `max_attempts` the
-//! delivery is dead-lettered (status `failed`, kept with its last error).
+//! filter plugins, then the backup plugins, and records the outcome. Each
+//! failure carries its [`FailureKind`] from where it happened: a transient
+//! one is retried with exponential backoff and after `max_attempts` the
+//! delivery is dead-lettered (status `failed`, kept with its last error); a
+//! permanent one (a refused token, no such repository, an invalid plugin
+//! config) fails at once; a full disk is waited out without counting.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +14,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::WorkerConfig;
 use crate::event::{Event, EventKind};
+use crate::failure::{Classify, Failure, FailureKind};
 use crate::git::Remote;
 use crate::pipeline::queue::{Queue, QueueError, Status};
 use crate::plugins::{BackupDeps, Decision, PluginHost};
@@ -32,12 +36,14 @@ enum Outcome {
 /// space.
 const NO_SPACE_RETRY_MAX_MS: u64 = 60_000;
 
-/// Whether a failed backup ran out of disk space (ENOSPC, as the OS words
-/// it, or the vault's own wording). Plugin calls report errors as text, so
-/// the text is what is matched.
-fn is_no_space(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    message.contains("no space left") || message.contains("os error 28")
+/// A failure of a step, with the kind the step's error gives it.
+fn failure<E: Classify>(error: E) -> Failure {
+    Failure::new(error.kind(), error.to_string())
+}
+
+/// A plugin's failure, with the kind the plugin error gives it.
+fn plugin_failure(error: crate::plugins::PluginError) -> Failure {
+    Failure::new(error.kind(), error.to_string())
 }
 
 pub struct Worker {
@@ -103,6 +109,7 @@ impl Worker {
                     info!(%reason, "skipped by a filter");
                     delivery.status = Status::Skipped;
                     delivery.last_error = None;
+                    delivery.failure = None;
                     drop(_entered);
                     self.queue.complete(claimed).await?;
                 }
@@ -114,10 +121,14 @@ impl Worker {
                     delivery.status = Status::Done;
                     delivery.snapshot = snapshot;
                     delivery.last_error = None;
+                    delivery.failure = None;
                     drop(_entered);
                     self.queue.complete(claimed).await?;
                 }
-                Err(message) if is_no_space(&message) => {
+                Err(Failure {
+                    kind: FailureKind::NoSpace,
+                    message,
+                }) => {
                     // Not the delivery's fault: it waits for space however
                     // long that takes, so a full disk never dead-letters.
                     delivery.attempts = delivery.attempts.saturating_sub(1);
@@ -129,23 +140,37 @@ impl Worker {
                     );
                     warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "backup failed: no space left; will retry without counting an attempt");
                     delivery.last_error = Some(message);
+                    delivery.failure = Some(FailureKind::NoSpace);
                     drop(_entered);
                     self.queue.retry_later(claimed, delay).await?;
                 }
-                Err(message) if delivery.attempts >= self.config.max_attempts => {
-                    error!(error = %message, "backup failed for good; dead-lettered");
+                Err(Failure {
+                    kind: FailureKind::Permanent,
+                    message,
+                }) => {
+                    error!(error = %message, "backup failed; trying again cannot help, so it is not retried");
                     delivery.status = Status::Failed;
                     delivery.last_error = Some(message);
+                    delivery.failure = Some(FailureKind::Permanent);
                     drop(_entered);
                     self.queue.complete(claimed).await?;
                 }
-                Err(message) => {
+                Err(Failure { kind, message }) if delivery.attempts >= self.config.max_attempts => {
+                    error!(error = %message, "backup failed for good; dead-lettered");
+                    delivery.status = Status::Failed;
+                    delivery.last_error = Some(message);
+                    delivery.failure = Some(kind);
+                    drop(_entered);
+                    self.queue.complete(claimed).await?;
+                }
+                Err(Failure { kind, message }) => {
                     let exponent = delivery.attempts.saturating_sub(1).min(16);
                     let delay = Duration::from_millis(
                         self.config.retry_base_ms.saturating_mul(1u64 << exponent),
                     );
                     warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "backup failed; will retry");
                     delivery.last_error = Some(message);
+                    delivery.failure = Some(kind);
                     drop(_entered);
                     self.queue.retry_later(claimed, delay).await?;
                 }
@@ -153,7 +178,7 @@ impl Worker {
         }
     }
 
-    async fn process(&self, event: Event) -> Result<Outcome, String> {
+    async fn process(&self, event: Event) -> Result<Outcome, Failure> {
         let plugins = self.plugins.clone();
         let deps = self.deps.clone();
         let span = tracing::Span::current();
@@ -162,7 +187,7 @@ impl Worker {
             run_pipeline(&plugins, deps, &event)
         })
         .await
-        .map_err(|e| format!("backup task panicked: {e}"))?
+        .map_err(|e| Failure::transient(format!("backup task panicked: {e}")))?
     }
 }
 
@@ -171,7 +196,7 @@ fn run_pipeline(
     plugins: &PluginHost,
     deps: Arc<BackupDeps>,
     event: &Event,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Failure> {
     // Filters decide per ref. So that a ref they exclude stays excluded on
     // every later event (not only on the push that named it), they are shown
     // the repository's real changes since its latest snapshot.
@@ -188,7 +213,7 @@ fn run_pipeline(
     };
     let mut selected: Option<Vec<String>> = None;
     for filter in &plugins.filters {
-        match filter.run(event).map_err(|e| e.to_string())? {
+        match filter.run(event).map_err(plugin_failure)? {
             Decision::Keep => {}
             Decision::Skip(reason) => {
                 return Ok(Outcome::Skipped(format!("{}: {reason}", filter.name())));
@@ -233,7 +258,7 @@ fn run_pipeline(
     for backup in &plugins.backups {
         let outcome = backup
             .run(deps.clone(), &narrowed, &excluded)
-            .map_err(|e| e.to_string())?;
+            .map_err(plugin_failure)?;
         if let Some(snapshot) = outcome.snapshot {
             info!(
                 plugin = backup.name(),
@@ -253,7 +278,7 @@ fn run_pipeline(
         last_snapshot = deps
             .store
             .latest_snapshot(&narrowed.repository)
-            .map_err(|e| e.to_string())?
+            .map_err(failure)?
             .filter(|s| s.body.delivery_id == narrowed.delivery_id)
             .map(|s| s.id.to_string());
     }
@@ -265,10 +290,10 @@ fn run_metadata(
     plugins: &PluginHost,
     deps: Arc<BackupDeps>,
     event: &Event,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Failure> {
     let mut versions = Vec::new();
     for plugin in &plugins.metadata {
-        let written = plugin.run(deps.clone(), event).map_err(|e| e.to_string())?;
+        let written = plugin.run(deps.clone(), event).map_err(plugin_failure)?;
         info!(
             plugin = plugin.name(),
             documents = written.len(),
@@ -285,22 +310,24 @@ fn run_metadata(
 /// The event with `changes` replaced by every difference between the
 /// repository's latest snapshot and the remote now (`ls-remote`); the
 /// `forced` flags Bitbucket reported are kept.
-fn with_real_changes(deps: &BackupDeps, event: &Event) -> Result<Event, String> {
-    let source = deps
-        .sources
-        .get(&event.source)
-        .ok_or_else(|| format!("source {:?} is not configured", event.source))?;
+fn with_real_changes(deps: &BackupDeps, event: &Event) -> Result<Event, Failure> {
+    let source = deps.sources.get(&event.source).ok_or_else(|| {
+        Failure::new(
+            FailureKind::Permanent,
+            format!("source {:?} is not configured", event.source),
+        )
+    })?;
     let remote = Remote::new(
         &event.repository,
         source.config.clone_url(&event.repository),
         source.authorization.clone(),
     )
     .ls_remote()
-    .map_err(|e| e.to_string())?;
+    .map_err(failure)?;
     let snapshot_refs: std::collections::BTreeMap<String, String> = deps
         .store
         .latest_refs(&event.repository)
-        .map_err(|e| e.to_string())?
+        .map_err(failure)?
         .unwrap_or_default()
         .into_iter()
         .map(|(name, target)| (name, target.to_hex()))

@@ -15,6 +15,7 @@ use super::sandbox::{self, Loaded, PluginState};
 use super::{PluginError, PluginSpec};
 use crate::config::{SecretString, SourceConfig};
 use crate::event::{Event, now_ms};
+use crate::failure::{Classify, FailureKind};
 use crate::git::{ObjectInfo, Remote, Workspace};
 use crate::ids::{GitOid, ObjectKind};
 use crate::vault::{CopyStats, NewSnapshot, RefUpdate, Snapshot, Vault};
@@ -62,15 +63,29 @@ pub struct BackupCtx {
     paths: HashMap<GitOid, String>,
     stats: CopyStats,
     snapshot: Option<Snapshot>,
+    /// The kind of the last host call that failed: a plugin returns the
+    /// host's errors as text, and this keeps what kind they were.
+    failure: Option<FailureKind>,
+}
+
+/// A host call's error as the plugin receives it (text), its kind kept in
+/// `failure`.
+fn noted<T, E: Classify>(
+    failure: &mut Option<FailureKind>,
+    result: Result<T, E>,
+) -> Result<T, String> {
+    result.map_err(|e| {
+        *failure = Some(e.kind());
+        e.to_string()
+    })
 }
 
 impl BackupCtx {
-    fn remote(&self) -> Result<Remote, String> {
-        let source = self
-            .deps
-            .sources
-            .get(&self.event.source)
-            .ok_or_else(|| format!("source {:?} is not configured", self.event.source))?;
+    fn remote(&mut self) -> Result<Remote, String> {
+        let Some(source) = self.deps.sources.get(&self.event.source) else {
+            self.failure = Some(FailureKind::Permanent);
+            return Err(format!("source {:?} is not configured", self.event.source));
+        };
         Ok(Remote::new(
             &self.event.repository,
             source.config.clone_url(&self.event.repository),
@@ -89,15 +104,16 @@ impl BackupCtx {
     fn fetch(&mut self) -> Result<Vec<crate::git::RemoteRef>, String> {
         let started = std::time::Instant::now();
         let remote = self.remote()?;
-        let store = &self.deps.store;
-        let previous = store
-            .latest_refs(&self.event.repository)
-            .map_err(|e| e.to_string())?
+        let deps = self.deps.clone();
+        let store = &deps.store;
+        let previous = noted(&mut self.failure, store.latest_refs(&self.event.repository))?
             .unwrap_or_default();
         // Drop an earlier workspace of this call first: one per backup.
         self.workspace = None;
-        let workspace = Workspace::create(&self.deps.work_dir, &self.event.repository)
-            .map_err(|e| e.to_string())?;
+        let workspace = noted(
+            &mut self.failure,
+            Workspace::create(&deps.work_dir, &self.event.repository),
+        )?;
         // An error asking the vault counts as "not held": more is fetched,
         // never less.
         let held = |oid: &GitOid| store.has(oid).unwrap_or(false);
@@ -109,9 +125,10 @@ impl BackupCtx {
             }
         };
         let negotiated = started.elapsed();
-        let fetched = workspace
-            .fetch(&remote, &previous, &held, &bases)
-            .map_err(|e| e.to_string())?;
+        let fetched = noted(
+            &mut self.failure,
+            workspace.fetch(&remote, &previous, &held, &bases),
+        )?;
         tracing::debug!(
             refs = fetched.refs.len(),
             previous_refs = previous.len(),
@@ -171,11 +188,8 @@ impl git_source::Host for PluginState<BackupCtx> {
         // more, never less.
         let have = move |oid: &GitOid| store.has(oid).unwrap_or(false);
         let started = std::time::Instant::now();
-        let objects = self
-            .extra
-            .workspace()?
-            .walk(&tips, &known, &have)
-            .map_err(|e| e.to_string())?;
+        let walked = self.extra.workspace()?.walk(&tips, &known, &have);
+        let objects = noted(&mut self.extra.failure, walked)?;
         tracing::debug!(
             tips = tips.len(),
             known = known.len(),
@@ -239,12 +253,8 @@ impl store::Host for PluginState<BackupCtx> {
 
     fn missing(&mut self, ids: Vec<String>) -> Result<Vec<String>, String> {
         let oids = parse_oids(&ids)?;
-        let missing = self
-            .extra
-            .deps
-            .store
-            .missing(&oids)
-            .map_err(|e| e.to_string())?;
+        let missing = self.extra.deps.store.missing(&oids);
+        let missing = noted(&mut self.extra.failure, missing)?;
         self.extra.stats.present += (oids.len() - missing.len()) as u64;
         Ok(missing.into_iter().map(GitOid::to_hex).collect())
     }
@@ -261,7 +271,7 @@ impl store::Host for PluginState<BackupCtx> {
         let result = store.put_objects(&objects, |oid| workspace.read(oid));
         drop(objects);
         self.extra.paths = paths;
-        let stats = result.map_err(|e| e.to_string())?;
+        let stats = noted(&mut self.extra.failure, result)?;
         tracing::debug!(
             ids = oids.len(),
             written = stats.written,
@@ -307,11 +317,8 @@ impl store::Host for PluginState<BackupCtx> {
                 .collect(),
             stats: ctx.stats,
         };
-        let snapshot = ctx
-            .deps
-            .store
-            .commit_snapshot(body)
-            .map_err(|e| e.to_string())?;
+        let committed = ctx.deps.store.commit_snapshot(body);
+        let snapshot = noted(&mut ctx.failure, committed)?;
         let id = snapshot.id.to_string();
         ctx.snapshot = Some(snapshot);
         Ok(id)
@@ -363,13 +370,26 @@ impl BackupPlugin {
             paths: HashMap::new(),
             stats: CopyStats::default(),
             snapshot: None,
+            failure: None,
         };
         let mut store = self.base.store(&event.delivery_id, ctx)?;
         let result = self
             .pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_backup(&mut store, &to_wit_event(event, excluded)));
-        self.base.reported(self.base.finish(&store, result)?)?;
+        let host_failure = store.data().extra.failure;
+        self.base
+            .reported(self.base.finish(&store, result)?)
+            .map_err(|e| match e {
+                PluginError::Reported {
+                    plugin, message, ..
+                } => PluginError::Reported {
+                    plugin,
+                    message,
+                    host_failure,
+                },
+                other => other,
+            })?;
         let ctx = &mut store.data_mut().extra;
         Ok(BackupOutcome {
             snapshot: ctx.snapshot.take(),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use wasmtime::Engine;
 
 use crate::config::{Config, PluginConfig, PluginKind};
+use crate::failure::FailureKind;
 pub use backup::{BackupDeps, BackupOutcome, BackupPlugin, SourceGit};
 pub use filter::{Decision, FilterPlugin};
 pub use metadata::MetadataPlugin;
@@ -61,7 +62,41 @@ pub enum PluginError {
         detail: String,
     },
     #[error("plugin {plugin} reported an error: {message}")]
-    Reported { plugin: String, message: String },
+    Reported {
+        plugin: String,
+        message: String,
+        /// The kind of the last host call that failed during the call,
+        /// whose error the plugin most likely passed on.
+        host_failure: Option<FailureKind>,
+    },
+}
+
+/// The phrase a plugin's error contains when its configuration is wrong
+/// (errors cross the published 0.1.0 interface as strings; the bundled
+/// plugins word it so).
+const INVALID_CONFIG: &str = "invalid plugin config";
+
+impl PluginError {
+    /// Whether calling the plugin again can help. A plugin passing on a host
+    /// call's error takes that error's kind (a refused token, a full disk);
+    /// a plugin saying its configuration is invalid fails for good; a trap
+    /// (fuel, time, memory) or any other report may pass on a later attempt.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::Reported {
+                host_failure: Some(kind),
+                ..
+            } => *kind,
+            Self::Reported { message, .. } if message.contains(INVALID_CONFIG) => {
+                FailureKind::Permanent
+            }
+            Self::Reported { .. } | Self::Trap { .. } => FailureKind::Transient,
+            Self::Engine(_)
+            | Self::Read { .. }
+            | Self::UnknownBuiltin { .. }
+            | Self::Load { .. } => FailureKind::Permanent,
+        }
+    }
 }
 
 /// Every configured plugin, loaded and linked.
@@ -186,5 +221,43 @@ impl PluginHost {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reported(message: &str, host_failure: Option<FailureKind>) -> PluginError {
+        PluginError::Reported {
+            plugin: "git-backup".into(),
+            message: message.into(),
+            host_failure,
+        }
+    }
+
+    /// A plugin's error takes the kind of the host call it passed on; an
+    /// invalid config is permanent; traps and other reports may pass.
+    #[test]
+    fn plugin_errors_are_classified() {
+        let refused = reported(
+            "fetching acme/app: remote answered 401: the token was refused",
+            Some(FailureKind::Permanent),
+        );
+        assert_eq!(refused.kind(), FailureKind::Permanent);
+        let full = reported("no space left", Some(FailureKind::NoSpace));
+        assert_eq!(full.kind(), FailureKind::NoSpace);
+        let config = reported("git-backup: invalid plugin config: unknown field `x`", None);
+        assert_eq!(config.kind(), FailureKind::Permanent);
+        assert_eq!(
+            reported("something odd", None).kind(),
+            FailureKind::Transient
+        );
+        let trap = PluginError::Trap {
+            plugin: "looper".into(),
+            reason: "exceeded its fuel (instruction) budget".into(),
+            detail: String::new(),
+        };
+        assert_eq!(trap.kind(), FailureKind::Transient);
     }
 }

@@ -312,6 +312,7 @@ impl Loaded {
         result.map_err(|message| PluginError::Reported {
             plugin: self.name.to_string(),
             message,
+            host_failure: None,
         })
     }
 }

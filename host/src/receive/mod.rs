@@ -2,8 +2,8 @@
 //! payload shapes; it produces [`Event`]s and records them durably in the
 //! queue before answering. It never does backup work itself.
 //!
-//! Status codes: 202 queued (or recorded and ignored), 200 duplicate or
-//! ping, 400 malformed, 401 unsigned or wrongly signed, 413 too large,
+//! Status codes: 202 queued (or recorded and ignored, or a failed
+//! delivery's id sent again and queued again), 200 duplicate or ping, 400 malformed, 401 unsigned or wrongly signed, 413 too large,
 //! 503 when the store cannot record (Bitbucket Cloud retries 5xx).
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +22,7 @@ use crate::bitbucket::{normalize, signature};
 use crate::config::{Config, SecretString, SourceKind};
 use crate::event::{Event, now_ms};
 use crate::ids::RepoName;
-use crate::pipeline::queue::{Delivery, Queue, Recorded, Status};
+use crate::pipeline::queue::{Delivery, DeliveryView, Filter, Queue, Recorded, Retried, Status};
 use crate::vault::Vault;
 
 /// A configured source with its secrets resolved.
@@ -122,7 +122,10 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/api/v1/repos/{owner}/{slug}/snapshots",
             get(list_snapshots),
         )
+        .route("/api/v1/deliveries", get(list_deliveries))
         .route("/api/v1/deliveries/{id}", get(get_delivery))
+        .route("/api/v1/deliveries/{id}/retry", post(retry_delivery))
+        .route("/api/v1/retry-failed", post(retry_failed))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/reconcile", post(reconcile_now))
         .layer(DefaultBodyLimit::max(limit))
@@ -272,10 +275,12 @@ async fn receive(
             status,
             attempts: 0,
             last_error: None,
+            failure: None,
+            last_attempt_ms: None,
             event,
             snapshot: None,
         };
-        match state.queue.record(delivery).await {
+        match state.queue.record_redelivery(delivery).await {
             Ok(Recorded::New) => {
                 info!(source = %source.name, ?status, "delivery recorded");
                 let word = if status == Status::Queued {
@@ -286,6 +291,13 @@ async fn receive(
                 reply(
                     StatusCode::ACCEPTED,
                     json!({ "delivery": id, "status": word }),
+                )
+            }
+            Ok(Recorded::Requeued) => {
+                info!("redelivery of a failed delivery; queued again");
+                reply(
+                    StatusCode::ACCEPTED,
+                    json!({ "delivery": id, "status": "requeued" }),
                 )
             }
             Ok(Recorded::Duplicate) => {
@@ -403,12 +415,97 @@ async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respon
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
-    match stats {
-        Ok(stats) => reply(
-            StatusCode::OK,
-            json!({ "store": stats, "queue": { "pending": state.queue.pending_len().ok() } }),
+    let queue = state.queue.clone();
+    let counts = tokio::task::spawn_blocking(move || queue.counts())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match (stats, counts) {
+        (Ok(stats), Ok(counts)) => {
+            reply(StatusCode::OK, json!({ "store": stats, "queue": counts }))
+        }
+        (Err(e), _) | (_, Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `GET /api/v1/deliveries?failed=true&repo=WS/SLUG`.
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    failed: bool,
+    repo: Option<String>,
+}
+
+/// The recorded deliveries, oldest first, as [`DeliveryView`]s.
+async fn list_deliveries(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(query): axum::extract::Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(denied) = api_denied(&state, &headers) {
+        return denied;
+    }
+    let repo = match query.repo.as_deref().map(RepoName::parse).transpose() {
+        Ok(repo) => repo,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let filter = Filter {
+        failed_only: query.failed,
+        repo,
+    };
+    let queue = state.queue.clone();
+    let listed = tokio::task::spawn_blocking(move || queue.list(&filter)).await;
+    match listed {
+        Ok(Ok(list)) => {
+            let views: Vec<DeliveryView> = list.iter().map(DeliveryView::from).collect();
+            reply(StatusCode::OK, json!(views))
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Queue a failed delivery again: 200, 404 when unknown, 409 when it has
+/// not failed.
+async fn retry_delivery(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(denied) = api_denied(&state, &headers) {
+        return denied;
+    }
+    match state.queue.retry(&id).await {
+        Ok(Retried::Requeued) => {
+            info!(delivery_id = %id, "failed delivery queued again by an operator");
+            reply(StatusCode::OK, json!({ "requeued": [id] }))
+        }
+        Ok(Retried::NotFound) => error(StatusCode::NOT_FOUND, format!("no delivery {id}")),
+        Ok(Retried::NotFailed(status)) => error(
+            StatusCode::CONFLICT,
+            format!(
+                "delivery {id} has not failed (it is {}); only failed deliveries are retried",
+                status.as_str()
+            ),
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Queue every failed delivery again.
+async fn retry_failed(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(denied) = api_denied(&state, &headers) {
+        return denied;
+    }
+    match state.queue.retry_all_failed().await {
+        Ok(ids) => {
+            info!(
+                count = ids.len(),
+                "failed deliveries queued again by an operator"
+            );
+            reply(StatusCode::OK, json!({ "requeued": ids }))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

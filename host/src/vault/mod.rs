@@ -1439,6 +1439,17 @@ fn check_config(location: &str, bytes: &[u8]) -> Result<(), VaultError> {
     Ok(())
 }
 
+impl VaultError {
+    /// A full disk (or bucket quota) is `NoSpace`, waited out; every other
+    /// vault error may pass on a later attempt.
+    pub fn kind(&self) -> crate::failure::FailureKind {
+        match self {
+            Self::Backend(BackendError::NoSpace { .. }) => crate::failure::FailureKind::NoSpace,
+            other => crate::failure::of_chain(other),
+        }
+    }
+}
+
 /// A failure while storing objects: the vault's own, or the reader's.
 #[derive(Debug, thiserror::Error)]
 pub enum PutError<E> {
