@@ -696,7 +696,10 @@ fn sigkill_at_any_point_loses_nothing_and_breaks_nothing() {
     );
     eprintln!(
         "vault stats: {} snapshots, {} git objects, {} data files, {} index files",
-        stats["snapshots"], stats["git_objects"], stats["data_files"], stats["index_files"]
+        stats["store"]["snapshots"],
+        stats["store"]["git_objects"],
+        stats["store"]["data_files"],
+        stats["store"]["index_files"]
     );
     eprintln!(
         "fetch workspaces: {} seen right after kills, {} left now",

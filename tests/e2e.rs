@@ -540,8 +540,9 @@ fn read_commands_work_while_serve_runs_and_never_create_a_store() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(stats, service.stats()["store"]);
-    assert_eq!(stats["snapshots"], 1);
+    assert_eq!(stats, service.stats());
+    assert_eq!(stats["store"]["snapshots"], 1);
+    assert_eq!(stats["queue"]["done"], 1);
 
     let to = tmp.path().join("restored.git");
     let out = restore(&service.config, REPO, None, &to);
@@ -828,4 +829,166 @@ fn second_serve_is_refused_and_read_commands_run_side_by_side() {
     let config = service.config.clone();
     service.stop();
     run_two_at_once(&config);
+}
+
+/// `hookvault events` on the CLI, JSON.
+fn events_json(config: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookvault"))
+        .arg("--config")
+        .arg(config)
+        .arg("events")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("events");
+    assert!(
+        out.status.success(),
+        "events {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// A token the git server refuses: the delivery fails once with the reason
+/// in words and is not retried; `events --failed` and the stats show it;
+/// Bitbucket's resend and `events retry` (through the running service and
+/// without one) queue it again; with the token fixed it is backed up.
+#[test]
+fn events_show_a_refused_token_and_retry_queues_it_again() {
+    let OneCommitRepo {
+        tmp, server, head, ..
+    } = one_commit_repo(REPO);
+    let dir = tmp.path().join("hv");
+    let good = config_text(&dir.join("data"), &server, 3, 50, "");
+    let wrong = good.replace(TOKEN, "wrong-token-77aa");
+    let service = Service::start_config(&dir, &wrong);
+    let body = branch_push(REPO, "main", None, &head);
+    let id = "{22222222-aaaa-4bbb-8ccc-000000000001}";
+    service.push(id, &body);
+    let outcome = service.outcome(id);
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    assert_eq!(outcome["attempts"], 1, "a refused token is not retried");
+    assert_eq!(outcome["failure"], "permanent");
+    let error = outcome["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.ends_with("remote answered 401: the token was refused") && error.contains(REPO),
+        "{error}"
+    );
+    assert!(!service.log().contains("will retry"), "{}", service.log());
+
+    // A delivery that succeeds, for contrast (another repository).
+    let other = "acme-eng/other";
+    server.create(other);
+    // Listing beside the running service: through its API.
+    let failed = events_json(&service.config, &["--failed"]);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["id"], id);
+    assert_eq!(failed[0]["repo"], REPO);
+    assert_eq!(failed[0]["attempts"], 1);
+    assert_eq!(failed[0]["failure"], "permanent");
+    assert!(failed[0]["last_attempt_ms"].as_u64().is_some());
+    assert!(events_json(&service.config, &["--repo", other]).is_empty());
+    let out = service.cli(&["events", "--failed"]);
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        human.contains(id)
+            && human.contains("failed (permanent)")
+            && human.contains("attempts=1")
+            && human.contains("remote answered 401: the token was refused"),
+        "{human}"
+    );
+
+    // Stats count it, in the API and on the CLI.
+    let stats = service.stats();
+    assert_eq!(stats["queue"]["failed"], 1, "{stats}");
+    assert_eq!(stats["queue"]["failed_permanent"], 1, "{stats}");
+    assert_eq!(stats["queue"]["failed_after_retries"], 0, "{stats}");
+    let out = service.cli(&["stats", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli_stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(cli_stats["queue"], stats["queue"]);
+    let out = service.cli(&["stats"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 failed (1 permanent"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Bitbucket resends the failed delivery: queued again, fails again once.
+    let signature = sign(SECRET.as_bytes(), &body);
+    let (status, reply) = service.deliver("repo:push", id, &body, Some(&signature));
+    assert_eq!(
+        (status, &reply["status"]),
+        (202, &serde_json::json!("requeued")),
+        "{reply}"
+    );
+    let outcome = service.outcome(id);
+    assert_eq!(
+        (&outcome["status"], &outcome["attempts"]),
+        (&serde_json::json!("failed"), &serde_json::json!(1)),
+        "{outcome}"
+    );
+    // `events retry --all-failed` through the running service.
+    let out = service.cli(&["events", "retry", "--all-failed", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requeued: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(requeued["requeued"], serde_json::json!([id]));
+    assert_eq!(service.outcome(id)["status"], "failed");
+    service.stop();
+
+    // The token fixed; `events retry ID` with no service running.
+    std::fs::write(&service_config(&dir), &good).expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookvault"))
+        .arg("--config")
+        .arg(service_config(&dir))
+        .args(["events", "retry", id])
+        .output()
+        .expect("retry");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = events_json(&service_config(&dir), &[]);
+    assert_eq!(listed[0]["status"], "queued", "{listed:?}");
+    assert_eq!(listed[0]["attempts"], 0);
+
+    let service = Service::launch(&dir, service_config(&dir));
+    let outcome = service.outcome(id);
+    assert_eq!(outcome["status"], "done", "{outcome}\n{}", service.log());
+    assert_eq!(service.snapshots(REPO).len(), 1);
+    // A resend of a delivery that succeeded stays a duplicate.
+    let (status, reply) = service.deliver("repo:push", id, &body, Some(&signature));
+    assert_eq!(
+        (status, &reply["status"]),
+        (200, &serde_json::json!("duplicate")),
+        "{reply}"
+    );
+    // Only failed deliveries are retried.
+    let out = service.cli(&["events", "retry", id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has not failed (it is done)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = service.stats();
+    assert_eq!(
+        (&stats["queue"]["failed"], &stats["queue"]["done"]),
+        (&serde_json::json!(0), &serde_json::json!(1)),
+        "{stats}"
+    );
+    service.stop();
+}
+
+fn service_config(dir: &Path) -> std::path::PathBuf {
+    dir.join("hookvault.toml")
 }

@@ -2,6 +2,7 @@
 //! repositories. Data flows one way: receive → queue → plugins → vault →
 //! restore. See ARCHITECTURE.md.
 
+pub mod admin;
 pub mod bitbucket;
 pub mod config;
 pub mod event;

@@ -13,9 +13,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use hookvault::admin::Deliveries;
 use hookvault::bitbucket::rest::{Api, HookTarget};
 use hookvault::config::{Config, SecretString};
 use hookvault::ids::RepoName;
+use hookvault::pipeline::queue::{DeliveryView, Filter};
 use hookvault::vault::{Create, Snapshot};
 use hookvault::{restore, serve, terminal};
 
@@ -93,8 +95,23 @@ enum Command {
         #[command(subcommand)]
         what: RepairCommand,
     },
-    /// Vault-wide counters.
+    /// Vault-wide counters, and deliveries by state (failed ones too).
     Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The deliveries in the queue: status, attempts, last error, times.
+    /// Beside a running `serve` it asks the service (admin API, with
+    /// `server.admin_token`); without one it reads the queue itself.
+    Events {
+        #[command(subcommand)]
+        action: Option<EventsAction>,
+        /// Only deliveries that failed (given up, or failed for good).
+        #[arg(long)]
+        failed: bool,
+        /// Only deliveries about this repository (`workspace/slug`).
+        #[arg(long)]
+        repo: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -115,6 +132,21 @@ enum Command {
     Hooks {
         #[command(subcommand)]
         action: HooksAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsAction {
+    /// Queue a failed delivery again (attempts count from zero).
+    Retry {
+        /// The delivery id, as `events` shows it.
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        id: Option<String>,
+        /// Every failed delivery.
+        #[arg(long)]
+        all_failed: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -426,12 +458,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             );
         }
+        Command::Events {
+            action,
+            failed,
+            repo,
+            json,
+        } => run_events(&config, action, failed, repo, json)?,
         Command::Stats { json } => {
             let store = serve::open_vault(&config, Create::Never)?;
             let stats = store.stats()?;
+            let counts =
+                runtime()?.block_on(async { Deliveries::open(&config).await?.counts().await });
             if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                let counts = match counts {
+                    Ok(counts) => Some(counts),
+                    Err(e) => {
+                        note!("hookvault: deliveries not counted: {e}");
+                        None
+                    }
+                };
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "store": stats,
+                        "queue": counts,
+                    }))?
+                );
             } else {
+                match counts {
+                    Ok(c) => out!(
+                        "deliveries: {} queued ({} retrying after a failure), {} done, {} skipped, {} ignored, {} failed ({} permanent, {} after every attempt)",
+                        c.queued,
+                        c.retrying,
+                        c.done,
+                        c.skipped,
+                        c.ignored,
+                        c.failed,
+                        c.failed_permanent,
+                        c.failed_after_retries
+                    ),
+                    Err(e) => note!("hookvault: deliveries not counted: {e}"),
+                }
                 out!(
                     "{} git objects ({} records) in {} data files; {} bytes in all ({} data, {} index); {} snapshots of {} repositories; {} document versions",
                     stats.git_objects,
@@ -448,6 +515,91 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn run_events(
+    config: &Config,
+    action: Option<EventsAction>,
+    failed: bool,
+    repo: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let deliveries = rt.block_on(Deliveries::open(config))?;
+    match action {
+        None => {
+            let filter = Filter {
+                failed_only: failed,
+                repo: repo.as_deref().map(RepoName::parse).transpose()?,
+            };
+            let listed = rt.block_on(deliveries.list(&filter))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+            } else if listed.is_empty() {
+                note!(
+                    "no {}deliveries{}",
+                    if failed { "failed " } else { "" },
+                    repo.map(|r| format!(" for {r}")).unwrap_or_default()
+                );
+            } else {
+                for delivery in &listed {
+                    print_delivery(delivery);
+                }
+            }
+        }
+        Some(EventsAction::Retry {
+            id,
+            all_failed,
+            json,
+        }) => {
+            let requeued = match id {
+                Some(id) if !all_failed => {
+                    rt.block_on(deliveries.retry(&id))?;
+                    vec![id]
+                }
+                _ => rt.block_on(deliveries.retry_all_failed())?,
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "requeued": requeued }))?
+                );
+            } else {
+                for id in &requeued {
+                    out!("{id}");
+                }
+                note!("queued {} failed deliveries again", requeued.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One delivery, one line: time received, id, status (and the failure's
+/// kind), attempts, repository, event, last attempt, last error.
+fn print_delivery(d: &DeliveryView) {
+    let status = match d.failure {
+        Some(kind) if d.last_error.is_some() => {
+            format!("{} ({})", d.status.as_str(), kind.as_str())
+        }
+        _ => d.status.as_str().to_string(),
+    };
+    out!(
+        "{}  {}  {}  attempts={}  repo={}  event={}  last-attempt={}{}",
+        format_time(d.received_at_ms),
+        d.id,
+        status,
+        d.attempts,
+        d.repo.as_deref().unwrap_or("-"),
+        d.event_key,
+        d.last_attempt_ms
+            .map(format_time)
+            .unwrap_or_else(|| "-".into()),
+        d.last_error
+            .as_deref()
+            .map(|e| format!("  error: {e}"))
+            .unwrap_or_default(),
+    );
 }
 
 fn print_snapshot(s: &Snapshot) {

@@ -188,6 +188,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         })?;
     let addr = listener.local_addr().map_err(ServeError::Http)?;
     info!(%addr, "listening");
+    // Where `hookvault events` and `stats` find this service.
+    if let Err(e) = crate::admin::announce(&config.store.path, addr) {
+        tracing::warn!(error = %e, "cannot write serve.json; admin commands will not find this service");
+    }
     // Machine-readable readiness line on stdout.
     println!("{}", serde_json::json!({ "listening": addr.to_string() }));
 
@@ -198,6 +202,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     .with_graceful_shutdown(shutdown_signal())
     .await
     .map_err(ServeError::Http)?;
+    crate::admin::withdraw(&config.store.path);
     info!("shutting down; finishing the delivery in progress");
     let _ = stop_tx.send(true);
     worker
