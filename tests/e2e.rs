@@ -876,10 +876,9 @@ fn events_show_a_refused_token_and_retry_queues_it_again() {
     );
     assert!(!service.log().contains("will retry"), "{}", service.log());
 
-    // A delivery that succeeds, for contrast (another repository).
+    // Listing beside the running service: through its API; `--repo`
+    // leaves out other repositories.
     let other = "acme-eng/other";
-    server.create(other);
-    // Listing beside the running service: through its API.
     let failed = events_json(&service.config, &["--failed"]);
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["id"], id);
@@ -945,7 +944,7 @@ fn events_show_a_refused_token_and_retry_queues_it_again() {
     service.stop();
 
     // The token fixed; `events retry ID` with no service running.
-    std::fs::write(&service_config(&dir), &good).expect("config");
+    std::fs::write(service_config(&dir), &good).expect("config");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookvault"))
         .arg("--config")
         .arg(service_config(&dir))

@@ -50,10 +50,10 @@ pub(crate) fn of_chain(error: &(dyn std::error::Error + 'static)) -> FailureKind
             if is_storage_full(io) {
                 return FailureKind::NoSpace;
             }
-            if let Some(inner) = io.get_ref() {
-                if of_chain(inner) == FailureKind::NoSpace {
-                    return FailureKind::NoSpace;
-                }
+            if let Some(inner) = io.get_ref()
+                && of_chain(inner) == FailureKind::NoSpace
+            {
+                return FailureKind::NoSpace;
             }
         }
         cause = e.source();

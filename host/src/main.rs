@@ -2,7 +2,10 @@
 //!
 //! Exit codes: 0 success; 1 failure (the message names the file, repository
 //! or object); 2 usage error. Read commands work while `serve` runs: they
-//! read the vault's immutable files and never create or lock anything.
+//! read the vault's immutable files and never create or lock anything in
+//! it. `events` and `stats` read the delivery queue: through the running
+//! service's admin API when `serve` holds it, else directly
+//! ([`hookvault::admin`]).
 //! Human output goes to stderr (logs) and stdout (listings), every line
 //! through [`terminal::escape`] (`out!`, `note!`): names from payloads and
 //! REST answers never reach the terminal as control characters. `--json`
