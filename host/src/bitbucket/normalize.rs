@@ -66,13 +66,39 @@ impl Envelope<'_> {
     }
 }
 
-/// Parse a verified body.
+/// Parse a verified body. A key hookvault does not act on is ignored
+/// whatever its body (empty, not JSON): its body is never read, so it
+/// cannot be malformed.
 pub fn parse(envelope: &Envelope<'_>, body: &[u8]) -> Result<Parsed, PayloadError> {
     let key = canonical_key(envelope.event_key);
     match envelope.source_kind {
-        SourceKind::Cloud => parse_cloud(envelope, key, body),
-        SourceKind::DataCenter => parse_dc(envelope, key, body),
+        SourceKind::Cloud if cloud_acts_on(key) => parse_cloud(envelope, key, body),
+        SourceKind::DataCenter if dc_acts_on(key) => parse_dc(envelope, key, body),
+        SourceKind::Cloud | SourceKind::DataCenter => Ok(Parsed::Ignored),
     }
+}
+
+/// The Cloud event keys `parse_cloud` turns into events.
+fn cloud_acts_on(key: &str) -> bool {
+    matches!(
+        key,
+        "repo:push"
+            | "repo:created"
+            | "repo:imported"
+            | "repo:updated"
+            | "repo:transfer"
+            | "repo:fork"
+            | "repo:deleted"
+    ) || key.starts_with("pullrequest:")
+}
+
+/// The Data Center event keys (canonical spelling) `parse_dc` turns into
+/// events.
+fn dc_acts_on(key: &str) -> bool {
+    matches!(
+        key,
+        "repo:refs_changed" | "mirror:repo_synchronized" | "repo:modified" | "repo:forked"
+    ) || key.starts_with("pr:")
 }
 
 fn cloud_repo(value: &Value, path: &[&str]) -> Result<RepoName, PayloadError> {
@@ -86,6 +112,7 @@ fn cloud_actor(value: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
+// Acts on the keys `cloud_acts_on` names; keep the two in step.
 fn parse_cloud(envelope: &Envelope<'_>, key: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
     if key == "repo:push" {
         let push = parse_cloud_push(body)?;
@@ -229,6 +256,7 @@ fn dc_changes(value: &Value) -> Result<Vec<RefChange>, PayloadError> {
     Ok(out)
 }
 
+// Acts on the keys `dc_acts_on` names; keep the two in step.
 fn parse_dc(envelope: &Envelope<'_>, key: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
     let value = json(key, body)?;
     let actor = dc_actor(&value);
@@ -447,10 +475,24 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_ignored_and_missing_parts_tolerated() {
-        assert!(matches!(
-            parse(&envelope(SourceKind::Cloud, "issue:created"), b"{}").expect("ok"),
-            Parsed::Ignored
-        ));
+        for kind in [SourceKind::Cloud, SourceKind::DataCenter] {
+            // Whatever the body: it is not read.
+            for body in [&b"{}"[..], b"", b"not json", b"[1,"] {
+                assert!(
+                    matches!(
+                        parse(&envelope(kind, "issue:created"), body).expect("ignored"),
+                        Parsed::Ignored
+                    ),
+                    "{kind:?} {body:?}"
+                );
+            }
+            // A key it acts on still needs a well-formed body.
+            let known = match kind {
+                SourceKind::Cloud => "repo:push",
+                SourceKind::DataCenter => "repo:refs_changed",
+            };
+            assert!(parse(&envelope(kind, known), b"").is_err(), "{kind:?}");
+        }
         let minimal = br#"{"repository":{"slug":"app","project":{"key":"~dana"}},"changes":[]}"#;
         let e = event(
             parse(
