@@ -66,6 +66,34 @@ pub struct ServerConfig {
     /// endpoints are disabled.
     #[serde(default)]
     pub admin_token: Option<Secret>,
+    /// A connection must deliver a request's complete headers within this
+    /// many seconds of opening, or of the previous response (an idle
+    /// keep-alive connection counts too); otherwise it is closed and logged.
+    /// Bitbucket sends its headers at once, so 10 s only ever cuts off slow
+    /// or idle clients (a slowloris holds a connection by sending a header
+    /// byte now and then).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// The longest pause while a request body is being received; a body that
+    /// stalls longer is answered 408 and logged. Bitbucket sends a whole
+    /// body (at most `max_body_bytes`) at once, so 10 s is ample.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_secs: u64,
+    /// A request must be answered within this many seconds of its headers,
+    /// body and durable write included; one that is not is answered 503
+    /// (Bitbucket Cloud retries 5xx) and logged. A webhook is normally
+    /// answered within milliseconds, so 30 s is only reached by a client
+    /// trickling its body or a store that hangs. `POST /api/v1/reconcile`
+    /// answers when its pass ends and is not limited.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Most client connections open at once; a connection beyond it is closed
+    /// as soon as it is accepted, and logged. Each webhook is answered in
+    /// milliseconds, so 128 is plenty, and it stays well below the usual open
+    /// file limit (1024, or the 256 some systems set), leaving descriptors
+    /// for the queue, the vault and fetches.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_listen() -> SocketAddr {
@@ -76,12 +104,32 @@ fn default_max_body() -> usize {
     1024 * 1024
 }
 
+fn default_header_read_timeout() -> u64 {
+    10
+}
+
+fn default_body_read_timeout() -> u64 {
+    10
+}
+
+fn default_request_timeout() -> u64 {
+    30
+}
+
+fn default_max_connections() -> usize {
+    128
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
             max_body_bytes: default_max_body(),
             admin_token: None,
+            header_read_timeout_secs: default_header_read_timeout(),
+            body_read_timeout_secs: default_body_read_timeout(),
+            request_timeout_secs: default_request_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -488,6 +536,24 @@ impl Config {
         if self.sources.is_empty() {
             return Err(invalid("at least one [[sources]] entry is required".into()));
         }
+        let server = &self.server;
+        for (name, value) in [
+            ("header_read_timeout_secs", server.header_read_timeout_secs),
+            ("body_read_timeout_secs", server.body_read_timeout_secs),
+            ("request_timeout_secs", server.request_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("server.{name} must be at least 1")));
+            }
+        }
+        // A bound far above any open file limit; the shutdown counts
+        // connections in a u32.
+        if !(1..=1 << 20).contains(&server.max_connections) {
+            return Err(invalid(format!(
+                "server.max_connections must be 1-1048576, not {}",
+                server.max_connections
+            )));
+        }
         if !(1..=22).contains(&self.store.zstd_level) {
             return Err(invalid(format!(
                 "store.zstd_level must be 1-22, not {}",
@@ -597,6 +663,31 @@ mod tests {
         let config = Config::from_toml(text, Path::new("examples/hookvault.toml")).expect("valid");
         assert_eq!(config.plugins.len(), 2);
         assert!(config.reconcile.enabled);
+    }
+
+    #[test]
+    fn intake_limits_default_and_refuse_zero() {
+        let config = Config::from_toml(MINIMAL, Path::new("t.toml")).expect("valid");
+        let server = &config.server;
+        assert_eq!(
+            (
+                server.header_read_timeout_secs,
+                server.body_read_timeout_secs,
+                server.request_timeout_secs,
+                server.max_connections
+            ),
+            (10, 10, 30, 128)
+        );
+        for key in [
+            "header_read_timeout_secs",
+            "body_read_timeout_secs",
+            "request_timeout_secs",
+            "max_connections",
+        ] {
+            let text = format!("[server]\n{key} = 0\n{MINIMAL}");
+            let err = Config::from_toml(&text, Path::new("t.toml")).expect_err("zero");
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::pipeline::reconcile::Reconciler;
 use crate::pipeline::worker::{Worker, WorkerError};
 use crate::plugins::SourceGit;
 use crate::plugins::{BackupDeps, PluginError, PluginHost};
+use crate::receive::listen::ConnectionLimits;
 use crate::receive::{AppState, app};
 use crate::vault::backend::{S3Backend, S3Settings};
 use crate::vault::cache::FileCache;
@@ -195,13 +196,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Machine-readable readiness line on stdout.
     println!("{}", serde_json::json!({ "listening": addr.to_string() }));
 
-    axum::serve(
+    crate::receive::listen::serve(
         listener,
-        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app(state),
+        ConnectionLimits::new(&config.server),
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .map_err(ServeError::Http)?;
+    .await;
     crate::admin::withdraw(&config.store.path);
     info!("shutting down; finishing the delivery in progress");
     let _ = stop_tx.send(true);

@@ -3,19 +3,32 @@
 //! queue before answering. It never does backup work itself.
 //!
 //! Status codes: 202 queued (or recorded and ignored, or a failed
-//! delivery's id sent again and queued again), 200 duplicate or ping, 400 malformed, 401 unsigned or wrongly signed, 413 too large,
-//! 503 when the store cannot record (Bitbucket Cloud retries 5xx).
+//! delivery's id sent again and queued again), 200 duplicate or ping, 400
+//! malformed, 401 unsigned or wrongly signed, 408 body stalled, 413 too
+//! large, 503 when the store cannot record or the request was not answered
+//! in time (Bitbucket Cloud retries 5xx).
+//!
+//! Before any of that, every client meets the limits of `[server]`:
+//! connections and header reads in [`listen`], request bodies and whole
+//! requests as layers of [`app`].
+
+pub(crate) mod listen;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
-use axum::http::{Extensions, HeaderMap, StatusCode};
+use axum::http::{Extensions, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
+use tower::ServiceBuilder;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::bitbucket::{normalize, signature};
@@ -54,6 +67,10 @@ pub struct AppState {
     pub reconciler: Option<crate::pipeline::reconcile::Reconciler>,
     /// Where `hookvault hooks register` keeps the secrets it made.
     pub store_dir: std::path::PathBuf,
+    /// `server.body_read_timeout_secs`.
+    pub(crate) body_read_timeout: Duration,
+    /// `server.request_timeout_secs`.
+    pub(crate) request_timeout: Duration,
 }
 
 impl AppState {
@@ -107,13 +124,23 @@ impl AppState {
             max_body_bytes: config.server.max_body_bytes,
             reconciler: None,
             store_dir: config.store.path.clone(),
+            body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs),
+            request_timeout: Duration::from_secs(config.server.request_timeout_secs),
         })
     }
 }
 
-/// The HTTP application, testable without a socket.
+/// The HTTP application, testable without a socket. Every request body
+/// that pauses longer than `server.body_read_timeout_secs` fails (the
+/// webhook handlers answer 408); every request but `POST
+/// /api/v1/reconcile` (which answers when its pass ends) is answered 503
+/// if not answered within `server.request_timeout_secs`.
 pub fn app(state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
+    let request_timeout = state.request_timeout;
+    let on_timeout = move |extensions: Extensions, method: Method, uri: Uri, failure| async move {
+        not_answered(&extensions, &method, &uri, failure, request_timeout)
+    };
     Router::new()
         .route("/webhooks/bitbucket", post(webhook_any))
         .route("/webhooks/bitbucket/{source}", post(webhook_for_source))
@@ -127,9 +154,76 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/deliveries/{id}/retry", post(retry_delivery))
         .route("/api/v1/retry-failed", post(retry_failed))
         .route("/api/v1/stats", get(stats))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(on_timeout))
+                .layer(tower::timeout::TimeoutLayer::new(request_timeout)),
+        )
+        // Added after the request timeout: not limited by it.
         .route("/api/v1/reconcile", post(reconcile_now))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(RequestBodyTimeoutLayer::new(state.body_read_timeout))
         .with_state(state)
+}
+
+/// The peer address the accept loop attached, for logs.
+fn peer(extensions: &Extensions) -> String {
+    extensions.get::<ConnectInfo<SocketAddr>>().map_or_else(
+        || "unknown".to_string(),
+        |ConnectInfo(addr)| addr.to_string(),
+    )
+}
+
+/// The answer to a request the request timeout cut short (the only error
+/// the timed routes have).
+fn not_answered(
+    extensions: &Extensions,
+    method: &Method,
+    uri: &Uri,
+    failure: tower::BoxError,
+    limit: Duration,
+) -> Response {
+    if failure.is::<tower::timeout::error::Elapsed>() {
+        warn!(
+            peer = %peer(extensions),
+            %method,
+            path = uri.path(),
+            "request not answered within {} s (server.request_timeout_secs): answered 503",
+            limit.as_secs()
+        );
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request was not answered in time; retry",
+        );
+    }
+    tracing::error!(error = %failure, "request failed");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+/// A webhook body that could not be read: a stalled one (the body-read
+/// timeout) is answered 408 and logged, the rest as axum answers them
+/// (413 too large).
+fn body_unreadable(
+    extensions: &Extensions,
+    rejection: BytesRejection,
+    limit: Duration,
+) -> Response {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(link) = cause {
+        if link.is::<tower_http::timeout::TimeoutError>() {
+            warn!(
+                peer = %peer(extensions),
+                "request body paused longer than {} s (server.body_read_timeout_secs): answered 408",
+                limit.as_secs()
+            );
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body was not received in time",
+            );
+        }
+        cause = link.source();
+    }
+    rejection.into_response()
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response {
@@ -154,9 +248,12 @@ async fn webhook_any(
     State(state): State<Arc<AppState>>,
     extensions: Extensions,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    receive(state, None, client_ip(&extensions), headers, body).await
+    match body {
+        Ok(body) => receive(state, None, client_ip(&extensions), headers, body).await,
+        Err(rejection) => body_unreadable(&extensions, rejection, state.body_read_timeout),
+    }
 }
 
 async fn webhook_for_source(
@@ -164,9 +261,12 @@ async fn webhook_for_source(
     Path(source): Path<String>,
     extensions: Extensions,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    receive(state, Some(source), client_ip(&extensions), headers, body).await
+    match body {
+        Ok(body) => receive(state, Some(source), client_ip(&extensions), headers, body).await,
+        Err(rejection) => body_unreadable(&extensions, rejection, state.body_read_timeout),
+    }
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
