@@ -182,7 +182,8 @@ fn slowloris_and_idle_floods_do_not_stop_the_intake() {
         )
     });
     assert_eq!(status, 202, "{reply}");
-    assert!(took < Duration::from_secs(1), "webhook took {took:?}");
+    // Recorded durably (a flush) before it is answered.
+    assert!(took < Duration::from_secs(2), "webhook took {took:?}");
     let (status, _, took) = wait_until("/healthz answered", deadline, || {
         try_request(client.get(format!("http://{addr}/healthz")))
     });
@@ -297,14 +298,14 @@ fn stalled_and_trickled_bodies_are_cut_off() {
     let service = start_with_server_keys(
         &tmp.path().join("hv"),
         &server,
-        "body_read_timeout_secs = 1\nrequest_timeout_secs = 2",
+        "body_read_timeout_secs = 1\nrequest_timeout_secs = 3",
     );
     let rt = runtime();
 
     let (status, took) = rt.block_on(answer_to(service.addr, webhook_head(100), 10, None));
     assert!(status.starts_with("HTTP/1.1 408"), "{status}");
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(1900),
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2900),
         "408 after {took:?}"
     );
 
@@ -312,7 +313,7 @@ fn stalled_and_trickled_bodies_are_cut_off() {
     let (status, took) = rt.block_on(answer_to(service.addr, webhook_head(100), 10, pause));
     assert!(status.starts_with("HTTP/1.1 503"), "{status}");
     assert!(
-        took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(5),
         "503 after {took:?}"
     );
 
