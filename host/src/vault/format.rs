@@ -293,10 +293,8 @@ pub fn decompress(
     raw_size: u64,
 ) -> Result<Vec<u8>, FormatError> {
     use zstd::zstd_safe::{DCtx, DParameter, FrameFormat, ResetDirective};
-    let zerr = |code: usize| bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)));
     let size = usize::try_from(raw_size).map_err(|_| bad("raw size too large"))?;
-    let mut out: Vec<u8> = Vec::with_capacity(size);
-    let n = match base {
+    let out = match base {
         Some(base) if base.starts_with(&ZSTD_DICT_MAGIC) => {
             let mut dctx = DCtx::create();
             dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
@@ -304,7 +302,7 @@ pub fn decompress(
             dctx.set_parameter(DParameter::Format(FrameFormat::Magicless))
                 .map_err(zerr)?;
             dctx.ref_prefix(base).map_err(zerr)?;
-            dctx.decompress(&mut out, frame).map_err(zerr)?
+            decode_frame(&mut dctx, frame, size)?
         }
         _ => DCTX.with(|cell| {
             let mut dctx = cell
@@ -321,18 +319,70 @@ pub fn decompress(
             if let Some(base) = base {
                 dctx.load_dictionary(base).map_err(zerr)?;
             }
-            let n = dctx.decompress(&mut out, frame).map_err(zerr);
+            let out = decode_frame(&mut dctx, frame, size);
             // Frees the copied base now rather than at the next frame.
             let _ = dctx.reset(ResetDirective::SessionAndParameters);
-            n
+            out
         })?,
     };
-    if n != size || out.len() != size {
+    if out.len() != size {
         return Err(bad(format!(
-            "frame decompressed to {n} bytes, record says {size}"
+            "frame decompressed to {} bytes, record says {size}",
+            out.len()
         )));
     }
     Ok(out)
+}
+
+fn zerr(code: usize) -> FormatError {
+    bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))
+}
+
+/// Records up to this size are decoded into a buffer of their stated size
+/// at once; larger ones into a buffer grown by what the frame really
+/// yields.
+const DECODE_STEP: usize = 8 << 20;
+
+/// Decode one frame of at most `limit` bytes. Memory follows what the frame
+/// yields, not what a size field says: a damaged record claiming 2^50
+/// bytes is refused as damage after its frame runs out, instead of asking
+/// the allocator for 2^50 bytes (which aborts the process).
+fn decode_frame(
+    dctx: &mut zstd::zstd_safe::DCtx<'_>,
+    frame: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, FormatError> {
+    use zstd::zstd_safe::{InBuffer, OutBuffer};
+    if limit <= DECODE_STEP {
+        let mut out = Vec::with_capacity(limit);
+        dctx.decompress(&mut out, frame).map_err(zerr)?;
+        return Ok(out);
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(DECODE_STEP);
+    let mut input = InBuffer::around(frame);
+    loop {
+        if out.len() == out.capacity() {
+            if out.len() >= limit {
+                return Err(bad(format!(
+                    "frame decompresses to more than {limit} bytes"
+                )));
+            }
+            let more = (limit - out.len()).min(out.capacity());
+            out.reserve_exact(more);
+        }
+        let (read, written) = (input.pos(), out.len());
+        let hint = {
+            let mut output = OutBuffer::around_pos(&mut out, written);
+            dctx.decompress_stream(&mut output, &mut input)
+                .map_err(zerr)?
+        };
+        if hint == 0 {
+            return Ok(out);
+        }
+        if input.pos() == read && out.len() == written {
+            return Err(bad("frame is truncated"));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -434,6 +484,43 @@ mod tests {
             decompress(&frame, None, 17).expect("decode"),
             b"hello hello hello"
         );
+    }
+
+    #[test]
+    fn a_damaged_size_never_allocates_what_the_frame_does_not_hold() {
+        let content = b"tiny".repeat(10);
+        let frame = compress(&content, None, 3).expect("compress");
+        // Sizes a flipped varint bit could claim: refused, never allocated
+        // (a 2^50-byte allocation would abort the process).
+        for claimed in [1u64 << 50, 1 << 40, (DECODE_STEP as u64) + 1, 41, 39] {
+            let err = decompress(&frame, None, claimed).expect_err("wrong size refused");
+            assert!(!err.0.is_empty());
+        }
+        assert_eq!(decompress(&frame, None, 40).expect("exact"), content);
+    }
+
+    #[test]
+    fn records_larger_than_one_step_decode_through_the_growing_buffer() {
+        let mut big: Vec<u8> = (0..(DECODE_STEP as u32 / 2 + 77))
+            .flat_map(|i| (i.wrapping_mul(2_654_435_761)).to_le_bytes())
+            .collect();
+        big.truncate(2 * DECODE_STEP + 12_345);
+        let whole = compress(&big, None, 1).expect("whole");
+        assert_eq!(
+            decompress(&whole, None, big.len() as u64).expect("whole"),
+            big
+        );
+        let mut next = big.clone();
+        next[DECODE_STEP + 5] ^= 0xff;
+        let delta = compress(&next, Some(&big), 1).expect("delta");
+        assert!(delta.len() < 4096, "{} bytes", delta.len());
+        assert_eq!(
+            decompress(&delta, Some(&big), next.len() as u64).expect("delta"),
+            next
+        );
+        assert!(decompress(&whole, None, big.len() as u64 - 1).is_err());
+        assert!(decompress(&whole, None, big.len() as u64 + 1).is_err());
+        assert!(decompress(&whole[..whole.len() / 2], None, big.len() as u64).is_err());
     }
 
     #[test]
