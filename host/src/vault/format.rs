@@ -197,7 +197,16 @@ pub fn open_envelope(magic: &[u8; 8], bytes: &[u8]) -> Result<Vec<u8>, FormatErr
     if size > MAX_ENVELOPE_BODY {
         return Err(bad(format!("body claims {size} bytes")));
     }
-    zstd::bulk::decompress(frame, size as usize).map_err(|e| bad(format!("body: {e}")))
+    let size = usize::try_from(size).map_err(|_| bad("body size too large"))?;
+    let mut dctx = zstd::zstd_safe::DCtx::create();
+    let body = decode_frame(&mut dctx, frame, size).map_err(|e| bad(format!("body: {}", e.0)))?;
+    if body.len() != size {
+        return Err(bad(format!(
+            "body decompressed to {} bytes, its frame says {size}",
+            body.len()
+        )));
+    }
+    Ok(body)
 }
 
 fn window_log_for(total: usize) -> u32 {
