@@ -12,6 +12,8 @@ pub mod git;
 pub mod ids;
 pub mod pipeline;
 pub mod plugins;
+#[cfg(test)]
+mod properties;
 pub mod receive;
 pub mod restore;
 pub mod serve;
