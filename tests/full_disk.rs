@@ -127,6 +127,19 @@ fn deliver_push(service: &Service, delivery: &str, body: &[u8]) -> (u16, serde_j
     service.deliver("repo:push", delivery, body, Some(&signature))
 }
 
+/// `GET path`: its status and body.
+fn get(service: &Service, path: &str) -> (u16, String) {
+    let response = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+        .get(format!("http://{}{path}", service.addr))
+        .send()
+        .expect("GET");
+    let status = response.status().as_u16();
+    (status, response.text().unwrap_or_default())
+}
+
 /// `.tmp` files under `dir` (a writer's leftovers).
 fn temporaries(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -176,6 +189,7 @@ fn full_disk_answers_503_keeps_snapshots_readable_and_recovers_without_restart()
     service.push("d-before", &branch_push(REPO, "main", None, &head1));
     let first = service.outcome("d-before");
     assert_eq!(first["status"], "done", "{first}\n{}", service.log());
+    assert_eq!(get(&service, "/readyz"), (200, "ready\n".to_string()));
     let snap1 = first["snapshot"].as_str().expect("snapshot id").to_string();
 
     let head2 = work.commit("src/lib.rs", "pub fn post() { check() }\n", "Check entries");
@@ -217,6 +231,22 @@ fn full_disk_answers_503_keeps_snapshots_readable_and_recovers_without_restart()
             (status == 503).then_some(())
         },
     );
+    // Not ready while the queue cannot record, though still alive.
+    wait_until("/readyz to answer 503", Duration::from_secs(60), || {
+        let (status, body) = get(&service, "/readyz");
+        (status == 503).then_some(body)
+    });
+    let (status, body) = get(&service, "/readyz");
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            503,
+            "not ready: the delivery queue cannot record deliveries\n"
+        ),
+        "{}",
+        service.log()
+    );
+    assert_eq!(get(&service, "/healthz"), (200, "ok\n".to_string()));
 
     // Earlier snapshots list and restore while the disk is full.
     let out = service.cli(&["snapshots", "--repo", REPO, "--json"]);
@@ -264,6 +294,10 @@ fn full_disk_answers_503_keeps_snapshots_readable_and_recovers_without_restart()
             (status == 200 || status == 202).then_some(())
         },
     );
+    // Ready again once the queue records.
+    wait_until("/readyz to answer 200", Duration::from_secs(60), || {
+        (get(&service, "/readyz").0 == 200).then_some(())
+    });
     let second = service.outcome("d-full");
     assert_eq!(second["status"], "done", "{second}\n{}", service.log());
     let snap2 = second["snapshot"]

@@ -10,6 +10,7 @@ pub mod export;
 pub mod failure;
 pub mod git;
 pub mod ids;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
 #[cfg(test)]

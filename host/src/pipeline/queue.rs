@@ -439,6 +439,17 @@ impl Queue {
         Ok(())
     }
 
+    /// Whether a delivery can be recorded now (`/readyz`): a small write
+    /// beside the deliveries, flushed, failing as a record would.
+    pub(crate) async fn probe_write(&self) -> Result<(), QueueError> {
+        let handles = self.handles()?;
+        let written = handles
+            .db
+            .insert("ready-probe", &now_ms().to_be_bytes()[..]);
+        written.map_err(|source| self.failed(&handles, source))?;
+        self.flush(&handles).await
+    }
+
     /// Make everything written so far durable. sled's synchronous flush
     /// on tokio's blocking pool (sled's own `flush_async` pool is avoided).
     async fn flush(&self, handles: &Handles) -> Result<(), QueueError> {

@@ -102,7 +102,16 @@ impl Worker {
             };
             self.queue.start_attempt(&mut claimed).await?;
             let delivery = &mut claimed.delivery;
+            let started = std::time::Instant::now();
             let result = self.process(event).instrument(span.clone()).await;
+            crate::metrics::global().backup_finished(
+                match &result {
+                    Ok(Outcome::Skipped(_)) => crate::metrics::BackupOutcome::Skipped,
+                    Ok(Outcome::Done(_)) => crate::metrics::BackupOutcome::Done,
+                    Err(failure) => crate::metrics::BackupOutcome::Failed(failure.kind),
+                },
+                started.elapsed(),
+            );
             let _entered = span.enter();
             match result {
                 Ok(Outcome::Skipped(reason)) => {

@@ -6,13 +6,16 @@
 //! delivery's id sent again and queued again), 200 duplicate or ping, 400
 //! malformed, 401 unsigned or wrongly signed, 408 body stalled, 413 too
 //! large, 503 when the store cannot record or the request was not answered
-//! in time (Bitbucket Cloud retries 5xx).
+//! in time (Bitbucket Cloud retries 5xx). Each refusal is counted in
+//! [`crate::metrics`] by reason. `/healthz` is liveness, `/readyz`
+//! readiness ([`ready`]), `/metrics` the metrics (admin token).
 //!
 //! Before any of that, every client meets the limits of `[server]`:
 //! connections and header reads in [`listen`], request bodies and whole
 //! requests as layers of [`app`].
 
 pub(crate) mod listen;
+pub(crate) mod ready;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -35,6 +38,7 @@ use crate::bitbucket::{normalize, signature};
 use crate::config::{Config, SecretString, SourceKind};
 use crate::event::{Event, now_ms};
 use crate::ids::RepoName;
+use crate::metrics::{self, Accepted, Rejection};
 use crate::pipeline::queue::{Delivery, DeliveryView, Filter, Queue, Recorded, Retried, Status};
 use crate::vault::Vault;
 
@@ -71,6 +75,8 @@ pub struct AppState {
     pub(crate) body_read_timeout: Duration,
     /// `server.request_timeout_secs`.
     pub(crate) request_timeout: Duration,
+    /// The last readiness check (`/readyz`).
+    pub(crate) readiness: ready::Readiness,
 }
 
 impl AppState {
@@ -126,6 +132,7 @@ impl AppState {
             store_dir: config.store.path.clone(),
             body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs),
             request_timeout: Duration::from_secs(config.server.request_timeout_secs),
+            readiness: ready::Readiness::default(),
         })
     }
 }
@@ -145,6 +152,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/webhooks/bitbucket", post(webhook_any))
         .route("/webhooks/bitbucket/{source}", post(webhook_for_source))
         .route("/healthz", get(health))
+        .route("/readyz", get(readiness))
+        .route("/metrics", get(metrics_text))
         .route(
             "/api/v1/repos/{owner}/{slug}/snapshots",
             get(list_snapshots),
@@ -184,6 +193,9 @@ fn not_answered(
     limit: Duration,
 ) -> Response {
     if failure.is::<tower::timeout::error::Elapsed>() {
+        if uri.path().starts_with("/webhooks/") {
+            metrics::global().rejected(Rejection::RequestTimeout);
+        }
         warn!(
             peer = %peer(extensions),
             %method,
@@ -211,6 +223,7 @@ fn body_unreadable(
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
     while let Some(link) = cause {
         if link.is::<tower_http::timeout::TimeoutError>() {
+            metrics::global().rejected(Rejection::BodyTimeout);
             warn!(
                 peer = %peer(extensions),
                 "request body paused longer than {} s (server.body_read_timeout_secs): answered 408",
@@ -223,6 +236,11 @@ fn body_unreadable(
         }
         cause = link.source();
     }
+    metrics::global().rejected(if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Rejection::TooLarge
+    } else {
+        Rejection::Malformed
+    });
     rejection.into_response()
 }
 
@@ -234,8 +252,45 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     reply(status, json!({ "error": message.into() }))
 }
 
+/// Liveness: the process answers.
 async fn health() -> &'static str {
     "ok\n"
+}
+
+/// Readiness: 200 when a delivery can be recorded now, 503 with the reason
+/// when it cannot (see [`ready`]).
+async fn readiness(State(state): State<Arc<AppState>>) -> Response {
+    match state.readiness.check(&state.queue).await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// The metrics in OpenMetrics text (see [`crate::metrics`]). Behind the
+/// admin token, as the API is: they name every repository.
+async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(denied) = api_denied(&state, &headers) {
+        return denied;
+    }
+    let queue = state.queue.clone();
+    let store = state.store.clone();
+    let rendered = tokio::task::spawn_blocking(move || metrics::global().render(&queue, &store))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match rendered {
+        Ok(text) => (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }
 
 fn client_ip(extensions: &Extensions) -> Option<IpAddr> {
@@ -298,6 +353,7 @@ async fn receive(
     body: Bytes,
 ) -> Response {
     let Some(event_key) = header(&headers, "x-event-key").map(str::to_string) else {
+        metrics::global().rejected(Rejection::Malformed);
         return error(StatusCode::BAD_REQUEST, "missing X-Event-Key header");
     };
     // Data Center's test ping is unsigned even when a secret is set.
@@ -306,7 +362,10 @@ async fn receive(
     }
     let id = match delivery_id(&headers, &body) {
         Ok(id) => id,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(message) => {
+            metrics::global().rejected(Rejection::Malformed);
+            return error(StatusCode::BAD_REQUEST, message);
+        }
     };
     let span = info_span!("delivery", delivery_id = %id, event_key = %event_key);
     async move {
@@ -314,6 +373,7 @@ async fn receive(
             Ok(sig) => sig,
             Err(e) => {
                 warn!(error = %e, "rejected delivery");
+                metrics::global().rejected(Rejection::BadSignature);
                 return error(StatusCode::UNAUTHORIZED, e.to_string());
             }
         };
@@ -322,6 +382,7 @@ async fn receive(
             None => state.sources.iter().collect(),
         };
         if candidates.is_empty() {
+            metrics::global().rejected(Rejection::UnknownSource);
             return error(StatusCode::NOT_FOUND, "no such source");
         }
         let candidates: Vec<&Source> = candidates
@@ -330,6 +391,7 @@ async fn receive(
             .collect();
         if candidates.is_empty() {
             warn!(client = ?client, "rejected delivery: address not allowed");
+            metrics::global().rejected(Rejection::NotAllowed);
             return error(
                 StatusCode::FORBIDDEN,
                 "client address not allowed for this source",
@@ -354,6 +416,7 @@ async fn receive(
             });
         let Some(source) = matched else {
             warn!("rejected delivery: signature matches no secret");
+            metrics::global().rejected(Rejection::BadSignature);
             return error(
                 StatusCode::UNAUTHORIZED,
                 signature::SignatureError::Mismatch.to_string(),
@@ -364,6 +427,7 @@ async fn receive(
             Ok(parsed) => parsed,
             Err(message) => {
                 warn!(error = %message, "malformed delivery");
+                metrics::global().rejected(Rejection::Malformed);
                 return error(StatusCode::BAD_REQUEST, message);
             }
         };
@@ -383,11 +447,12 @@ async fn receive(
         match state.queue.record_redelivery(delivery).await {
             Ok(Recorded::New) => {
                 info!(source = %source.name, ?status, "delivery recorded");
-                let word = if status == Status::Queued {
-                    "queued"
+                let (word, answer) = if status == Status::Queued {
+                    ("queued", Accepted::Queued)
                 } else {
-                    "ignored"
+                    ("ignored", Accepted::Ignored)
                 };
+                metrics::global().accepted(answer);
                 reply(
                     StatusCode::ACCEPTED,
                     json!({ "delivery": id, "status": word }),
@@ -395,6 +460,7 @@ async fn receive(
             }
             Ok(Recorded::Requeued) => {
                 info!("redelivery of a failed delivery; queued again");
+                metrics::global().accepted(Accepted::Requeued);
                 reply(
                     StatusCode::ACCEPTED,
                     json!({ "delivery": id, "status": "requeued" }),
@@ -402,6 +468,7 @@ async fn receive(
             }
             Ok(Recorded::Duplicate) => {
                 info!("duplicate delivery acknowledged");
+                metrics::global().accepted(Accepted::Duplicate);
                 reply(
                     StatusCode::OK,
                     json!({ "delivery": id, "status": "duplicate" }),
@@ -409,6 +476,7 @@ async fn receive(
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot record delivery");
+                metrics::global().rejected(Rejection::CannotRecord);
                 error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "cannot record the delivery; retry",
