@@ -272,6 +272,23 @@ struct Shared {
     dir: PathBuf,
     state: Mutex<State>,
     wake: Notify,
+    commit: GroupCommit,
+}
+
+/// Group commit: writes take a ticket once written; one flush at a time
+/// makes durable every write ticketed before it started, so concurrent
+/// deliveries share one fsync instead of queueing one each (and one
+/// blocking-pool thread each).
+#[derive(Default)]
+struct GroupCommit {
+    /// Tickets handed out (writes made).
+    written: std::sync::atomic::AtomicU64,
+    /// Every ticket up to this one is durable.
+    durable: std::sync::atomic::AtomicU64,
+    /// Held by the task running a flush; the others wait on it.
+    flushing: tokio::sync::Mutex<()>,
+    /// Flushes run, for tests.
+    flushes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
@@ -339,6 +356,7 @@ impl Queue {
                 dir: dir.to_path_buf(),
                 state: Mutex::new(State::Open(handles)),
                 wake: Notify::new(),
+                commit: GroupCommit::default(),
             }),
         })
     }
@@ -451,13 +469,26 @@ impl Queue {
     }
 
     /// Make everything written so far durable. sled's synchronous flush
-    /// on tokio's blocking pool (sled's own `flush_async` pool is avoided).
+    /// on tokio's blocking pool (sled's own `flush_async` pool is avoided),
+    /// shared by every caller whose write was made before it started (see
+    /// [`GroupCommit`]).
     async fn flush(&self, handles: &Handles) -> Result<(), QueueError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let commit = &self.shared.commit;
+        let ticket = commit.written.fetch_add(1, SeqCst) + 1;
+        let _flushing = commit.flushing.lock().await;
+        if commit.durable.load(SeqCst) >= ticket {
+            // A flush that started after this write covered it.
+            return Ok(());
+        }
+        let covers = commit.written.load(SeqCst);
+        commit.flushes.fetch_add(1, SeqCst);
         let db = handles.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|e| QueueError::Task(e.to_string()))?
             .map_err(|source| self.failed(handles, source))?;
+        commit.durable.fetch_max(covers, SeqCst);
         Ok(())
     }
 
@@ -801,6 +832,34 @@ mod tests {
             1,
             "ignored deliveries are not queued"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_records_share_flushes_and_all_are_kept() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (dir, queue) = fresh_queue();
+        let calls = 64;
+        let tasks: Vec<_> = (0..calls)
+            .map(|i| {
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    queue
+                        .record(delivery(&format!("d{i}"), Status::Queued))
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.expect("task").expect("record"), Recorded::New);
+        }
+        let flushes = queue.shared.commit.flushes.load(SeqCst);
+        assert!(
+            flushes <= calls / 2,
+            "{flushes} flushes for {calls} concurrent records: no group commit"
+        );
+        drop(queue);
+        let reopened = Queue::open_dir(dir.path()).expect("reopen");
+        assert_eq!(reopened.pending_len().expect("pending"), calls as usize);
     }
 
     /// Take the only due delivery and record `status` (and `failure`) for it.
