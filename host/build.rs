@@ -97,7 +97,11 @@ fn run() -> Result<(), Failure> {
 /// `<outer target dir>/wasm-plugins/<checkout>`, found from OUT_DIR
 /// (`<target>/<profile>/build/<pkg>-<hash>/out`). One directory per
 /// checkout: two clones sharing a target directory (as CI's cache allows)
-/// must never pick up each other's plugins.
+/// must never pick up each other's plugins. Cargo shares this script's
+/// *run* between such clones too (its name does not depend on the path)
+/// and calls it fresh while the other clone's `plugins/` is unchanged, so
+/// `.ci/run` also passes `HOOKVAULT_PLUGIN_TARGET_DIR` per checkout, which
+/// the run watches.
 fn plugin_target_dir(root: &Path) -> Result<PathBuf, String> {
     use std::hash::{Hash, Hasher};
     if let Ok(dir) = env::var("HOOKVAULT_PLUGIN_TARGET_DIR") {
