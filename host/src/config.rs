@@ -197,6 +197,10 @@ pub struct WorkerConfig {
     /// First retry delay; doubles per attempt.
     #[serde(default = "default_retry_ms")]
     pub retry_base_ms: u64,
+    /// Deliveries backed up at once (1-64), each of a different repository;
+    /// also the number of plugin instances the sandbox's pool holds.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
 }
 
 fn default_attempts() -> u32 {
@@ -207,11 +211,24 @@ fn default_retry_ms() -> u64 {
     2000
 }
 
+/// Four: a backup mostly waits on its remote (a slow or hung one holds a
+/// worker up to its timeout), while the CPU-heavy part, compressing new
+/// objects, already uses every core and is serialised by the vault's
+/// writer. Four keeps three hung remotes from stopping the rest at the cost
+/// of at most four fetch workspaces and object lists in memory at once.
+fn default_concurrency() -> u32 {
+    4
+}
+
+/// The most workers `worker.concurrency` may ask for.
+pub const MAX_CONCURRENCY: u32 = 64;
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             max_attempts: default_attempts(),
             retry_base_ms: default_retry_ms(),
+            concurrency: default_concurrency(),
         }
     }
 }
@@ -560,6 +577,12 @@ impl Config {
                 self.store.zstd_level
             )));
         }
+        if !(1..=MAX_CONCURRENCY).contains(&self.worker.concurrency) {
+            return Err(invalid(format!(
+                "worker.concurrency must be 1-{MAX_CONCURRENCY}, not {}",
+                self.worker.concurrency
+            )));
+        }
         if let Some(url) = &self.store.url
             && !url.starts_with("s3://")
         {
@@ -650,6 +673,7 @@ mod tests {
         let config = Config::from_toml(MINIMAL, Path::new("t.toml")).expect("valid");
         assert_eq!(config.server.listen.port(), 8080);
         assert_eq!(config.store.path, PathBuf::from("data"));
+        assert_eq!(config.worker.concurrency, 4);
         let repo = RepoName::parse("acme/app").expect("name");
         assert_eq!(
             config.sources[0].clone_url(&repo),
@@ -695,6 +719,18 @@ mod tests {
         let text = format!("{MINIMAL}\nsurprise = 1\n");
         let err = Config::from_toml(&text, Path::new("t.toml")).expect_err("unknown key");
         assert!(err.to_string().contains("surprise"), "{err}");
+    }
+
+    #[test]
+    fn worker_concurrency_is_bounded() {
+        for bad in [0, MAX_CONCURRENCY + 1] {
+            let text = format!("[worker]\nconcurrency = {bad}\n{MINIMAL}");
+            let err = Config::from_toml(&text, Path::new("t.toml")).expect_err("out of range");
+            assert!(err.to_string().contains("worker.concurrency"), "{err}");
+        }
+        let text = format!("[worker]\nconcurrency = 1\n{MINIMAL}");
+        let config = Config::from_toml(&text, Path::new("t.toml")).expect("one worker");
+        assert_eq!(config.worker.concurrency, 1);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! after [`REOPEN_PAUSE`] opens it again: the queue recovers by itself when
 //! space returns.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -232,13 +233,15 @@ pub struct Counts {
     pub failed_after_retries: u64,
 }
 
-/// The head of `pending`, as [`Queue::next`] finds it.
+/// The head of `pending`, as [`Queue::claim`] finds it.
 enum Head {
-    Empty,
+    /// Nothing due that may be taken now: the queue is empty, or every due
+    /// entry is claimed or about a repository that is.
+    Idle,
     Later(Duration),
-    Due(Box<Claimed>),
-    /// An entry without a readable record was taken off.
-    Dropped,
+    Due(Claim),
+    /// An entry without a readable record, to be taken off.
+    Dangling(Vec<u8>),
 }
 
 /// A delivery taken from the queue, to be completed or retried.
@@ -247,6 +250,97 @@ pub struct Claimed {
     key: Vec<u8>,
     pub delivery: Delivery,
 }
+
+/// What this process is working on. The rule: a pending entry is handed to
+/// at most one worker at a time, and so is a repository (never two backups
+/// of one repository at once). Claims live in memory on purpose: the
+/// database's lock lets one process hold the queue, so the claims of a
+/// process that died die with it, and its entries, still in `pending`, are
+/// taken again after the restart.
+#[derive(Debug, Default)]
+struct Claims {
+    entries: HashSet<Vec<u8>>,
+    repos: HashSet<RepoName>,
+}
+
+/// Holds a [`Claim`]'s entries and repository for as long as it lives;
+/// dropping it (a settled claim, a queue error, a worker that unwound)
+/// releases them and wakes the waiting workers.
+struct Lease {
+    shared: Arc<Shared>,
+    keys: Vec<Vec<u8>>,
+    repo: Option<RepoName>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        {
+            let mut claims = self.shared.claims();
+            for key in &self.keys {
+                claims.entries.remove(key);
+            }
+            if let Some(repo) = &self.repo {
+                claims.repos.remove(repo);
+            }
+        }
+        self.shared.wake.notify_waiters();
+    }
+}
+
+/// Deliveries one worker took from the queue together: the first due
+/// entry it may take (the lead) and, when asked for, later due entries of
+/// the same repository that one backup satisfies too. Each keeps its own
+/// record. The entries and the repository stay claimed until the claim is
+/// settled or dropped.
+pub struct Claim {
+    entries: Vec<Claimed>,
+    _lease: Lease,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("deliveries", &self.ids())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Claim {
+    /// The delivery the claim was made for (the oldest due one).
+    pub fn lead(&self) -> &Delivery {
+        &self.entries[0].delivery
+    }
+
+    pub fn lead_mut(&mut self) -> &mut Delivery {
+        &mut self.entries[0].delivery
+    }
+
+    /// Every delivery of the claim, lead first.
+    pub fn deliveries(&self) -> impl Iterator<Item = &Delivery> {
+        self.entries.iter().map(|e| &e.delivery)
+    }
+
+    pub fn deliveries_mut(&mut self) -> impl Iterator<Item = &mut Delivery> {
+        self.entries.iter_mut().map(|e| &mut e.delivery)
+    }
+
+    pub fn ids(&self) -> Vec<&str> {
+        self.deliveries().map(|d| d.id.as_str()).collect()
+    }
+
+    /// Number of deliveries (at least one).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// How many entries after the lead one claim looks through for deliveries
+/// to take with it, so a long queue costs each claim a bounded scan.
+const COALESCE_WINDOW: usize = 4096;
 
 /// The open database. Each call takes its own clone and drops it before
 /// waiting for work, so a failed database can be closed and reopened.
@@ -271,6 +365,8 @@ enum State {
 struct Shared {
     dir: PathBuf,
     state: Mutex<State>,
+    claims: Mutex<Claims>,
+    /// Woken when an entry is queued or a claim released.
     wake: Notify,
     commit: GroupCommit,
 }
@@ -289,6 +385,13 @@ struct GroupCommit {
     flushing: tokio::sync::Mutex<()>,
     /// Flushes run, for tests.
     flushes: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    fn claims(&self) -> MutexGuard<'_, Claims> {
+        // Every change to the claims is a single insert or remove.
+        self.claims.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[derive(Clone)]
@@ -355,6 +458,7 @@ impl Queue {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 state: Mutex::new(State::Open(handles)),
+                claims: Mutex::default(),
                 wake: Notify::new(),
                 commit: GroupCommit::default(),
             }),
@@ -542,7 +646,7 @@ impl Queue {
         // disk, and a 2xx promises it is there.
         self.flush(&handles).await?;
         if (recorded == Recorded::New && queued) || recorded == Recorded::Requeued {
-            self.shared.wake.notify_one();
+            self.shared.wake.notify_waiters();
         }
         Ok(recorded)
     }
@@ -571,7 +675,7 @@ impl Queue {
             .map_err(|e| self.transaction_failed(&handles, e))?;
         if retried == Retried::Requeued {
             self.flush(&handles).await?;
-            self.shared.wake.notify_one();
+            self.shared.wake.notify_waiters();
         }
         Ok(retried)
     }
@@ -658,120 +762,227 @@ impl Queue {
         Ok(self.handles()?.pending.len())
     }
 
-    /// Wait for the next delivery whose time has come. An entry whose
-    /// record is missing or unreadable is taken off the queue (and logged),
-    /// so it can never block the deliveries behind it.
-    pub async fn next(&self) -> Result<Claimed, QueueError> {
+    /// Wait for the next delivery whose time has come and claim it alone.
+    pub async fn next(&self) -> Result<Claim, QueueError> {
+        self.claim(1, |_, _| false).await
+    }
+
+    /// Wait for the first due entry that is neither claimed nor about a
+    /// repository that is claimed, and claim it with its repository. Later
+    /// due entries of the same repository for which `joins(lead, other)`
+    /// holds are claimed with it, up to `max` deliveries in all, oldest
+    /// first. An entry whose record is missing or unreadable is taken off
+    /// the queue (and logged), so it can never block the deliveries behind
+    /// it.
+    pub async fn claim(
+        &self,
+        max: usize,
+        joins: impl Fn(&Delivery, &Delivery) -> bool,
+    ) -> Result<Claim, QueueError> {
         loop {
+            // Made before looking, so a wake between the look and the wait
+            // is not missed.
             let notified = self.shared.wake.notified();
-            match self.first_due().await? {
-                Head::Due(claimed) => return Ok(*claimed),
-                Head::Dropped => {}
+            let handles = self.handles()?;
+            match self.claim_due(&handles, max, &joins)? {
+                Head::Due(claim) => return Ok(claim),
+                Head::Dangling(key) => {
+                    handles
+                        .pending
+                        .remove(&key)
+                        .map_err(|source| self.failed(&handles, source))?;
+                    self.flush(&handles).await?;
+                }
                 Head::Later(wait) => {
+                    drop(handles);
                     tokio::select! {
                         _ = notified => {}
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }
-                Head::Empty => notified.await,
+                Head::Idle => {
+                    drop(handles);
+                    notified.await;
+                }
             }
         }
     }
 
-    /// The first entry of `pending`, if its time has come. Holds the
-    /// database only for the look, never while [`Queue::next`] waits.
-    async fn first_due(&self) -> Result<Head, QueueError> {
-        let handles = self.handles()?;
-        let first = handles
-            .pending
-            .first()
-            .map_err(|source| self.failed(&handles, source))?;
-        let Some((key, id)) = first else {
-            return Ok(Head::Empty);
-        };
-        let mut not_before = [0u8; 8];
-        not_before.copy_from_slice(&key[..8]);
-        let not_before = u64::from_be_bytes(not_before);
+    /// One look through `pending`, oldest first, under the claims' lock so
+    /// no two workers take the same entry or repository.
+    fn claim_due(
+        &self,
+        handles: &Handles,
+        max: usize,
+        joins: &impl Fn(&Delivery, &Delivery) -> bool,
+    ) -> Result<Head, QueueError> {
         let now = now_ms();
-        if not_before > now {
-            return Ok(Head::Later(Duration::from_millis(not_before - now)));
+        let mut claims = self.shared.claims();
+        let mut taken: Vec<Claimed> = Vec::new();
+        let mut looked_after_lead = 0usize;
+        for entry in handles.pending.iter() {
+            let (key, id) = entry.map_err(|source| self.failed(handles, source))?;
+            let mut not_before = [0u8; 8];
+            not_before.copy_from_slice(&key[..8]);
+            let not_before = u64::from_be_bytes(not_before);
+            if not_before > now {
+                if taken.is_empty() {
+                    return Ok(Head::Later(Duration::from_millis(not_before - now)));
+                }
+                break;
+            }
+            if !taken.is_empty() {
+                looked_after_lead += 1;
+                if taken.len() >= max || looked_after_lead > COALESCE_WINDOW {
+                    break;
+                }
+            }
+            if claims.entries.contains(key.as_ref()) {
+                continue;
+            }
+            let id = String::from_utf8_lossy(&id).into_owned();
+            let delivery = match self.get_in(handles, &id) {
+                Ok(Some(delivery)) => delivery,
+                // The database failed, not the entry: it stays queued.
+                Err(e @ (QueueError::Db { .. } | QueueError::Closed { .. })) => return Err(e),
+                // Taken off when it is the first entry a worker could take.
+                Ok(None) | Err(_) if !taken.is_empty() => continue,
+                Ok(None) => {
+                    tracing::error!(delivery_id = %id, "queue entry without a record; dropped");
+                    return Ok(Head::Dangling(key.to_vec()));
+                }
+                Err(e) => {
+                    tracing::error!(delivery_id = %id, error = %e, "unreadable delivery; taken off the queue");
+                    return Ok(Head::Dangling(key.to_vec()));
+                }
+            };
+            match taken.first() {
+                None => {
+                    if delivery
+                        .repository()
+                        .is_some_and(|repo| claims.repos.contains(repo))
+                    {
+                        continue;
+                    }
+                    taken.push(Claimed {
+                        key: key.to_vec(),
+                        delivery,
+                    });
+                    if max <= 1 {
+                        break;
+                    }
+                }
+                Some(lead) => {
+                    if lead.delivery.repository().is_some()
+                        && delivery.repository() == lead.delivery.repository()
+                        && joins(&lead.delivery, &delivery)
+                    {
+                        taken.push(Claimed {
+                            key: key.to_vec(),
+                            delivery,
+                        });
+                    }
+                }
+            }
         }
-        let id = String::from_utf8_lossy(&id).into_owned();
-        match self.get_in(&handles, &id) {
-            Ok(Some(delivery)) => {
-                return Ok(Head::Due(Box::new(Claimed {
-                    key: key.to_vec(),
-                    delivery,
-                })));
-            }
-            Ok(None) => {
-                tracing::error!(delivery_id = %id, "queue entry without a record; dropped");
-            }
-            // The database failed, not the entry: it stays queued.
-            Err(e @ (QueueError::Db { .. } | QueueError::Closed { .. })) => return Err(e),
-            Err(e) => {
-                tracing::error!(delivery_id = %id, error = %e, "unreadable delivery; taken off the queue");
-            }
+        let Some(lead) = taken.first() else {
+            return Ok(Head::Idle);
+        };
+        let repo = lead.delivery.repository().cloned();
+        let keys: Vec<Vec<u8>> = taken.iter().map(|c| c.key.clone()).collect();
+        claims.entries.extend(keys.iter().cloned());
+        if let Some(repo) = &repo {
+            claims.repos.insert(repo.clone());
         }
-        handles
-            .pending
-            .remove(&key)
-            .map_err(|source| self.failed(&handles, source))?;
-        self.flush(&handles).await?;
-        Ok(Head::Dropped)
+        drop(claims);
+        Ok(Head::Due(Claim {
+            entries: taken,
+            _lease: Lease {
+                shared: self.shared.clone(),
+                keys,
+                repo,
+            },
+        }))
     }
 
-    /// Count an attempt durably before it starts, so a delivery that
-    /// crashes the process still reaches `max_attempts`.
-    pub async fn start_attempt(&self, claimed: &mut Claimed) -> Result<(), QueueError> {
+    /// Count an attempt of every delivery of the claim durably before it
+    /// starts, so a delivery that crashes the process still reaches
+    /// `max_attempts`.
+    pub async fn start_attempt(&self, claim: &mut Claim) -> Result<(), QueueError> {
         let handles = self.handles()?;
-        claimed.delivery.attempts += 1;
-        claimed.delivery.last_attempt_ms = Some(now_ms());
+        let started = now_ms();
+        let mut batch = sled::Batch::default();
+        for delivery in claim.deliveries_mut() {
+            delivery.attempts += 1;
+            delivery.last_attempt_ms = Some(started);
+            batch.insert(delivery.id.as_bytes(), encode(delivery));
+        }
         handles
             .deliveries
-            .insert(claimed.delivery.id.as_bytes(), encode(&claimed.delivery))
+            .apply_batch(batch)
             .map_err(|source| self.failed(&handles, source))?;
         self.flush(&handles).await
     }
 
-    /// Record the outcome and take the delivery off the queue, atomically.
-    pub async fn complete(&self, claimed: Claimed) -> Result<(), QueueError> {
+    /// Record every delivery of the claim as it now is and take its entry
+    /// off the queue, atomically; a delivery for which `retry_in` gives a
+    /// delay is queued again, not to be tried before it has passed. The
+    /// claim is released once this is durable (or failed: its entries are
+    /// then still queued as before).
+    pub async fn settle(
+        &self,
+        claim: Claim,
+        retry_in: impl Fn(&Delivery) -> Option<Duration>,
+    ) -> Result<(), QueueError> {
         let handles = self.handles()?;
-        let value = encode(&claimed.delivery);
-        let id = claimed.delivery.id.clone();
+        let mut writes = Vec::with_capacity(claim.len());
+        for entry in &claim.entries {
+            let requeue = match retry_in(&entry.delivery) {
+                None => None,
+                Some(delay) => {
+                    let seq = handles
+                        .db
+                        .generate_id()
+                        .map_err(|source| self.failed(&handles, source))?;
+                    let not_before = now_ms()
+                        .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+                    Some(pending_key(not_before, seq))
+                }
+            };
+            writes.push((
+                entry.delivery.id.as_bytes(),
+                encode(&entry.delivery),
+                entry.key.as_slice(),
+                requeue,
+            ));
+        }
         (&handles.deliveries, &handles.pending)
             .transaction(|(deliveries, pending)| {
-                deliveries.insert(id.as_bytes(), value.as_slice())?;
-                pending.remove(claimed.key.as_slice())?;
+                for (id, value, key, requeue) in &writes {
+                    deliveries.insert(*id, value.as_slice())?;
+                    pending.remove(*key)?;
+                    if let Some(new_key) = requeue {
+                        pending.insert(new_key.as_slice(), *id)?;
+                    }
+                }
                 Ok::<_, ConflictableTransactionError<QueueError>>(())
             })
             .map_err(|e| self.transaction_failed(&handles, e))?;
         self.flush(&handles).await?;
+        drop(claim);
         Ok(())
     }
 
-    /// Put the delivery back, not to be tried before `delay` has passed.
-    pub async fn retry_later(&self, claimed: Claimed, delay: Duration) -> Result<(), QueueError> {
-        let handles = self.handles()?;
-        let seq = handles
-            .db
-            .generate_id()
-            .map_err(|source| self.failed(&handles, source))?;
-        let not_before =
-            now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-        let new_key = pending_key(not_before, seq);
-        let value = encode(&claimed.delivery);
-        let id = claimed.delivery.id.clone();
-        (&handles.deliveries, &handles.pending)
-            .transaction(|(deliveries, pending)| {
-                deliveries.insert(id.as_bytes(), value.as_slice())?;
-                pending.remove(claimed.key.as_slice())?;
-                pending.insert(new_key.as_slice(), id.as_bytes())?;
-                Ok::<_, ConflictableTransactionError<QueueError>>(())
-            })
-            .map_err(|e| self.transaction_failed(&handles, e))?;
-        self.flush(&handles).await?;
-        Ok(())
+    /// Record the outcome of every delivery of the claim and take them off
+    /// the queue, atomically.
+    pub async fn complete(&self, claim: Claim) -> Result<(), QueueError> {
+        self.settle(claim, |_| None).await
+    }
+
+    /// Put the claim's deliveries back, not to be tried before `delay` has
+    /// passed.
+    pub async fn retry_later(&self, claim: Claim, delay: Duration) -> Result<(), QueueError> {
+        self.settle(claim, |_| Some(delay)).await
     }
 }
 
@@ -800,6 +1011,158 @@ mod tests {
             event: None,
             snapshot: None,
         }
+    }
+
+    /// A queued push of `repo`, received at `at_ms`.
+    fn push(id: &str, repo: &str, at_ms: u64) -> Delivery {
+        let repository = RepoName::parse(repo).expect("repo name");
+        Delivery {
+            received_at_ms: at_ms,
+            event: Some(Event {
+                delivery_id: id.into(),
+                source: "cloud".into(),
+                event_key: "repo:push".into(),
+                kind: crate::event::EventKind::Push,
+                repository,
+                actor: None,
+                changes: Vec::new(),
+                received_at_ms: at_ms,
+                pull_request: None,
+                comment: None,
+                comments: Vec::new(),
+                previous_name: None,
+            }),
+            ..delivery(id, Status::Queued)
+        }
+    }
+
+    /// Claims joining every due delivery of the lead's repository.
+    fn same_repo(_: &Delivery, _: &Delivery) -> bool {
+        true
+    }
+
+    /// Whether a claim is handed out within a moment (it should not be).
+    async fn claims_nothing(queue: &Queue) -> bool {
+        tokio::time::timeout(Duration::from_millis(200), queue.next())
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn an_entry_and_its_repository_are_claimed_by_one_worker_at_a_time() {
+        let (_dir, queue) = fresh_queue();
+        for (id, repo, at) in [
+            ("a1", "acme/a", 1),
+            ("a2", "acme/a", 2),
+            ("b1", "acme/b", 3),
+        ] {
+            queue.record(push(id, repo, at)).await.expect("record");
+        }
+        let a = queue.next().await.expect("claim");
+        assert_eq!(a.ids(), ["a1"]);
+        // a2 waits: its repository is claimed; b1 is free.
+        let mut b = queue.next().await.expect("claim");
+        assert_eq!(b.ids(), ["b1"]);
+        assert!(claims_nothing(&queue).await, "a2 handed out beside a1");
+        // A worker waiting is woken when a claim is settled.
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.next().await.expect("claim") }
+        });
+        queue.complete(a).await.expect("complete");
+        let a2 = waiting.await.expect("task");
+        assert_eq!(a2.ids(), ["a2"]);
+        // A claim dropped unsettled (a worker that unwound) leaves its entry
+        // queued, attempts counted, and it is taken again.
+        queue.start_attempt(&mut b).await.expect("start");
+        drop(b);
+        let again = queue.next().await.expect("claim again");
+        assert_eq!((again.lead().id.as_str(), again.lead().attempts), ("b1", 1));
+        assert_eq!(queue.pending_len().expect("pending"), 2);
+        drop(a2);
+    }
+
+    #[tokio::test]
+    async fn due_deliveries_of_one_repository_are_claimed_together_and_settled_each() {
+        let (_dir, queue) = fresh_queue();
+        for (id, repo, at) in [
+            ("a1", "acme/a", 1),
+            ("b1", "acme/b", 2),
+            ("a2", "acme/a", 3),
+            ("a3", "acme/a", 4),
+            // Not due for an hour (as a retry waiting out its backoff): not
+            // taken along.
+            ("a4", "acme/a", now_ms() + 3_600_000),
+        ] {
+            queue.record(push(id, repo, at)).await.expect("record");
+        }
+        // Only what `joins` admits, and at most `max`.
+        let alone = queue.claim(8, |_, _| false).await.expect("claim");
+        assert_eq!(alone.ids(), ["a1"]);
+        drop(alone);
+        let two = queue.claim(2, same_repo).await.expect("claim");
+        assert_eq!(two.ids(), ["a1", "a2"]);
+        drop(two);
+        let mut group = queue.claim(8, same_repo).await.expect("claim");
+        assert_eq!(group.ids(), ["a1", "a2", "a3"]);
+        assert_eq!(queue.next().await.expect("claim").ids(), ["b1"]);
+        queue.start_attempt(&mut group).await.expect("start");
+        // One backup answered them all; a3 is to be tried again.
+        for delivery in group.deliveries_mut() {
+            delivery.status = if delivery.id == "a3" {
+                Status::Queued
+            } else {
+                Status::Done
+            };
+            delivery.snapshot = Some("s1".into());
+        }
+        queue
+            .settle(group, |d| {
+                (d.status == Status::Queued).then_some(Duration::ZERO)
+            })
+            .await
+            .expect("settle");
+        for id in ["a1", "a2"] {
+            let done = queue.get(id).expect("get").expect("recorded");
+            assert_eq!(
+                (done.status, done.attempts, done.snapshot.as_deref()),
+                (Status::Done, 1, Some("s1")),
+                "{id}"
+            );
+        }
+        // b1 (unsettled, dropped above), a3 again and a4 later.
+        assert_eq!(queue.pending_len().expect("pending"), 3);
+        let again = queue.claim(8, same_repo).await.expect("claim");
+        assert_eq!(again.ids(), ["b1"]);
+        let a3 = queue.claim(8, same_repo).await.expect("claim");
+        assert_eq!((a3.ids(), a3.lead().attempts), (vec!["a3"], 1));
+    }
+
+    #[tokio::test]
+    async fn an_entry_claimed_by_a_killed_process_is_claimed_again_after_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let queue = Queue::open_dir(dir.path()).expect("queue");
+            queue.record(push("x", "acme/a", 1)).await.expect("record");
+            let mut claim = queue.next().await.expect("claim");
+            queue.start_attempt(&mut claim).await.expect("start");
+            // The process dies mid-backup: its claim is never released, and
+            // its database is closed under it.
+            std::mem::forget(claim);
+            let handles = queue.handles().expect("open");
+            let _ = queue.failed(&handles, sled::Error::Io(std::io::Error::other("killed")));
+        }
+        let start = Instant::now();
+        let queue = loop {
+            match Queue::open_dir(dir.path()) {
+                Err(_) if start.elapsed().as_secs() < 10 => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.expect("reopen"),
+            }
+        };
+        let claim = queue.next().await.expect("claimed again");
+        assert_eq!((claim.lead().id.as_str(), claim.lead().attempts), ("x", 1));
     }
 
     #[tokio::test]
@@ -866,10 +1229,10 @@ mod tests {
     async fn finish(queue: &Queue, status: Status, failure: Option<FailureKind>) -> String {
         let mut claimed = queue.next().await.expect("next");
         queue.start_attempt(&mut claimed).await.expect("start");
-        claimed.delivery.status = status;
-        claimed.delivery.failure = failure;
-        claimed.delivery.last_error = failure.map(|_| "remote answered 401".to_string());
-        let id = claimed.delivery.id.clone();
+        claimed.lead_mut().status = status;
+        claimed.lead_mut().failure = failure;
+        claimed.lead_mut().last_error = failure.map(|_| "remote answered 401".to_string());
+        let id = claimed.lead().id.clone();
         queue.complete(claimed).await.expect("complete");
         id
     }
@@ -991,7 +1354,7 @@ mod tests {
         assert_eq!(queue.retry_all_failed().await.expect("retry"), ["tried"]);
         let counts = queue.counts().expect("counts");
         assert_eq!((counts.pending, counts.retrying, counts.failed), (2, 2, 0));
-        assert_eq!(queue.next().await.expect("next").delivery.attempts, 0);
+        assert_eq!(queue.next().await.expect("next").lead().attempts, 0);
     }
 
     #[tokio::test]
@@ -1015,16 +1378,16 @@ mod tests {
             }
         };
         let mut claimed = queue.next().await.expect("claimed");
-        assert_eq!(claimed.delivery.id, "x");
-        claimed.delivery.attempts = 1;
+        assert_eq!(claimed.lead().id, "x");
+        claimed.lead_mut().attempts = 1;
         queue
             .retry_later(claimed, Duration::from_millis(50))
             .await
             .expect("retry");
         assert_eq!(queue.pending_len().expect("pending"), 1);
         let mut again = queue.next().await.expect("claimed again");
-        assert_eq!(again.delivery.attempts, 1);
-        again.delivery.status = Status::Done;
+        assert_eq!(again.lead().attempts, 1);
+        again.lead_mut().status = Status::Done;
         queue.complete(again).await.expect("complete");
         assert_eq!(queue.pending_len().expect("pending"), 0);
         assert_eq!(
@@ -1051,7 +1414,7 @@ mod tests {
             .insert("bad", b"{not json".to_vec())
             .expect("insert");
         let claimed = queue.next().await.expect("next");
-        assert_eq!(claimed.delivery.id, "good");
+        assert_eq!(claimed.lead().id, "good");
         assert_eq!(
             queue.pending_len().expect("pending"),
             1,
@@ -1120,6 +1483,6 @@ mod tests {
             .record(delivery("after", Status::Queued))
             .await
             .expect("records again");
-        assert_eq!(queue.next().await.expect("next").delivery.id, "kept");
+        assert_eq!(queue.next().await.expect("next").lead().id, "kept");
     }
 }

@@ -1,10 +1,17 @@
-//! The worker: takes deliveries from the queue one at a time, runs the
-//! filter plugins, then the backup plugins, and records the outcome. Each
-//! failure carries its [`FailureKind`] from where it happened: a transient
-//! one is retried with exponential backoff and after `max_attempts` the
-//! delivery is dead-lettered (status `failed`, kept with its last error); a
-//! permanent one (a refused token, no such repository, an invalid plugin
-//! config) fails at once; a full disk is waited out without counting.
+//! The workers: `worker.concurrency` of them take deliveries from the
+//! queue, run the filter plugins, then the backup plugins, and record the
+//! outcome. The queue hands each repository to one worker at a time, so a
+//! hung remote holds one worker and never two backups of one repository
+//! run at once. A backup fetches the remote's whole current state, so a
+//! worker takes the repository's other due pushes (and reconcile events)
+//! with the one it claims and one backup answers them all: each delivery
+//! keeps its record and names the snapshot (only without filter plugins,
+//! which may decide by who pushed). Each failure carries its
+//! [`FailureKind`] from where it happened: a transient one is retried with
+//! exponential backoff and after `max_attempts` the delivery is
+//! dead-lettered (status `failed`, kept with its last error); a permanent
+//! one (a refused token, no such repository, an invalid plugin config)
+//! fails at once; a full disk is waited out without counting.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +20,10 @@ use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::WorkerConfig;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, RefChange};
 use crate::failure::{Classify, Failure, FailureKind};
 use crate::git::Remote;
-use crate::pipeline::queue::{Queue, QueueError, Status};
+use crate::pipeline::queue::{Claim, Delivery, Queue, QueueError, Status};
 use crate::plugins::{BackupDeps, Decision, PluginHost};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +43,9 @@ enum Outcome {
 /// space.
 const NO_SPACE_RETRY_MAX_MS: u64 = 60_000;
 
+/// The most deliveries one backup answers at once.
+const COALESCE_MAX: usize = 64;
+
 /// A failure of a step, with the kind the step's error gives it.
 fn failure<E: Classify>(error: E) -> Failure {
     Failure::new(error.kind(), error.to_string())
@@ -44,6 +54,43 @@ fn failure<E: Classify>(error: E) -> Failure {
 /// A plugin's failure, with the kind the plugin error gives it.
 fn plugin_failure(error: crate::plugins::PluginError) -> Failure {
     Failure::new(error.kind(), error.to_string())
+}
+
+/// Whether `other` is answered by the backup run for `lead`: both are git
+/// events (a push or a reconcile difference) of one repository from one
+/// source. The backup fetches the remote's whole state, so the later event
+/// adds nothing a separate fetch would find.
+fn answered_together(lead: &Delivery, other: &Delivery) -> bool {
+    let git_event = |e: &Event| matches!(e.kind, EventKind::Push | EventKind::Reconcile);
+    match (&lead.event, &other.event) {
+        (Some(a), Some(b)) => {
+            git_event(a) && git_event(b) && a.source == b.source && a.repository == b.repository
+        }
+        _ => false,
+    }
+}
+
+/// The lead's event carrying the ref changes of every event of the claim,
+/// in order: a ref's first old target, its last new target, forced if any
+/// push forced it.
+fn merged_event(events: &[&Event]) -> Option<Event> {
+    let (lead, rest) = events.split_first()?;
+    let mut merged = (*lead).clone();
+    for event in rest {
+        for change in &event.changes {
+            match merged.changes.iter_mut().find(|c| c.name == change.name) {
+                Some(known) => {
+                    *known = RefChange {
+                        old_target: known.old_target.clone(),
+                        forced: known.forced || change.forced,
+                        ..change.clone()
+                    };
+                }
+                None => merged.changes.push(change.clone()),
+            }
+        }
+    }
+    Some(merged)
 }
 
 pub struct Worker {
@@ -60,18 +107,35 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// Process deliveries until `shutdown` turns true. The delivery in
-    /// progress is finished first. A queue error is logged and retried after
-    /// a pause: the worker never stops while the service runs.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    /// Run `worker.concurrency` workers until `shutdown` turns true; each
+    /// finishes the delivery in progress first.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        let count = self.config.concurrency.max(1);
+        info!(workers = count, "workers started");
+        let this = Arc::new(self);
+        let mut workers = tokio::task::JoinSet::new();
+        for slot in 0..count {
+            workers.spawn(this.clone().run_one(slot, shutdown.clone()));
+        }
+        while let Some(joined) = workers.join_next().await {
+            if let Err(e) = joined {
+                error!(error = %e, "a worker stopped unexpectedly");
+            }
+        }
+        Ok(())
+    }
+
+    /// One worker. A queue error is logged and retried after a pause: a
+    /// worker never stops while the service runs.
+    async fn run_one(self: Arc<Self>, slot: u32, mut shutdown: watch::Receiver<bool>) {
         loop {
             match self.run_until_error(&mut shutdown).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return,
                 Err(e) => {
-                    error!(error = %e, "worker: queue error; retrying in 1 s");
+                    error!(worker = slot, error = %e, "worker: queue error; retrying in 1 s");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+                        _ = shutdown.wait_for(|stop| *stop) => return,
                     }
                 }
             }
@@ -82,28 +146,50 @@ impl Worker {
         &self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), WorkerError> {
+        // Filters may decide by who pushed or by the event's key: with
+        // filters, every delivery is shown to them on its own.
+        let max = if self.plugins.filters.is_empty() {
+            COALESCE_MAX
+        } else {
+            1
+        };
         loop {
-            let claimed = tokio::select! {
-                claimed = self.queue.next() => claimed?,
+            let mut claim = tokio::select! {
+                claim = self.queue.claim(max, answered_together) => claim?,
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
             };
-            let mut claimed = claimed;
-            let delivery = &mut claimed.delivery;
+            let lead = claim.lead();
             let span = info_span!(
                 "backup",
-                delivery_id = %delivery.id,
-                repo = delivery.event.as_ref().map(|e| e.repository.to_string()).unwrap_or_default(),
-                attempt = delivery.attempts + 1,
+                delivery_id = %lead.id,
+                repo = lead.event.as_ref().map(|e| e.repository.to_string()).unwrap_or_default(),
+                attempt = lead.attempts + 1,
             );
-            let Some(event) = delivery.event.clone() else {
-                delivery.status = Status::Ignored;
-                self.queue.complete(claimed).await?;
+            if lead.event.is_none() {
+                for delivery in claim.deliveries_mut() {
+                    delivery.status = Status::Ignored;
+                }
+                self.queue.complete(claim).await?;
+                continue;
+            }
+            self.queue.start_attempt(&mut claim).await?;
+            let events: Vec<&Event> = claim
+                .deliveries()
+                .filter_map(|d| d.event.as_ref())
+                .collect();
+            let Some(event) = merged_event(&events) else {
                 continue;
             };
-            self.queue.start_attempt(&mut claimed).await?;
-            let delivery = &mut claimed.delivery;
+            if claim.len() > 1 {
+                let _entered = span.enter();
+                info!(
+                    coalesced = ?&claim.ids()[1..],
+                    "later deliveries of the repository answered by this backup"
+                );
+            }
+            let ids: Vec<String> = claim.deliveries().map(|d| d.id.clone()).collect();
             let started = std::time::Instant::now();
-            let result = self.process(event).instrument(span.clone()).await;
+            let result = self.process(event, ids).instrument(span.clone()).await;
             crate::metrics::global().backup_finished(
                 match &result {
                     Ok(Outcome::Skipped(_)) => crate::metrics::BackupOutcome::Skipped,
@@ -112,99 +198,126 @@ impl Worker {
                 },
                 started.elapsed(),
             );
-            let _entered = span.enter();
-            match result {
-                Ok(Outcome::Skipped(reason)) => {
-                    info!(%reason, "skipped by a filter");
-                    delivery.status = Status::Skipped;
-                    delivery.last_error = None;
-                    delivery.failure = None;
-                    drop(_entered);
-                    self.queue.complete(claimed).await?;
-                }
-                Ok(Outcome::Done(snapshot)) => {
-                    info!(
-                        snapshot = snapshot.as_deref().unwrap_or("none"),
-                        "backup done"
-                    );
-                    delivery.status = Status::Done;
-                    delivery.snapshot = snapshot;
-                    delivery.last_error = None;
-                    delivery.failure = None;
-                    drop(_entered);
-                    self.queue.complete(claimed).await?;
-                }
-                Err(Failure {
-                    kind: FailureKind::NoSpace,
-                    message,
-                }) => {
-                    // Not the delivery's fault: it waits for space however
-                    // long that takes, so a full disk never dead-letters.
-                    delivery.attempts = delivery.attempts.saturating_sub(1);
-                    let delay = Duration::from_millis(
-                        self.config
-                            .retry_base_ms
-                            .saturating_mul(8)
-                            .min(NO_SPACE_RETRY_MAX_MS),
-                    );
-                    warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "backup failed: no space left; will retry without counting an attempt");
-                    delivery.last_error = Some(message);
-                    delivery.failure = Some(FailureKind::NoSpace);
-                    drop(_entered);
-                    self.queue.retry_later(claimed, delay).await?;
-                }
-                Err(Failure {
-                    kind: FailureKind::Permanent,
-                    message,
-                }) => {
-                    error!(error = %message, "backup failed; trying again cannot help, so it is not retried");
-                    delivery.status = Status::Failed;
-                    delivery.last_error = Some(message);
-                    delivery.failure = Some(FailureKind::Permanent);
-                    drop(_entered);
-                    self.queue.complete(claimed).await?;
-                }
-                Err(Failure { kind, message }) if delivery.attempts >= self.config.max_attempts => {
-                    error!(error = %message, "backup failed for good; dead-lettered");
-                    delivery.status = Status::Failed;
-                    delivery.last_error = Some(message);
-                    delivery.failure = Some(kind);
-                    drop(_entered);
-                    self.queue.complete(claimed).await?;
-                }
-                Err(Failure { kind, message }) => {
-                    let exponent = delivery.attempts.saturating_sub(1).min(16);
-                    let delay = Duration::from_millis(
-                        self.config.retry_base_ms.saturating_mul(1u64 << exponent),
-                    );
-                    warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "backup failed; will retry");
-                    delivery.last_error = Some(message);
-                    delivery.failure = Some(kind);
-                    drop(_entered);
-                    self.queue.retry_later(claimed, delay).await?;
-                }
-            }
+            self.record(claim, result).instrument(span).await?;
         }
     }
 
-    async fn process(&self, event: Event) -> Result<Outcome, Failure> {
+    /// Record what the backup came to for every delivery it answered.
+    async fn record(
+        &self,
+        mut claim: Claim,
+        result: Result<Outcome, Failure>,
+    ) -> Result<(), WorkerError> {
+        match result {
+            Ok(Outcome::Skipped(reason)) => {
+                info!(%reason, "skipped by a filter");
+                for delivery in claim.deliveries_mut() {
+                    delivery.status = Status::Skipped;
+                    delivery.last_error = None;
+                    delivery.failure = None;
+                }
+                self.queue.complete(claim).await?;
+            }
+            Ok(Outcome::Done(snapshot)) => {
+                info!(
+                    snapshot = snapshot.as_deref().unwrap_or("none"),
+                    deliveries = claim.len(),
+                    "backup done"
+                );
+                for delivery in claim.deliveries_mut() {
+                    delivery.status = Status::Done;
+                    delivery.snapshot = snapshot.clone();
+                    delivery.last_error = None;
+                    delivery.failure = None;
+                }
+                self.queue.complete(claim).await?;
+            }
+            Err(Failure {
+                kind: FailureKind::NoSpace,
+                message,
+            }) => {
+                // Not the delivery's fault: it waits for space however
+                // long that takes, so a full disk never dead-letters.
+                let delay = Duration::from_millis(
+                    self.config
+                        .retry_base_ms
+                        .saturating_mul(8)
+                        .min(NO_SPACE_RETRY_MAX_MS),
+                );
+                warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "backup failed: no space left; will retry without counting an attempt");
+                for delivery in claim.deliveries_mut() {
+                    delivery.attempts = delivery.attempts.saturating_sub(1);
+                    delivery.last_error = Some(message.clone());
+                    delivery.failure = Some(FailureKind::NoSpace);
+                }
+                self.queue.retry_later(claim, delay).await?;
+            }
+            Err(Failure {
+                kind: FailureKind::Permanent,
+                message,
+            }) => {
+                error!(error = %message, "backup failed; trying again cannot help, so it is not retried");
+                for delivery in claim.deliveries_mut() {
+                    delivery.status = Status::Failed;
+                    delivery.last_error = Some(message.clone());
+                    delivery.failure = Some(FailureKind::Permanent);
+                }
+                self.queue.complete(claim).await?;
+            }
+            Err(Failure { kind, message }) => {
+                // Each delivery keeps its own count: one that has had its
+                // attempts is dead-lettered, the others wait their backoff.
+                let max_attempts = self.config.max_attempts;
+                let base = self.config.retry_base_ms;
+                for delivery in claim.deliveries_mut() {
+                    delivery.last_error = Some(message.clone());
+                    delivery.failure = Some(kind);
+                    if delivery.attempts >= max_attempts {
+                        delivery.status = Status::Failed;
+                        error!(delivery_id = %delivery.id, error = %message, "backup failed for good; dead-lettered");
+                    } else {
+                        warn!(delivery_id = %delivery.id, error = %message, retry_in_ms = backoff(base, delivery.attempts).as_millis() as u64, "backup failed; will retry");
+                    }
+                }
+                self.queue
+                    .settle(claim, |delivery| {
+                        (delivery.status == Status::Queued)
+                            .then(|| backoff(base, delivery.attempts))
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Run the pipeline for `event`, which answers the deliveries `ids`.
+    async fn process(&self, event: Event, ids: Vec<String>) -> Result<Outcome, Failure> {
         let plugins = self.plugins.clone();
         let deps = self.deps.clone();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            run_pipeline(&plugins, deps, &event)
+            run_pipeline(&plugins, deps, &event, &ids)
         })
         .await
         .map_err(|e| Failure::transient(format!("backup task panicked: {e}")))?
     }
 }
 
-/// Filters, then backups, for one event. Blocking.
+/// The pause before attempt `attempts + 1`: `base` doubled per attempt
+/// made after the first.
+fn backoff(base_ms: u64, attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(16);
+    Duration::from_millis(base_ms.saturating_mul(1u64 << exponent))
+}
+
+/// Filters, then backups, for one event answering the deliveries `ids`.
+/// Blocking.
 fn run_pipeline(
     plugins: &PluginHost,
     deps: Arc<BackupDeps>,
     event: &Event,
+    ids: &[String],
 ) -> Result<Outcome, Failure> {
     // Filters decide per ref. So that a ref they exclude stays excluded on
     // every later event (not only on the push that named it), they are shown
@@ -283,12 +396,12 @@ fn run_pipeline(
     if last_snapshot.is_none() {
         // An earlier attempt may have committed this delivery's snapshot and
         // died before recording the outcome; the retry then finds nothing
-        // new. The record still names the snapshot the delivery made.
+        // new. The records still name the snapshot the deliveries made.
         last_snapshot = deps
             .store
             .latest_snapshot(&narrowed.repository)
             .map_err(failure)?
-            .filter(|s| s.body.delivery_id == narrowed.delivery_id)
+            .filter(|s| ids.contains(&s.body.delivery_id))
             .map(|s| s.id.to_string());
     }
     Ok(Outcome::Done(last_snapshot))

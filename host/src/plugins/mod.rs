@@ -20,9 +20,14 @@ pub use filter::{Decision, FilterPlugin};
 pub use metadata::MetadataPlugin;
 pub use sandbox::{Limits, OUTPUT_CAP};
 
-/// A plugin engine with hookvault's settings (fuel, epoch deadlines, pooling).
+/// Plugin calls a [`new_engine`] pool holds at once: the default
+/// `worker.concurrency`.
+const DEFAULT_CONCURRENT_CALLS: u32 = 4;
+
+/// A plugin engine with hookvault's settings (fuel, epoch deadlines,
+/// pooling), its pool sized for the default `worker.concurrency`.
 pub fn new_engine() -> Result<Engine, PluginError> {
-    sandbox::engine()
+    sandbox::engine(DEFAULT_CONCURRENT_CALLS)
 }
 
 /// The default backup plugin, built from `plugins/git-backup`.
@@ -175,10 +180,11 @@ impl PluginSpec {
 }
 
 impl PluginHost {
-    /// Compile and link every plugin in `config`. Without a configured
-    /// backup plugin, the built-in git-backup is used.
+    /// Compile and link every plugin in `config`, in an engine whose
+    /// instance pool holds one call per worker (`worker.concurrency`).
+    /// Without a configured backup plugin, the built-in git-backup is used.
     pub fn load(config: &Config) -> Result<Self, PluginError> {
-        let engine = new_engine()?;
+        let engine = sandbox::engine(config.worker.concurrency)?;
         let mut filters = Vec::new();
         let mut backups = Vec::new();
         let mut metadata = Vec::new();

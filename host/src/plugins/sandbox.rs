@@ -22,24 +22,24 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(50);
 /// Largest linear memory any plugin may have (the per-plugin limit is lower).
 pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
 
-/// Concurrent plugin calls the instance pool is sized for.
-const POOL_CALLS: u32 = 8;
-
 /// Engine settings shared by every plugin: fuel bounds CPU, an epoch
 /// deadline bounds wall-clock time, a pooling allocator keeps instantiation
-/// cheap.
-pub fn engine() -> Result<Engine, PluginError> {
+/// cheap. The pool holds what `concurrent_calls` plugin calls at once need
+/// (`worker.concurrency`: each worker makes one call at a time, its store
+/// dropped before the next); a call beyond it fails to instantiate.
+pub fn engine(concurrent_calls: u32) -> Result<Engine, PluginError> {
+    let calls = concurrent_calls.max(1);
     let mut config = wasmtime::Config::new();
     config.consume_fuel(true);
     config.epoch_interruption(true);
     config.wasm_component_model(true);
     let mut pool = wasmtime::PoolingAllocationConfig::default();
-    pool.total_component_instances(2 * POOL_CALLS)
-        .total_core_instances(8 * POOL_CALLS)
-        .total_memories(2 * POOL_CALLS)
-        .total_tables(4 * POOL_CALLS)
-        .total_stacks(POOL_CALLS)
-        .max_unused_warm_slots(POOL_CALLS)
+    pool.total_component_instances(2 * calls)
+        .total_core_instances(8 * calls)
+        .total_memories(2 * calls)
+        .total_tables(4 * calls)
+        .total_stacks(calls)
+        .max_unused_warm_slots(calls)
         .max_memory_size(MAX_MEMORY_BYTES as usize);
     config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
