@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use hookvault::bitbucket::signature::sign;
 use support::*;
@@ -990,4 +991,139 @@ fn events_show_a_refused_token_and_retry_queues_it_again() {
 
 fn service_config(dir: &Path) -> std::path::PathBuf {
     dir.join("hookvault.toml")
+}
+
+/// A repository `repo` on `server` with one commit on `main`, and a work
+/// tree under `work` to push more from; returns the work tree and the head.
+fn served_repo(server: &GitServer, work: &Path, repo: &str) -> (WorkTree, String) {
+    let upstream = server.create(repo);
+    let tree = WorkTree::new(work, &upstream);
+    let head = tree.commit("a.txt", "a\n", "A");
+    tree.git(&["push", "-q", "origin", "main"]);
+    (tree, head)
+}
+
+/// The record of `delivery` once it has an outcome, waited for at most
+/// `limit`.
+fn outcome_within(service: &Service, delivery: &str, limit: Duration) -> serde_json::Value {
+    wait_until(&format!("delivery {delivery}"), limit, || {
+        let (status, record) = service.api(&format!("deliveries/{delivery}"));
+        (status == 200 && record["status"] != "queued").then_some(record)
+    })
+}
+
+/// One remote that hangs holds one worker: a push to another repository
+/// queued behind it is backed up at once, and the hung repository's next
+/// push waits for its first rather than starting a second backup of it.
+#[test]
+fn workers_back_up_other_repositories_while_one_remote_hangs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let (_hung_work, hung_head) = served_repo(&server, &tmp.path().join("hung"), "acme/hung");
+    let (_free_work, free_head) = served_repo(&server, &tmp.path().join("free"), "acme/free");
+    let hold = server.hold("acme/hung");
+    let service = Service::start(&tmp.path().join("hv"), &server, "");
+
+    let hung_push = branch_push("acme/hung", "main", None, &hung_head);
+    service.push("hung-1", &hung_push);
+    wait_until(
+        "the hung remote's first request",
+        Duration::from_secs(30),
+        || (hold.arrived() >= 1).then_some(()),
+    );
+    service.push("hung-2", &hung_push);
+    service.push(
+        "free-1",
+        &branch_push("acme/free", "main", None, &free_head),
+    );
+    // Well within the 30 s the hung fetch holds its worker.
+    let free = outcome_within(&service, "free-1", Duration::from_secs(20));
+    assert_eq!(free["status"], "done", "{free}");
+    let snapshots = service.snapshots("acme/free");
+    assert_eq!(snapshots.len(), 1);
+    assert_eq!(free["snapshot"], snapshots[0]["id"]);
+    // hung-2 was queued before free-1 and the workers take the oldest
+    // entry first: had it been free to start, it would have.
+    let (_, second) = service.api("deliveries/hung-2");
+    assert_eq!(
+        (second["status"].as_str(), second["attempts"].as_u64()),
+        (Some("queued"), Some(0)),
+        "a second backup of the hung repository started: {second}"
+    );
+    assert_eq!(hold.arrived(), 1, "two fetches of one repository at once");
+
+    hold.release();
+    for id in ["hung-1", "hung-2"] {
+        let record = service.outcome(id);
+        assert_eq!(record["status"], "done", "{record}");
+    }
+    let snapshots = service.snapshots("acme/hung");
+    assert_eq!(snapshots.len(), 1, "the second push changed nothing");
+    assert_eq!(snapshots[0]["delivery_id"], "hung-1");
+    service.stop_within(Duration::from_secs(30));
+}
+
+/// Pushes of one repository queued while the only worker is busy are
+/// answered by one fetch: one snapshot, named by every delivery's record.
+#[test]
+fn workers_answer_queued_pushes_of_one_repository_with_one_backup() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let (_busy_work, busy_head) = served_repo(&server, &tmp.path().join("busy"), "acme/busy");
+    let (work, head) = served_repo(&server, &tmp.path().join("app"), "acme/app");
+    let hold = server.hold("acme/busy");
+    let dir = tmp.path().join("hv");
+    let text = config_text(&dir.join("data"), &server, 2, 50, "").replace(
+        "retry_base_ms = 50\n",
+        "retry_base_ms = 50\nconcurrency = 1\n",
+    );
+    assert!(text.contains("concurrency = 1"));
+    let service = Service::start_config(&dir, &text);
+
+    // The only worker waits on another repository's remote ...
+    service.push(
+        "busy-1",
+        &branch_push("acme/busy", "main", None, &busy_head),
+    );
+    wait_until(
+        "the busy remote's first request",
+        Duration::from_secs(30),
+        || (hold.arrived() >= 1).then_some(()),
+    );
+    // ... while two pushes of acme/app are queued behind it.
+    let second = work.commit("b.txt", "b\n", "B");
+    work.git(&["push", "-q", "origin", "main"]);
+    service.push(
+        "app-1",
+        &branch_push("acme/app", "main", Some(&head), &second),
+    );
+    let third = work.commit("c.txt", "c\n", "C");
+    work.git(&["push", "-q", "origin", "main"]);
+    service.push(
+        "app-2",
+        &branch_push("acme/app", "main", Some(&second), &third),
+    );
+    hold.release();
+
+    let first = service.outcome("app-1");
+    let other = service.outcome("app-2");
+    for record in [&first, &other] {
+        assert_eq!(record["status"], "done", "{record}");
+        assert_eq!(record["attempts"], 1, "{record}");
+    }
+    let snapshots = service.snapshots("acme/app");
+    assert_eq!(
+        snapshots.len(),
+        1,
+        "one fetch for both pushes: {snapshots:?}"
+    );
+    assert_eq!(snapshots[0]["refs"]["refs/heads/main"], third.as_str());
+    assert_eq!(snapshots[0]["delivery_id"], "app-1");
+    assert_eq!(first["snapshot"], snapshots[0]["id"]);
+    assert_eq!(other["snapshot"], snapshots[0]["id"], "{other}");
+    assert!(
+        service.log().contains("answered by this backup"),
+        "the log names the deliveries answered together"
+    );
+    service.stop();
 }

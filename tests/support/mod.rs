@@ -67,11 +67,41 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
 pub struct GitServer {
     pub addr: SocketAddr,
     pub root: PathBuf,
+    holds: Holds,
     _runtime: tokio::runtime::Runtime,
+}
+
+/// Repositories whose requests the server holds, by repository name.
+type Holds = std::sync::Arc<std::sync::Mutex<BTreeMap<String, std::sync::Arc<Hold>>>>;
+
+/// A repository whose every request waits until released: a remote that
+/// hangs, for as long as a test wants.
+pub struct Hold {
+    /// Requests that have arrived (and waited).
+    arrived: std::sync::atomic::AtomicUsize,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Hold {
+    /// Requests for the repository that have arrived so far.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Answer the waiting requests and every later one.
+    pub fn release(&self) {
+        self.open.send_replace(true);
+    }
 }
 
 impl GitServer {
     pub fn start(root: &Path) -> Self {
+        Self::start_with_latency(root, Duration::ZERO)
+    }
+
+    /// A server that waits `latency` before answering each request, as a
+    /// remote one network round trip away would.
+    pub fn start_with_latency(root: &Path, latency: Duration) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -82,9 +112,29 @@ impl GitServer {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let holds = Holds::default();
+        let held = holds.clone();
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
             let root = root_buf.clone();
-            async move { cgi(root, req).await }
+            let held = held.clone();
+            async move {
+                let hold = held
+                    .lock()
+                    .expect("holds")
+                    .iter()
+                    .find(|(repo, _)| req.uri().path().starts_with(&format!("/{repo}.git/")))
+                    .map(|(_, hold)| hold.clone());
+                if let Some(hold) = hold {
+                    let mut open = hold.open.subscribe();
+                    hold.arrived
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = open.wait_for(|open| *open).await;
+                }
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+                cgi(root, req).await
+            }
         });
         runtime.spawn(async move {
             axum::serve(listener, app).await.expect("git server");
@@ -92,8 +142,23 @@ impl GitServer {
         Self {
             addr,
             root: root.to_path_buf(),
+            holds,
             _runtime: runtime,
         }
+    }
+
+    /// Hold every request for `repo` from now until the hold is released.
+    pub fn hold(&self, repo: &str) -> std::sync::Arc<Hold> {
+        let (open, _) = tokio::sync::watch::channel(false);
+        let hold = std::sync::Arc::new(Hold {
+            arrived: std::sync::atomic::AtomicUsize::new(0),
+            open,
+        });
+        self.holds
+            .lock()
+            .expect("holds")
+            .insert(repo.to_string(), hold.clone());
+        hold
     }
 
     pub fn url(&self, repo: &str) -> String {
