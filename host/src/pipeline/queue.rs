@@ -3,9 +3,13 @@
 //! * `deliveries`: delivery id → [`Delivery`] (JSON). The delivery id is the
 //!   idempotency key: a second delivery with the same id is acknowledged and
 //!   never queued again.
-//! * `pending`: `not_before_ms (u64 BE) ‖ seq (u64 BE)` → delivery id. The
-//!   worker takes the first entry whose time has come; a retry re-inserts the
-//!   entry later in time.
+//! * `pending`: `not_before_ms (u64 BE) ‖ seq (u64 BE)` → delivery id. A
+//!   worker claims the first entry whose time has come that no other worker
+//!   holds and whose repository no other worker holds (with, on request,
+//!   the repository's later due entries that one backup answers too); a
+//!   retry re-inserts the entry later in time. Claims are in memory: only
+//!   one process holds the database, so a killed process's claims vanish
+//!   with it and its entries, still in `pending`, are claimed again.
 //!
 //! A failed delivery is put back on the queue (attempts from zero) by
 //! [`Queue::retry`], [`Queue::retry_all_failed`] and by Bitbucket
