@@ -637,9 +637,14 @@ fn leftovers_of_a_killed_process_are_removed_at_start() {
     let stale_workspace = data.join("fetch/acme-eng.billing-service.x1.git/objects/pack");
     std::fs::create_dir_all(&stale_workspace).expect("mkdir");
     std::fs::write(stale_workspace.join("tmp_pack_x"), b"half").expect("write");
+    // A data file written whole but killed before its index file.
+    let unindexed = data.join("vault/data/ab").join("ab".repeat(32));
+    std::fs::create_dir_all(unindexed.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&unindexed, b"HVDATA\x00\x02 never indexed").expect("write");
 
     let service = Service::launch(&dir, config);
     assert!(!stale_tmp.exists(), "{}", service.log());
+    assert!(!unindexed.exists(), "{}", service.log());
     assert!(
         std::fs::read_dir(data.join("fetch"))
             .expect("fetch dir")

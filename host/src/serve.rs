@@ -149,6 +149,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let store = tokio::task::block_in_place(|| open_vault(&config, Create::IfMissing))?;
     info!(vault = %store.location(), "vault open");
+    if config.store.url.is_none() {
+        let removed = tokio::task::block_in_place(|| store.remove_unindexed_data());
+        report_cleanup(
+            "data files no index names (written before a crash, never indexed)",
+            removed.map(|(files, _)| files).map_err(|e| e.to_string()),
+        );
+    }
     let deps = Arc::new(backup_deps(&config, store.clone())?);
     let plugins = Arc::new(tokio::task::block_in_place(|| PluginHost::load(&config))?);
     info!(

@@ -1004,6 +1004,35 @@ impl Vault {
         Ok((header.kind, content))
     }
 
+    /// Remove the data files no index file names, and return how many and
+    /// their bytes. The write order (data file, then the index file naming
+    /// it) makes such a file what a writer killed in between left: nothing
+    /// reaches it, and its records are written again by the next backup.
+    ///
+    /// Only safe while nothing else writes this vault: `serve` calls it at
+    /// start, for a vault inside its own store directory, whose lock it
+    /// holds. A bucket may be shared by several services, each writing a
+    /// data file a moment before its index file, so for buckets this is
+    /// left to a prune that knows the age of what it removes.
+    pub fn remove_unindexed_data(&self) -> Result<(usize, u64), VaultError> {
+        let _writer = lock(&self.inner.writer)?;
+        self.refresh()?;
+        let listed = self.inner.backend.list(FileType::Data)?;
+        let indexed: HashSet<FileName> = read(&self.inner.index)?
+            .entries()
+            .map(|(_, entry)| entry.file.clone())
+            .collect();
+        let (mut files, mut bytes) = (0, 0);
+        for (name, size) in listed {
+            if !indexed.contains(&name) {
+                self.inner.backend.remove(FileType::Data, &name)?;
+                files += 1;
+                bytes += size;
+            }
+        }
+        Ok((files, bytes))
+    }
+
     /// Read a git object back, verified.
     pub fn read_object(&self, oid: &GitOid) -> Result<(ObjectKind, Arc<Vec<u8>>), VaultError> {
         self.load(None, &RecordId::from(*oid))

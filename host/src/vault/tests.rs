@@ -540,3 +540,40 @@ fn mangled_vault_bytes_give_errors_never_panics_or_wrong_content() {
     // Most mangles touch the one record; those are all caught.
     assert!(refused > 100, "only {refused} of 200 mangled files refused");
 }
+
+#[test]
+fn data_files_no_index_names_are_removed_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    let content = b"kept".to_vec();
+    let id = blob_id(&content);
+    vault
+        .put_objects(&[(id, Some("a.txt"))], |_| {
+            Ok::<_, std::io::Error>((ObjectKind::Blob, content.clone()))
+        })
+        .expect("put");
+    // A writer killed after its data file and before its index file.
+    let orphan = b"HVDATA\x00\x02 half a backup".to_vec();
+    let name = FileName::from_hash(blake3::hash(&orphan).as_bytes());
+    vault
+        .inner
+        .backend
+        .write(FileType::Data, &name, &orphan)
+        .expect("write");
+    assert_eq!(
+        vault
+            .inner
+            .backend
+            .list(FileType::Data)
+            .expect("list")
+            .len(),
+        2
+    );
+    let (files, bytes) = vault.remove_unindexed_data().expect("remove");
+    assert_eq!((files, bytes), (1, orphan.len() as u64));
+    let left = vault.inner.backend.list(FileType::Data).expect("list");
+    assert_eq!(left.len(), 1);
+    assert_ne!(left[0].0, name);
+    assert_eq!(*vault.read_object(&id).expect("still readable").1, content);
+    assert_eq!(vault.remove_unindexed_data().expect("again"), (0, 0));
+}
