@@ -278,10 +278,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     }
     let queue = state.queue.clone();
     let store = state.store.clone();
-    let rendered = tokio::task::spawn_blocking(move || metrics::global().render(&queue, &store))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let rendered = blocking(move || metrics::global().render(&queue, &store)).await;
     match rendered {
         Ok(text) => (
             StatusCode::OK,
@@ -290,6 +287,19 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
         )
             .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// Run a reading call (vault or queue) on the blocking pool; its error, or
+/// the task's, as text for a 500.
+async fn blocking<T, E>(call: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, String>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -544,7 +554,7 @@ async fn list_snapshots(
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let store = state.store.clone();
-    let listed = tokio::task::spawn_blocking(move || {
+    let listed = blocking(move || {
         store
             .snapshots(&repo)?
             .iter()
@@ -553,9 +563,8 @@ async fn list_snapshots(
     })
     .await;
     match listed {
-        Ok(Ok(list)) => reply(StatusCode::OK, json!(list)),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(list) => reply(StatusCode::OK, json!(list)),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
@@ -579,15 +588,9 @@ async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respon
         return denied;
     }
     let store = state.store.clone();
-    let stats = tokio::task::spawn_blocking(move || store.stats())
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let stats = blocking(move || store.stats()).await;
     let queue = state.queue.clone();
-    let counts = tokio::task::spawn_blocking(move || queue.counts())
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let counts = blocking(move || queue.counts()).await;
     match (stats, counts) {
         (Ok(stats), Ok(counts)) => {
             reply(StatusCode::OK, json!({ "store": stats, "queue": counts }))
@@ -622,14 +625,13 @@ async fn list_deliveries(
         repo,
     };
     let queue = state.queue.clone();
-    let listed = tokio::task::spawn_blocking(move || queue.list(&filter)).await;
+    let listed = blocking(move || queue.list(&filter)).await;
     match listed {
-        Ok(Ok(list)) => {
+        Ok(list) => {
             let views: Vec<DeliveryView> = list.iter().map(DeliveryView::from).collect();
             reply(StatusCode::OK, json!(views))
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

@@ -301,15 +301,12 @@ pub fn decompress(
     base: Option<&[u8]>,
     raw_size: u64,
 ) -> Result<Vec<u8>, FormatError> {
-    use zstd::zstd_safe::{DCtx, DParameter, FrameFormat, ResetDirective};
+    use zstd::zstd_safe::{DCtx, ResetDirective};
     let size = usize::try_from(raw_size).map_err(|_| bad("raw size too large"))?;
     let out = match base {
         Some(base) if base.starts_with(&ZSTD_DICT_MAGIC) => {
             let mut dctx = DCtx::create();
-            dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
-                .map_err(zerr)?;
-            dctx.set_parameter(DParameter::Format(FrameFormat::Magicless))
-                .map_err(zerr)?;
+            set_record_parameters(&mut dctx)?;
             dctx.ref_prefix(base).map_err(zerr)?;
             decode_frame(&mut dctx, frame, size)?
         }
@@ -321,10 +318,7 @@ pub fn decompress(
             // state an error left.
             dctx.reset(ResetDirective::SessionAndParameters)
                 .map_err(zerr)?;
-            dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
-                .map_err(zerr)?;
-            dctx.set_parameter(DParameter::Format(FrameFormat::Magicless))
-                .map_err(zerr)?;
+            set_record_parameters(&mut dctx)?;
             if let Some(base) = base {
                 dctx.load_dictionary(base).map_err(zerr)?;
             }
@@ -341,6 +335,16 @@ pub fn decompress(
         )));
     }
     Ok(out)
+}
+
+/// How every record frame is read: magicless, with a bounded window.
+fn set_record_parameters(dctx: &mut zstd::zstd_safe::DCtx<'_>) -> Result<(), FormatError> {
+    use zstd::zstd_safe::{DParameter, FrameFormat};
+    dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+        .map_err(zerr)?;
+    dctx.set_parameter(DParameter::Format(FrameFormat::Magicless))
+        .map_err(zerr)?;
+    Ok(())
 }
 
 fn zerr(code: usize) -> FormatError {

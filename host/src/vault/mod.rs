@@ -1011,12 +1011,12 @@ impl Vault {
     ///
     /// Only safe while nothing else writes this vault: `serve` calls it at
     /// start, for a vault inside its own store directory, whose lock it
-    /// holds. A bucket may be shared by several services, each writing a
-    /// data file a moment before its index file, so for buckets this is
-    /// left to a prune that knows the age of what it removes.
+    /// holds, so the index read when the vault was opened names every
+    /// indexed data file. A bucket may be shared by several services, each
+    /// writing a data file a moment before its index file, so for buckets
+    /// this is left to a prune that knows the age of what it removes.
     pub fn remove_unindexed_data(&self) -> Result<(usize, u64), VaultError> {
         let _writer = lock(&self.inner.writer)?;
-        self.refresh()?;
         let listed = self.inner.backend.list(FileType::Data)?;
         let indexed: HashSet<FileName> = read(&self.inner.index)?
             .entries()
