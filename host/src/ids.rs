@@ -194,6 +194,12 @@ impl fmt::Display for GitOid {
     }
 }
 
+impl Serialize for GitOid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
 impl fmt::Debug for GitOid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "GitOid({self})")

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod bitbucket;
+pub mod browse;
 pub mod config;
 pub mod event;
 pub mod export;

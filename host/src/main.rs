@@ -22,7 +22,7 @@ use hookvault::config::{Config, SecretString};
 use hookvault::ids::RepoName;
 use hookvault::pipeline::queue::{DeliveryView, Filter};
 use hookvault::vault::{Create, Snapshot};
-use hookvault::{restore, serve, terminal};
+use hookvault::{browse, restore, serve, terminal};
 
 /// A line of human output on stdout, control characters escaped.
 macro_rules! out {
@@ -87,9 +87,97 @@ enum Command {
         /// The repository as it was at this moment (RFC 3339, e.g. 2026-11-20T09:00:00Z).
         #[arg(long)]
         at: Option<String>,
-        /// A new (or empty) directory.
+        /// A new (or empty) directory; with --push, a temporary one when absent.
+        #[arg(long, required_unless_present = "push")]
+        to: Option<PathBuf>,
+        /// Only these refs (full names or wildmatch globs such as
+        /// `refs/heads/release/*`; a short name matches a branch or tag).
+        #[arg(long = "ref", value_name = "PATTERN")]
+        refs: Vec<String>,
+        /// Push every restored ref to this (empty) remote repository; the
+        /// source's credentials go along when it is on the source's host.
+        #[arg(long, value_name = "URL")]
+        push: Option<String>,
+        /// Push even though the remote already has refs (they are overwritten).
+        #[arg(long, requires = "push")]
+        force: bool,
         #[arg(long)]
-        to: PathBuf,
+        json: bool,
+    },
+    /// Every value a repository's refs have had, oldest first: time, actor,
+    /// delivery, old → new, and whether it was a creation, a fast-forward,
+    /// a forced update (history rewritten) or a deletion.
+    Log {
+        #[arg(long)]
+        repo: String,
+        /// Only this ref (a full name, a short branch or tag name, or a glob).
+        #[arg(long = "ref", value_name = "PATTERN")]
+        reference: Option<String>,
+        /// Only changes recorded at or after this moment (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a ref pointed at before a moment or in a snapshot, and the
+    /// command that puts it back; with --push, put it back.
+    Undo {
+        #[arg(long)]
+        repo: String,
+        /// The ref to put back (e.g. refs/heads/main, or main).
+        #[arg(long = "ref", value_name = "REF")]
+        reference: String,
+        /// Its value in the last snapshot before this moment (RFC 3339).
+        #[arg(
+            long,
+            required_unless_present = "snapshot",
+            conflicts_with = "snapshot"
+        )]
+        before: Option<String>,
+        /// Its value in this snapshot (id or unique prefix).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Push that value to this remote (created if the ref was deleted).
+        #[arg(long, value_name = "URL")]
+        push: Option<String>,
+        /// Push without asking.
+        #[arg(long, requires = "push")]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one file of a snapshot to stdout, without restoring anything.
+    Cat {
+        #[arg(long)]
+        repo: String,
+        #[command(flatten)]
+        which: Which,
+        /// The path in the ref's tree, e.g. src/lib.rs.
+        #[arg(long)]
+        path: String,
+    },
+    /// List a tree of a snapshot (mode, kind, id, path).
+    Ls {
+        #[arg(long)]
+        repo: String,
+        #[command(flatten)]
+        which: Which,
+        /// A directory (default: the root).
+        #[arg(long, default_value = "")]
+        path: String,
+        /// Every entry below it.
+        #[arg(long, short)]
+        recursive: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The refs that differ between two snapshots (ids, prefixes or RFC 3339
+    /// times: the snapshot at or before that moment).
+    Diff {
+        #[arg(long)]
+        repo: String,
+        a: String,
+        b: String,
         #[arg(long)]
         json: bool,
     },
@@ -136,6 +224,43 @@ enum Command {
         #[command(subcommand)]
         action: HooksAction,
     },
+}
+
+/// Which snapshot and ref `cat` and `ls` read.
+#[derive(clap::Args)]
+struct Which {
+    /// The snapshot taken at or before this moment (RFC 3339).
+    #[arg(long, conflicts_with = "snapshot")]
+    at: Option<String>,
+    /// Snapshot id or unique prefix (default: the latest).
+    #[arg(long)]
+    snapshot: Option<String>,
+    /// Branch or tag (default: main, master, or the first branch).
+    #[arg(long = "ref", value_name = "REF")]
+    reference: Option<String>,
+}
+
+impl Which {
+    fn pick(&self) -> anyhow::Result<browse::Pick> {
+        pick_of(self.snapshot.as_deref(), self.at.as_deref())
+    }
+}
+
+fn pick_of(snapshot: Option<&str>, at: Option<&str>) -> anyhow::Result<browse::Pick> {
+    Ok(match (snapshot, at) {
+        (Some(id), _) => browse::Pick::Id(id.to_string()),
+        (None, Some(at)) => browse::Pick::At(parse_at(at)?, at.to_string()),
+        (None, None) => browse::Pick::Latest,
+    })
+}
+
+/// A snapshot id or prefix, or an RFC 3339 time.
+fn pick_either(text: &str) -> anyhow::Result<browse::Pick> {
+    if text.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(browse::Pick::Id(text.to_string()))
+    } else {
+        Ok(browse::Pick::At(parse_at(text)?, text.to_string()))
+    }
 }
 
 #[derive(Subcommand)]
@@ -393,34 +518,174 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             snapshot,
             at,
             to,
+            refs,
+            push,
+            force,
             json,
         } => {
             let repo = RepoName::parse(&repo)?;
             let store = serve::open_vault(&config, Create::Never)?;
-            let chosen = match at {
-                Some(at) => {
-                    let at_ms = parse_at(&at)?;
-                    store
-                        .snapshots(&repo)?
-                        .into_iter()
-                        .rev()
-                        .find(|s| s.body.time_ms <= at_ms)
-                        .with_context(|| format!("{repo} has no snapshot at or before {at}"))?
-                }
-                None => store.find_snapshot(&repo, snapshot.as_deref())?,
+            let chosen =
+                browse::pick(&store, &repo, &pick_of(snapshot.as_deref(), at.as_deref())?)?;
+            let matchers: Vec<_> = refs.iter().map(|p| browse::ref_matcher(p)).collect();
+            let select = |name: &str| matchers.is_empty() || matchers.iter().any(|m| m(name));
+            let target = push
+                .as_deref()
+                .map(|url| push_target(&config, &chosen, url))
+                .transpose()?;
+            if let Some(target) = &target {
+                refuse_non_empty(target, force)?;
+            }
+            let scratch = match &to {
+                Some(_) => None,
+                None => Some(tempfile::tempdir().context("creating a temporary directory")?),
             };
-            let report = restore::restore(&store, &chosen, &to)?;
+            let dir = match (&to, &scratch) {
+                (Some(to), _) => to.clone(),
+                (None, Some(scratch)) => scratch.path().join("restore"),
+                (None, None) => anyhow::bail!("give --to or --push"),
+            };
+            let report = restore::restore(&store, &chosen, &dir, &select)?;
+            let pushed = match &target {
+                Some(target) => Some(target.push(&dir, &["+refs/*:refs/*".to_string()])?),
+                None => None,
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut value = serde_json::to_value(&report)?;
+                if let (Some(object), Some(target)) = (value.as_object_mut(), &target) {
+                    object.insert("pushed_to".into(), serde_json::json!(target.url()));
+                    if to.is_none() {
+                        object.remove("path");
+                    }
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
+                let place = match (&to, &target) {
+                    (Some(to), _) => to.display().to_string(),
+                    (None, Some(target)) => target.url().to_string(),
+                    (None, None) => String::new(),
+                };
                 note!(
-                    "restored {repo} snapshot {} ({}) to {}: {} refs, {} objects",
+                    "restored {repo} snapshot {} ({}) to {place}: {} refs, {} objects",
                     chosen.short_id(),
                     format_time(chosen.body.time_ms),
-                    to.display(),
                     report.refs,
                     report.objects
                 );
+                if let (Some(target), Some(_), Some(_)) = (&target, &pushed, &to) {
+                    note!("pushed {} refs to {}", report.refs, target.url());
+                }
+            }
+        }
+        Command::Log {
+            repo,
+            reference,
+            since,
+            json,
+        } => {
+            let repo = RepoName::parse(&repo)?;
+            let store = serve::open_vault(&config, Create::Never)?;
+            let since_ms = since.as_deref().map(parse_at).transpose()?;
+            let matcher = reference.as_deref().map(browse::ref_matcher);
+            let matches = |name: &str| matcher.as_ref().is_none_or(|m| m(name));
+            let entries = browse::log(&store, &repo, &matches, since_ms)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else if entries.is_empty() {
+                note!("no ref changes of {repo} match");
+            } else {
+                for e in &entries {
+                    out!(
+                        "{}  {:<8} {}  {} -> {}  snapshot={}  delivery={}  actor={}",
+                        format_time(e.time_ms),
+                        e.change.change.as_str(),
+                        e.change.name,
+                        short_oid(e.change.old),
+                        short_oid(e.change.new),
+                        &e.snapshot[..12],
+                        e.delivery_id,
+                        e.actor.as_deref().unwrap_or("-"),
+                    );
+                }
+            }
+        }
+        Command::Undo {
+            repo,
+            reference,
+            before,
+            snapshot,
+            push,
+            yes,
+            json,
+        } => run_undo(
+            &config, &repo, &reference, before, snapshot, push, yes, json,
+        )?,
+        Command::Cat { repo, which, path } => {
+            let repo = RepoName::parse(&repo)?;
+            let store = serve::open_vault(&config, Create::Never)?;
+            let chosen = browse::pick(&store, &repo, &which.pick()?)?;
+            let located =
+                browse::locate(&store, &repo, &chosen, which.reference.as_deref(), &path)?;
+            let bytes = browse::cat(&store, &located)?;
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(&bytes)
+                .and_then(|()| stdout.flush())
+                .context("writing to stdout")?;
+        }
+        Command::Ls {
+            repo,
+            which,
+            path,
+            recursive,
+            json,
+        } => {
+            let repo = RepoName::parse(&repo)?;
+            let store = serve::open_vault(&config, Create::Never)?;
+            let chosen = browse::pick(&store, &repo, &which.pick()?)?;
+            let located =
+                browse::locate(&store, &repo, &chosen, which.reference.as_deref(), &path)?;
+            let entries = browse::ls(&store, &located, recursive)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                for e in &entries {
+                    out!("{:>6} {:<6} {}\t{}", e.mode, e.kind, e.id, e.path);
+                }
+            }
+        }
+        Command::Diff { repo, a, b, json } => {
+            let repo = RepoName::parse(&repo)?;
+            let store = serve::open_vault(&config, Create::Never)?;
+            let a = browse::pick(&store, &repo, &pick_either(&a)?)?;
+            let b = browse::pick(&store, &repo, &pick_either(&b)?)?;
+            let changes = browse::diff_snapshots(&store, Some(&a), &b, &Default::default())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "from": a.id.to_hex(),
+                        "to": b.id.to_hex(),
+                        "changes": changes,
+                    }))?
+                );
+            } else if changes.is_empty() {
+                note!(
+                    "snapshots {} and {} have the same refs",
+                    a.short_id(),
+                    b.short_id()
+                );
+            } else {
+                for c in &changes {
+                    out!(
+                        "{:<8} {}  {} -> {}",
+                        c.change.as_str(),
+                        c.name,
+                        short_oid(c.old),
+                        short_oid(c.new)
+                    );
+                }
             }
         }
         Command::ExportMetadata { repo, at, to, json } => {
@@ -621,4 +886,157 @@ fn print_snapshot(s: &Snapshot) {
         b.delivery_id,
         b.actor.as_deref().unwrap_or("-"),
     );
+}
+
+fn short_oid(oid: Option<hookvault::ids::GitOid>) -> String {
+    oid.map_or_else(|| "(none)".to_string(), |o| o.to_hex()[..12].to_string())
+}
+
+/// Where `--push URL` goes for a snapshot of `snapshot`'s source: the
+/// source's credentials when the URL is on its git host.
+fn push_target(
+    config: &Config,
+    snapshot: &Snapshot,
+    url: &str,
+) -> anyhow::Result<hookvault::git::push::PushTarget> {
+    let source = config.source(&snapshot.body.source).with_context(|| {
+        format!(
+            "the snapshot's source {:?} is not in the config",
+            snapshot.body.source
+        )
+    })?;
+    let authorization = source
+        .credentials
+        .as_ref()
+        .map(|c| c.authorization(&format!("sources.{}.credentials.token", source.name)))
+        .transpose()?;
+    let target = hookvault::git::push::PushTarget::new(
+        url,
+        &source.clone_url(&snapshot.body.repository),
+        authorization,
+    )?;
+    if !target.authenticated() && source.credentials.is_some() {
+        note!(
+            "{url} is not on source {}'s git host: pushing without its credentials",
+            source.name
+        );
+    }
+    Ok(target)
+}
+
+fn refuse_non_empty(target: &hookvault::git::push::PushTarget, force: bool) -> anyhow::Result<()> {
+    let existing = target.ls_remote()?;
+    if !existing.is_empty() && !force {
+        anyhow::bail!(
+            "{} already has {} refs (e.g. {}); restore into an empty repository, or give --force to overwrite",
+            target.url(),
+            existing.len(),
+            existing[0].0
+        );
+    }
+    Ok(())
+}
+
+/// Ask on the terminal; without one, refuse (scripts pass `--yes`).
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{question}: refusing to push without --yes (stdin is not a terminal)");
+    }
+    eprint!("{} [y/N] ", terminal::escape(question));
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_undo(
+    config: &Config,
+    repo: &str,
+    reference: &str,
+    before: Option<String>,
+    snapshot: Option<String>,
+    push: Option<String>,
+    yes: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let repo = RepoName::parse(repo)?;
+    let store = serve::open_vault(config, Create::Never)?;
+    let pick = match (&snapshot, &before) {
+        (Some(id), _) => browse::Pick::Id(id.clone()),
+        (None, Some(at)) => browse::Pick::Before(parse_at(at)?, at.clone()),
+        (None, None) => anyhow::bail!("give --before TIME or --snapshot ID"),
+    };
+    let chosen = browse::pick(&store, &repo, &pick)?;
+    let refs = store.snapshot_refs(&chosen)?;
+    let (name, tip) = browse::resolve_ref(&refs, Some(reference))
+        .map(|(n, t)| (n.clone(), *t))
+        .with_context(|| {
+            format!(
+                "{reference} did not exist in snapshot {} of {repo} ({})",
+                chosen.short_id(),
+                format_time(chosen.body.time_ms)
+            )
+        })?;
+    let latest = store.find_snapshot(&repo, None)?;
+    let now = store.snapshot_refs(&latest)?.get(&name).copied();
+    let source_url = config
+        .source(&chosen.body.source)
+        .map(|s| s.clone_url(&repo))
+        .unwrap_or_else(|| "URL".into());
+    let command = format!(
+        "hookvault undo --repo {repo} --ref {name} --snapshot {} --push {source_url}",
+        chosen.short_id()
+    );
+    if json && push.is_none() {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ref": name,
+                "snapshot": chosen.id.to_hex(),
+                "time_ms": chosen.body.time_ms,
+                "target": tip,
+                "latest": now,
+                "command": command,
+            }))?
+        );
+        return Ok(());
+    }
+    if !json {
+        out!(
+            "{name} was {tip} in snapshot {} ({}); latest snapshot {}: {}",
+            chosen.short_id(),
+            format_time(chosen.body.time_ms),
+            latest.short_id(),
+            now.map_or_else(|| "deleted".to_string(), |o| o.to_hex())
+        );
+    }
+    let Some(url) = push else {
+        out!("to put it back: {command}");
+        return Ok(());
+    };
+    let target = push_target(config, &chosen, &url)?;
+    if !yes && !confirm(&format!("push {name} = {tip} to {url}?"))? {
+        anyhow::bail!("not pushed");
+    }
+    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
+    let dir = scratch.path().join("restore");
+    restore::restore(&store, &chosen, &dir, &|r| r == name)?;
+    target.push(&dir, &[format!("+{name}:{name}")])?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ref": name,
+                "snapshot": chosen.id.to_hex(),
+                "target": tip,
+                "pushed_to": url,
+            }))?
+        );
+    } else {
+        out!("pushed {name} = {tip} to {url}");
+    }
+    Ok(())
 }

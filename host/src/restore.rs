@@ -5,7 +5,7 @@
 //! a new bare repository (its git id recomputed and compared), then the refs
 //! are written. The result passes `git fsck --full --strict`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -31,6 +31,8 @@ pub enum RestoreError {
         kind: &'static str,
         message: String,
     },
+    #[error("no ref of snapshot {snapshot} matches the --ref patterns given")]
+    NoRefs { snapshot: String },
     #[error("snapshot ref {reference} has an invalid target {target:?}")]
     BadRef { reference: String, target: String },
 }
@@ -79,12 +81,13 @@ fn children(oid: GitOid, kind: ObjectKind, data: &[u8]) -> Result<Vec<GitOid>, R
 
 /// Write `snapshot` into a new bare repository at `to`: one pack (objects
 /// in each path's version order, as git deltas against the same bases the
-/// vault uses) and its index, then the refs. A restore that fails removes
-/// what it wrote.
+/// vault uses) and its index, then the refs `select` keeps (and only what
+/// they reach). A restore that fails removes what it wrote.
 pub fn restore(
     store: &Vault,
     snapshot: &Snapshot,
     to: &Path,
+    select: &dyn Fn(&str) -> bool,
 ) -> Result<RestoreReport, RestoreError> {
     let write_err = |message: String| RestoreError::Write {
         path: to.to_path_buf(),
@@ -102,7 +105,15 @@ pub fn restore(
             });
         }
     }
-    let result = write_repository(store, snapshot, to);
+    let mut refs = store.snapshot_refs(snapshot)?;
+    let stored = refs.len();
+    refs.retain(|name, _| select(name));
+    if refs.is_empty() && stored > 0 {
+        return Err(RestoreError::NoRefs {
+            snapshot: snapshot.short_id(),
+        });
+    }
+    let result = write_repository(store, snapshot, &refs, to);
     if result.is_err() {
         // Never leave a half-written repository that looks like a restore.
         if existed {
@@ -126,6 +137,7 @@ pub fn restore(
 fn write_repository(
     store: &Vault,
     snapshot: &Snapshot,
+    refs: &BTreeMap<String, GitOid>,
     to: &Path,
 ) -> Result<RestoreReport, RestoreError> {
     let write_err = |message: String| RestoreError::Write {
@@ -133,7 +145,6 @@ fn write_repository(
         message,
     };
     let repo = gix::init_bare(to).map_err(|e| write_err(e.to_string()))?;
-    let refs = store.snapshot_refs(snapshot)?;
 
     // Everything reachable from the refs; blobs are not read here.
     let mut placed: Vec<(GitOid, Placement)> = Vec::new();
@@ -194,8 +205,8 @@ fn write_repository(
             target: e.to_string(),
         })?;
     }
-    write_packed_refs(to, &refs).map_err(write_err)?;
-    write_head(to, &refs).map_err(|e| write_err(format!("writing HEAD: {e}")))?;
+    write_packed_refs(to, refs).map_err(write_err)?;
+    write_head(to, refs).map_err(|e| write_err(format!("writing HEAD: {e}")))?;
     Ok(RestoreReport {
         snapshot: snapshot.id.to_string(),
         path: to.to_path_buf(),
@@ -211,10 +222,7 @@ fn write_repository(
 /// format is git's (`Documentation/technical/...`, `refs/packed-backend.c`):
 /// a header, then `<id> <name>` lines sorted by name bytes; without the
 /// `peeled` trait, readers peel tags themselves. Names are checked first.
-fn write_packed_refs(
-    to: &Path,
-    refs: &std::collections::BTreeMap<String, GitOid>,
-) -> Result<(), String> {
+fn write_packed_refs(to: &Path, refs: &BTreeMap<String, GitOid>) -> Result<(), String> {
     use std::fmt::Write as _;
     let mut text = String::from("# pack-refs with: sorted \n");
     // A BTreeMap of `String`s iterates in byte order, which is git's.
@@ -228,14 +236,9 @@ fn write_packed_refs(
     std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-/// Point HEAD at `main`, `master`, or else the first branch of the snapshot.
-fn write_head(to: &Path, refs: &std::collections::BTreeMap<String, GitOid>) -> std::io::Result<()> {
-    let head = ["refs/heads/main", "refs/heads/master"]
-        .into_iter()
-        .find(|r| refs.contains_key(*r))
-        .map(str::to_string)
-        .or_else(|| refs.keys().find(|r| r.starts_with("refs/heads/")).cloned());
-    match head {
+/// Point HEAD at `main`, `master`, or else the first branch restored.
+fn write_head(to: &Path, refs: &BTreeMap<String, GitOid>) -> std::io::Result<()> {
+    match crate::browse::default_branch(refs) {
         Some(head) => std::fs::write(to.join("HEAD"), format!("ref: {head}\n")),
         None => Ok(()),
     }

@@ -12,6 +12,7 @@ use crate::ids::{GitOid, ObjectKind};
 
 pub mod fetched;
 pub mod pack_writer;
+pub mod push;
 pub mod remote;
 
 pub use fetched::*;

@@ -1096,8 +1096,32 @@ impl Vault {
         &self,
         snapshot: &Snapshot,
     ) -> Result<BTreeMap<String, GitOid>, VaultError> {
+        let out = self.chunk_refs(snapshot, |_| true)?;
+        if out.len() as u64 != snapshot.body.refs.count {
+            return Err(VaultError::BadFile {
+                location: self.inner.location.clone(),
+                file_type: "snapshot",
+                name: snapshot.id.to_string(),
+                message: format!(
+                    "ref table holds {} refs, snapshot says {}",
+                    out.len(),
+                    snapshot.body.refs.count
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The refs held by those chunks of a snapshot's ref table that `wanted`
+    /// picks (chunks are cut by ref name, so a chunk two snapshots share
+    /// holds the same refs in both).
+    pub fn chunk_refs(
+        &self,
+        snapshot: &Snapshot,
+        wanted: impl Fn(&RecordId) -> bool,
+    ) -> Result<BTreeMap<String, GitOid>, VaultError> {
         let mut out = BTreeMap::new();
-        for chunk in &snapshot.body.refs.chunks {
+        for chunk in snapshot.body.refs.chunks.iter().filter(|c| wanted(c)) {
             let (kind, bytes) = self.load(None, chunk)?;
             let damaged = |message: String| VaultError::BadFile {
                 location: self.inner.location.clone(),
@@ -1110,18 +1134,6 @@ impl Vault {
             }
             refs::decode_chunk(&bytes, &mut out)
                 .map_err(|e| damaged(format!("ref chunk {chunk}: {e}")))?;
-        }
-        if out.len() as u64 != snapshot.body.refs.count {
-            return Err(VaultError::BadFile {
-                location: self.inner.location.clone(),
-                file_type: "snapshot",
-                name: snapshot.id.to_string(),
-                message: format!(
-                    "ref table holds {} refs, snapshot says {}",
-                    out.len(),
-                    snapshot.body.refs.count
-                ),
-            });
         }
         Ok(out)
     }
