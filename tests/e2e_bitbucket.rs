@@ -236,7 +236,9 @@ fn hooks_register_is_idempotent_and_secret_is_accepted() {
 
     // The generated secret was kept and the running service accepts it.
     let secrets = std::fs::read_to_string(dir.join("data/hook-secrets/cloud")).expect("secrets");
-    let secret = secrets.lines().next().expect("one secret").to_string();
+    let line = secrets.lines().next().expect("one secret");
+    let secret = line.split('\t').next().expect("secret").to_string();
+    assert_eq!(line, format!("{secret}\t{REPO}\t{url}"));
     assert_eq!(secret.len(), 64);
     let body = cloud_push(REPO, &[]);
     let signature = sign(secret.as_bytes(), &body);
@@ -262,6 +264,13 @@ fn hooks_register_is_idempotent_and_secret_is_accepted() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(double.hooks(SourceKind::Cloud, REPO).is_empty());
+    // The removed hook's secret is revoked: the running service refuses it.
+    let (status, reply) = service.post(
+        "/webhooks/bitbucket/cloud",
+        &cloud_headers("repo:push", "hook-secret-2", &signature),
+        &body,
+    );
+    assert_eq!(status, 401, "{reply}");
     // Hostile names never reach the API.
     let out = service.cli(&["hooks", "list", "--source", "cloud", "--repo", "../../etc"]);
     assert!(!out.status.success());

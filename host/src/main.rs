@@ -446,6 +446,8 @@ fn run_hooks(config: &Config, action: HooksAction) -> anyhow::Result<()> {
         HooksAction::Remove { id, url, .. } => {
             let removed = rt.block_on(hookvault::bitbucket::hooks::remove(
                 &api,
+                &config.store.path,
+                &source.name,
                 &target,
                 id.as_deref(),
                 url.as_deref(),

@@ -118,7 +118,7 @@ pub async fn register(
         None => secrets::generate().map_err(|e| HooksError::Random(e.to_string()))?,
     };
     // Keep the secret first: a hook whose secret is lost cannot be verified.
-    secrets::add(store_dir, source, &secret)?;
+    secrets::add(store_dir, source, &secret, &target_text(target), url)?;
     let spec = HookSpec {
         url: url.to_string(),
         description: description.to_string(),
@@ -140,10 +140,12 @@ pub async fn list(api: &Api, target: &HookTarget) -> Result<Vec<HookView>, Hooks
         .collect())
 }
 
-/// Remove the hook with `id`, or every hook whose URL is `url`. Returns
-/// the removed hooks.
+/// Remove the hook with `id`, or every hook whose URL is `url`, and revoke
+/// the secrets kept for them. Returns the removed hooks.
 pub async fn remove(
     api: &Api,
+    store_dir: &Path,
+    source: &str,
     target: &HookTarget,
     id: Option<&str>,
     url: Option<&str>,
@@ -162,6 +164,7 @@ pub async fn remove(
     let mut removed = Vec::new();
     for hook in chosen {
         api.delete_hook(target, &hook.id).await?;
+        secrets::revoke(store_dir, source, &target_text(target), &hook.url)?;
         removed.push(HookView::from(hook));
     }
     Ok(removed)

@@ -286,7 +286,11 @@ fn parse_dc(envelope: &Envelope<'_>, key: &str, body: &[u8]) -> Result<Parsed, P
             let mut event = envelope.event(EventKind::Comment, repo, actor);
             event.pull_request = Some(dc_pull_request(pr)?);
             let comment = at(&value, &["comment"]).ok_or(PayloadError::Missing("comment"))?;
-            let mut comment = dc_comment(comment, id_at(&value, &["commentParentId"]))?;
+            let mut comment = dc_comment(
+                comment,
+                id_at(&value, &["commentParentId"]),
+                value.get("commentAnchor"),
+            )?;
             comment.deleted |= k == "pr:comment:deleted";
             event.comment = Some(comment);
             event
@@ -385,7 +389,14 @@ pub fn dc_pull_request(pr: &Value) -> Result<PullRequest, PayloadError> {
 }
 
 /// A Data Center pull-request comment (webhook, REST or activity shape).
-pub fn dc_comment(c: &Value, parent: Option<u64>) -> Result<Comment, PayloadError> {
+/// An inline comment's position is the comment's `anchor`, or, from older
+/// servers, `anchor` (the activity's or the event's `commentAnchor`).
+pub fn dc_comment(
+    c: &Value,
+    parent: Option<u64>,
+    anchor: Option<&Value>,
+) -> Result<Comment, PayloadError> {
+    let anchor = c.get("anchor").filter(|a| a.is_object()).or(anchor);
     Ok(Comment {
         id: id_at(c, &["id"]).ok_or(PayloadError::Missing("comment.id"))?,
         text: str_at(c, &["text"]).unwrap_or_default().to_string(),
@@ -393,8 +404,10 @@ pub fn dc_comment(c: &Value, parent: Option<u64>) -> Result<Comment, PayloadErro
         created: c.get("createdDate").and_then(time),
         updated: c.get("updatedDate").and_then(time),
         parent: parent.or_else(|| id_at(c, &["parent", "id"])),
-        path: str_at(c, &["anchor", "path"]).map(str::to_string),
-        line: id_at(c, &["anchor", "line"]),
+        path: anchor
+            .and_then(|a| str_at(a, &["path"]))
+            .map(str::to_string),
+        line: anchor.and_then(|a| id_at(a, &["line"])),
         deleted: false,
     })
 }
@@ -471,6 +484,52 @@ mod tests {
             "pr:reviewer:changes_requested"
         );
         assert_eq!(canonical_key("proj:modified"), "project:modified");
+    }
+
+    #[test]
+    fn dc_inline_comment_position_from_the_comment_or_the_event() {
+        let mut body: Value = serde_json::from_slice(include_bytes!(
+            "../../../examples/payloads/dc-pr-opened.json"
+        ))
+        .expect("json");
+        body["comment"] = serde_json::json!({ "id": 17, "text": "nit", "version": 0 });
+        // Older servers: the position beside the comment, as `commentAnchor`.
+        body["commentAnchor"] =
+            serde_json::json!({ "path": "src/lib.rs", "line": 42, "lineType": "ADDED" });
+        let parsed = |body: &Value| {
+            let bytes = serde_json::to_vec(body).expect("json");
+            event(
+                parse(
+                    &envelope(SourceKind::DataCenter, "pr:comment:added"),
+                    &bytes,
+                )
+                .expect("parses"),
+            )
+            .comment
+            .expect("comment")
+        };
+        let old = parsed(&body);
+        assert_eq!(
+            (old.path.as_deref(), old.line),
+            (Some("src/lib.rs"), Some(42))
+        );
+        // Newer servers: on the comment, which wins.
+        body["comment"]["anchor"] = serde_json::json!({ "path": "src/main.rs", "line": "7" });
+        let new = parsed(&body);
+        assert_eq!(
+            (new.path.as_deref(), new.line),
+            (Some("src/main.rs"), Some(7))
+        );
+        // A general comment has neither.
+        body["comment"]
+            .as_object_mut()
+            .expect("object")
+            .remove("anchor");
+        body.as_object_mut()
+            .expect("object")
+            .remove("commentAnchor");
+        let general = parsed(&body);
+        assert_eq!((general.path, general.line), (None, None));
     }
 
     #[test]

@@ -815,11 +815,18 @@ fn comments_from_activities(activities: Vec<Value>) -> Vec<Value> {
         if activity.get("action").and_then(Value::as_str) != Some("COMMENTED") {
             continue;
         }
-        let Some(comment) = activity.get_mut("comment").map(Value::take) else {
+        let Some(mut comment) = activity.get_mut("comment").map(Value::take) else {
             continue;
         };
         if !comment.is_object() {
             continue;
+        }
+        // Older servers put an inline comment's position on the activity.
+        if let (Some(anchor), Some(object)) =
+            (activity.get_mut("commentAnchor"), comment.as_object_mut())
+            && !object.get("anchor").is_some_and(Value::is_object)
+        {
+            object.insert("anchor".into(), anchor.take());
         }
         let mut stack = vec![(comment, None::<Value>)];
         while let Some((mut comment, parent)) = stack.pop() {
@@ -997,6 +1004,25 @@ mod tests {
         assert!(comments[1].get("comments").is_none());
         assert_eq!(comments[2]["parent"]["id"], json!(1));
         assert_eq!(comments[3]["parent"]["id"], json!(2));
+    }
+
+    #[test]
+    fn an_older_servers_activity_anchor_positions_its_comment() {
+        let activities = vec![
+            json!({ "action": "COMMENTED",
+                    "commentAnchor": { "path": "src/lib.rs", "line": 12, "lineType": "ADDED" },
+                    "comment": { "id": 5, "text": "inline" } }),
+            json!({ "action": "COMMENTED",
+                    "commentAnchor": { "path": "old.rs", "line": 1 },
+                    "comment": { "id": 6, "text": "new", "anchor": { "path": "new.rs", "line": 2 } } }),
+        ];
+        let comments = comments_from_activities(activities);
+        let read = |c: &Value| {
+            let c = crate::bitbucket::normalize::dc_comment(c, None, None).expect("comment");
+            (c.path, c.line)
+        };
+        assert_eq!(read(&comments[0]), (Some("src/lib.rs".into()), Some(12)));
+        assert_eq!(read(&comments[1]), (Some("new.rs".into()), Some(2)));
     }
 
     #[test]

@@ -203,7 +203,7 @@ impl Reconciler {
                 comments.push(
                     match source.kind {
                         SourceKind::Cloud => normalize::cloud_comment(c),
-                        SourceKind::DataCenter => normalize::dc_comment(c, None),
+                        SourceKind::DataCenter => normalize::dc_comment(c, None, None),
                     }
                     .map_err(|e| e.to_string())?,
                 );
