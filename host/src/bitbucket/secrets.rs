@@ -59,7 +59,7 @@ pub fn add(
         source,
     };
     let wanted = line(secret, target, url);
-    if read_lines(&path)?.iter().any(|l| *l == wanted) {
+    if read_lines(&path)?.contains(&wanted) {
         return Ok(());
     }
     if let Some(dir) = path.parent() {
