@@ -21,3 +21,4 @@ pub mod restore;
 pub mod serve;
 pub mod terminal;
 pub mod vault;
+pub mod verify;

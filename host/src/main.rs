@@ -181,6 +181,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check that every snapshot can be restored: files, snapshot chains,
+    /// ref tables and every object reached; with --read-data, every stored
+    /// record read back and re-hashed. Exit 1 and a report on any damage.
+    Verify {
+        /// Read, decompress, delta-resolve and hash every record.
+        #[arg(long)]
+        read_data: bool,
+        /// Only this repository's snapshots (and the records they reach).
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild what can be rebuilt from the vault.
     Repair {
         #[command(subcommand)]
@@ -706,6 +719,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Verify {
+            read_data,
+            repo,
+            json,
+        } => run_verify(&config, read_data, repo, json)?,
         Command::Hooks { action } => run_hooks(&config, action)?,
         Command::Repair {
             what: RepairCommand::Index,
@@ -1039,6 +1057,106 @@ fn run_undo(
         );
     } else {
         out!("pushed {name} = {tip} to {url}");
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal (and not with --json);
+/// nothing otherwise.
+fn progress_bar(json: bool) -> impl Fn(hookvault::verify::Progress) {
+    use std::io::IsTerminal as _;
+    let shown = !json && std::io::stderr().is_terminal();
+    let bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
+    move |step| {
+        if !shown {
+            return;
+        }
+        let Ok(mut bar) = bar.lock() else { return };
+        match step {
+            hookvault::verify::Progress::Start(what, total) => {
+                let b = indicatif::ProgressBar::new(total);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{msg} {bar:40} {pos}/{len} ({eta} left)",
+                ) {
+                    b.set_style(style);
+                }
+                b.set_message(what);
+                *bar = Some(b);
+            }
+            hookvault::verify::Progress::At(n) => {
+                if let Some(b) = bar.as_ref() {
+                    b.set_position(n);
+                }
+            }
+            hookvault::verify::Progress::Done => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+            }
+        }
+    }
+}
+
+fn run_verify(
+    config: &Config,
+    read_data: bool,
+    repo: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let options = hookvault::verify::Options {
+        read_data,
+        repo: repo.as_deref().map(RepoName::parse).transpose()?,
+    };
+    let store = serve::open_vault(config, Create::Never)?;
+    let started = std::time::Instant::now();
+    let report = hookvault::verify::verify(&store, &options, &progress_bar(json))?;
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for p in report.problems.iter().chain(&report.warnings) {
+            let mut line = serde_json::to_value(p.kind)?
+                .as_str()
+                .unwrap_or("problem")
+                .to_string();
+            for (label, value) in [
+                ("repo", p.repository.clone()),
+                (
+                    "snapshot",
+                    p.snapshot
+                        .as_ref()
+                        .map(|s| s[..12.min(s.len())].to_string()),
+                ),
+                ("object", p.object.clone()),
+                ("file", p.file.clone()),
+                ("offset", p.offset.map(|o| o.to_string())),
+            ] {
+                if let Some(value) = value {
+                    line.push_str(&format!("  {label}={value}"));
+                }
+            }
+            out!("{line}: {}", p.message);
+        }
+        out!(
+            "{}: {} repositories, {} snapshots ({} damaged), {} objects checked, {} records read ({:.1} MB raw, {:.1} MB/s); {} problems, {} warnings",
+            report.location,
+            report.repositories,
+            report.snapshots,
+            report.damaged_snapshots.len(),
+            report.objects,
+            report.records_read,
+            report.bytes_read as f64 / 1e6,
+            report.bytes_read as f64 / 1e6 / seconds.max(1e-9),
+            report.problems.len(),
+            report.warnings.len()
+        );
+    }
+    if !report.ok() {
+        anyhow::bail!(
+            "the vault has {} problems; {} snapshots cannot be restored whole",
+            report.problems.len(),
+            report.damaged_snapshots.len()
+        );
     }
     Ok(())
 }

@@ -46,7 +46,12 @@ pub struct RestoreReport {
     pub bytes: u64,
 }
 
-fn children(oid: GitOid, kind: ObjectKind, data: &[u8]) -> Result<Vec<GitOid>, RestoreError> {
+/// The objects a git object names (submodule commits excluded).
+pub(crate) fn children(
+    oid: GitOid,
+    kind: ObjectKind,
+    data: &[u8],
+) -> Result<Vec<GitOid>, RestoreError> {
     let decode = |message: String| RestoreError::Decode {
         oid,
         kind: kind.as_str(),

@@ -326,6 +326,10 @@ struct Inner {
     backend: Box<dyn Backend>,
     location: String,
     index: RwLock<MemIndex>,
+    /// Index, snapshot and document files that could not be read, and why:
+    /// left out (and reported by `verify`), so that one damaged file costs
+    /// what it holds and not the whole vault.
+    damaged_files: RwLock<BTreeMap<(FileType, FileName), String>>,
     /// repository → snapshots, oldest first.
     snapshots: RwLock<BTreeMap<RepoName, Vec<Snapshot>>>,
     /// (repository, collection, key) → versions, oldest first.
@@ -370,6 +374,16 @@ fn newest_at(versions: &[DocumentVersion], at_ms: Option<u64>) -> Option<Documen
         .rev()
         .find(|v| at_ms.is_none_or(|at| v.time_ms <= at))
         .cloned()
+}
+
+fn file_type_name(file_type: FileType) -> &'static str {
+    match file_type {
+        FileType::Config => "config",
+        FileType::Data => "data",
+        FileType::Index => "index",
+        FileType::Snapshot => "snapshot",
+        FileType::Document => "document",
+    }
 }
 
 /// Whether to create a vault that does not exist yet.
@@ -431,6 +445,7 @@ impl Vault {
                 backend,
                 location,
                 index: RwLock::new(MemIndex::default()),
+                damaged_files: RwLock::new(BTreeMap::new()),
                 snapshots: RwLock::new(BTreeMap::new()),
                 documents: RwLock::new(BTreeMap::new()),
                 writer: Mutex::new(()),
@@ -450,13 +465,7 @@ impl Vault {
     fn bad_file(&self, file_type: FileType, name: &FileName, e: FormatError) -> VaultError {
         VaultError::BadFile {
             location: self.inner.location.clone(),
-            file_type: match file_type {
-                FileType::Config => "config",
-                FileType::Data => "data",
-                FileType::Index => "index",
-                FileType::Snapshot => "snapshot",
-                FileType::Document => "document",
-            },
+            file_type: file_type_name(file_type),
             name: name.to_string(),
             message: e.0,
         }
@@ -499,30 +508,39 @@ impl Vault {
     }
 
     /// Read the index, snapshot and document files this handle has not
-    /// seen yet (written by another process since it opened).
+    /// seen yet (written by another process since it opened). A file that
+    /// cannot be read or decoded is left out, logged and remembered
+    /// ([`Vault::damaged_files`]); a listing or storage failure is an error.
     pub fn refresh(&self) -> Result<(), VaultError> {
         let backend = &self.inner.backend;
         let names = backend.list(FileType::Index)?;
         let fresh: Vec<FileName> = {
             let index = read(&self.inner.index)?;
+            let damaged = read(&self.inner.damaged_files)?;
             names
                 .into_iter()
                 .map(|(n, _)| n)
-                .filter(|n| !index.has_file(n))
+                .filter(|n| {
+                    !index.has_file(n) && !damaged.contains_key(&(FileType::Index, n.clone()))
+                })
                 .collect()
         };
         for name in fresh {
-            let bytes = self.read_small(FileType::Index, &name)?;
-            if name.hash() != Some(*blake3::hash(&bytes).as_bytes()) {
-                return Err(self.bad_file(
-                    FileType::Index,
-                    &name,
-                    FormatError("content does not match the file name".into()),
-                ));
+            let decoded = self.read_small(FileType::Index, &name).and_then(|bytes| {
+                if name.hash() != Some(*blake3::hash(&bytes).as_bytes()) {
+                    return Err(self.bad_file(
+                        FileType::Index,
+                        &name,
+                        FormatError("content does not match the file name".into()),
+                    ));
+                }
+                index::decode_index_file(&bytes)
+                    .map_err(|e| self.bad_file(FileType::Index, &name, e))
+            });
+            match decoded {
+                Ok(entries) => write(&self.inner.index)?.insert_file(name, entries),
+                Err(e) => self.set_aside(FileType::Index, name, e)?,
             }
-            let entries = index::decode_index_file(&bytes)
-                .map_err(|e| self.bad_file(FileType::Index, &name, e))?;
-            write(&self.inner.index)?.insert_file(name, entries);
         }
 
         let known: HashSet<SnapshotId> = read(&self.inner.snapshots)?
@@ -533,14 +551,22 @@ impl Vault {
         let mut loaded = Vec::new();
         for (name, _) in backend.list(FileType::Snapshot)? {
             let Some(hash) = name.hash() else { continue };
-            if known.contains(&SnapshotId(hash)) {
+            if known.contains(&SnapshotId(hash))
+                || read(&self.inner.damaged_files)?
+                    .contains_key(&(FileType::Snapshot, name.clone()))
+            {
                 continue;
             }
-            let bytes = self.read_small(FileType::Snapshot, &name)?;
-            loaded.push(
-                Snapshot::open(&name, &bytes)
-                    .map_err(|e| self.bad_file(FileType::Snapshot, &name, e))?,
-            );
+            let opened = self
+                .read_small(FileType::Snapshot, &name)
+                .and_then(|bytes| {
+                    Snapshot::open(&name, &bytes)
+                        .map_err(|e| self.bad_file(FileType::Snapshot, &name, e))
+                });
+            match opened {
+                Ok(snapshot) => loaded.push(snapshot),
+                Err(e) => self.set_aside(FileType::Snapshot, name, e)?,
+            }
         }
         if !loaded.is_empty() {
             let mut map = write(&self.inner.snapshots)?;
@@ -555,23 +581,111 @@ impl Vault {
         }
 
         let docs_known: usize = read(&self.inner.documents)?.values().map(Vec::len).sum();
+        let docs_damaged = read(&self.inner.damaged_files)?
+            .keys()
+            .filter(|(t, _)| *t == FileType::Document)
+            .count();
         let doc_names = backend.list(FileType::Document)?;
-        if doc_names.len() != docs_known {
+        if doc_names.len() != docs_known + docs_damaged {
             let mut all: BTreeMap<(RepoName, String, String), Vec<DocumentVersion>> =
                 BTreeMap::new();
             for (name, _) in doc_names {
-                let bytes = self.read_small(FileType::Document, &name)?;
-                let v = DocumentVersion::open(&name, &bytes)
-                    .map_err(|e| self.bad_file(FileType::Document, &name, e))?;
-                all.entry((v.repository.clone(), v.collection.clone(), v.key.clone()))
-                    .or_default()
-                    .push(v);
+                if read(&self.inner.damaged_files)?
+                    .contains_key(&(FileType::Document, name.clone()))
+                {
+                    continue;
+                }
+                let opened = self
+                    .read_small(FileType::Document, &name)
+                    .and_then(|bytes| {
+                        DocumentVersion::open(&name, &bytes)
+                            .map_err(|e| self.bad_file(FileType::Document, &name, e))
+                    });
+                match opened {
+                    Ok(v) => all
+                        .entry((v.repository.clone(), v.collection.clone(), v.key.clone()))
+                        .or_default()
+                        .push(v),
+                    Err(e) => self.set_aside(FileType::Document, name, e)?,
+                }
             }
             for list in all.values_mut() {
                 list.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
             }
             *write(&self.inner.documents)? = all;
         }
+        Ok(())
+    }
+
+    /// Leave a file whose bytes are damaged out of the vault's view; fail
+    /// when the storage failed (that may pass, and is no verdict on the file).
+    fn set_aside(
+        &self,
+        file_type: FileType,
+        name: FileName,
+        error: VaultError,
+    ) -> Result<(), VaultError> {
+        let message = match &error {
+            VaultError::BadFile { message, .. } => message.clone(),
+            VaultError::Backend(e) if e.is_not_found() => {
+                // Removed between the listing and the read (a prune).
+                return Ok(());
+            }
+            _ => return Err(error),
+        };
+        tracing::warn!(location = %self.inner.location, file = %name, error = %message, "vault file left out: it cannot be read");
+        write(&self.inner.damaged_files)?.insert((file_type, name), message);
+        Ok(())
+    }
+
+    /// The index, snapshot and document files left out because they could
+    /// not be read: (type, name, why).
+    pub fn damaged_files(&self) -> Result<Vec<(&'static str, String, String)>, VaultError> {
+        Ok(read(&self.inner.damaged_files)?
+            .iter()
+            .map(|((t, n), why)| (file_type_name(*t), n.to_string(), why.clone()))
+            .collect())
+    }
+
+    /// Every indexed record: id, kind, data file, offset and length, in
+    /// file and offset order (the order a full read goes best in).
+    pub fn records(&self) -> Result<Vec<RecordLocation>, VaultError> {
+        let mut out: Vec<RecordLocation> = read(&self.inner.index)?
+            .entries()
+            .map(|(id, e)| RecordLocation {
+                id: *id,
+                kind: e.kind,
+                file: e.file.to_string(),
+                offset: e.offset,
+                len: e.len,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
+        Ok(out)
+    }
+
+    /// The data files, with their sizes.
+    pub fn data_files(&self) -> Result<Vec<(String, u64)>, VaultError> {
+        Ok(self
+            .inner
+            .backend
+            .list(FileType::Data)?
+            .into_iter()
+            .map(|(n, size)| (n.to_string(), size))
+            .collect())
+    }
+
+    /// Read, decode and check one record, from the data file: what was
+    /// decoded before is forgotten first, so nothing is taken on trust.
+    pub fn check_record(&self, id: &RecordId) -> Result<(ObjectKind, u64), VaultError> {
+        lock(&self.inner.decoded)?.map.remove(id);
+        let (kind, data) = self.load(None, id)?;
+        Ok((kind, data.len() as u64))
+    }
+
+    /// Forget every decoded record (so a check reads from the files).
+    pub fn forget_decoded(&self) -> Result<(), VaultError> {
+        *lock(&self.inner.decoded)? = DecodedCache::default();
         Ok(())
     }
 
@@ -1015,8 +1129,16 @@ impl Vault {
     /// indexed data file. A bucket may be shared by several services, each
     /// writing a data file a moment before its index file, so for buckets
     /// this is left to a prune that knows the age of what it removes.
+    /// While an index file is left out as damaged, nothing is removed: its
+    /// data files would look unindexed.
     pub fn remove_unindexed_data(&self) -> Result<(usize, u64), VaultError> {
         let _writer = lock(&self.inner.writer)?;
+        if read(&self.inner.damaged_files)?
+            .keys()
+            .any(|(t, _)| *t == FileType::Index)
+        {
+            return Ok((0, 0));
+        }
         let listed = self.inner.backend.list(FileType::Data)?;
         let indexed: HashSet<FileName> = read(&self.inner.index)?
             .entries()
@@ -1415,6 +1537,16 @@ impl Vault {
             document_versions: documents.values().map(|l| l.len() as u64).sum(),
         })
     }
+}
+
+/// Where a record is (`verify`).
+#[derive(Clone, Debug)]
+pub struct RecordLocation {
+    pub id: RecordId,
+    pub kind: ObjectKind,
+    pub file: String,
+    pub offset: u64,
+    pub len: u64,
 }
 
 /// See [`Vault::placement`].
