@@ -10,6 +10,8 @@
 //!   vault's growth per push;
 //! * restore vs `git clone --mirror`, checked with `git fsck`;
 //! * reading the object at the end of the deepest delta chain, cold;
+//! * `verify --read-data` against `git fsck --full` of the mirror, and
+//!   `cat` of the most-changed file against `git show`;
 //! * peak resident memory of `serve` (VmHWM).
 //!
 //! `HOOKVAULT_CORPUS` (default `../shared/corpus` from the workspace root)
@@ -370,6 +372,81 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
         ms(open_time)
     ));
     let _: RecordId = deepest.0;
+
+    // verify --read-data (every record read back and hashed) against
+    // `git fsck --full` of the mirror clone, which reads every object too.
+    let start = Instant::now();
+    let out = service.cli(&["verify", "--read-data", "--json"]);
+    let verify_time = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    let raw = report["bytes_read"].as_u64().expect("bytes");
+    let start = Instant::now();
+    let fsck = std::process::Command::new("git")
+        .args(["fsck", "--full", "--no-dangling"])
+        .current_dir(&clone2)
+        .output()
+        .expect("git fsck");
+    let fsck_time = start.elapsed();
+    assert!(fsck.status.success());
+    lines.push(format!(
+        "verify --read-data {:.0} ms ({} records, {:.1} MB raw: {:.0} MB/s) vs git fsck --full {:.0} ms: {:.2}x",
+        ms(verify_time),
+        report["records_read"],
+        raw as f64 / 1e6,
+        raw as f64 / 1e6 / verify_time.as_secs_f64(),
+        ms(fsck_time),
+        verify_time.as_secs_f64() / fsck_time.as_secs_f64()
+    ));
+
+    // `cat` of the newest version of the file changed most often (deep in
+    // its chain), a whole command, against `git show` of it in the mirror.
+    let names = git(&clone2, &["log", "--format=", "--name-only", "HEAD"]);
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for name in names.lines().filter(|l| !l.is_empty()) {
+        *counts.entry(name).or_default() += 1;
+    }
+    let head_files = git(&clone2, &["ls-tree", "-r", "--name-only", "HEAD"]);
+    let present: std::collections::HashSet<&str> = head_files.lines().collect();
+    if let Some((path, versions)) = counts
+        .into_iter()
+        .filter(|(p, _)| present.contains(p))
+        .max_by_key(|(p, n)| (*n, std::cmp::Reverse(p.to_string())))
+    {
+        let branch = git(&clone2, &["symbolic-ref", "HEAD"]);
+        let branch = branch.trim();
+        let mut cat_times = Vec::new();
+        let mut show_times = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            let out = service.cli(&["cat", "--repo", repo, "--ref", branch, "--path", path]);
+            cat_times.push(start.elapsed());
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let start = Instant::now();
+            let shown = std::process::Command::new("git")
+                .args(["show", &format!("HEAD:{path}")])
+                .current_dir(&clone2)
+                .output()
+                .expect("git show");
+            show_times.push(start.elapsed());
+            assert_eq!(out.stdout, shown.stdout, "cat equals git show");
+        }
+        let (cat, show) = (median(cat_times), median(show_times));
+        lines.push(format!(
+            "cat of {path} ({versions} versions in history) {:.1} ms vs git show {:.1} ms: {:.2}x (whole commands, median of 5)",
+            ms(cat),
+            ms(show),
+            cat.as_secs_f64() / show.as_secs_f64()
+        ));
+    }
     if std::env::var_os("HOOKVAULT_BENCH_LOG").is_some() {
         eprintln!("---- service log of {name} ----\n{}", service.log());
     }
