@@ -216,12 +216,21 @@ fn verify_finds_and_names_each_kind_of_damage() {
         .to_string();
     assert!(report.to_string().contains(&name));
 
-    // A missing index file: what it placed is missing from the snapshots
-    // that reach it, and its data file is named as unindexed.
+    // Each push writes two index files: one for its objects, one for its
+    // ref chunk (a single entry, so the smaller file). Names are content
+    // hashes, so the file to remove is chosen by size, not by name.
+    let index_by_size = |vault: &Path| {
+        let mut found = files(&vault.join("index"));
+        found.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+        found
+    };
+
+    // A missing index file of objects: what it placed is missing from the
+    // snapshots that reach it, and its data file is named as unindexed.
     let unindexed = case(tmp.path(), "no-index", &config_text, &store);
-    let index_files = files(&unindexed.vault.join("index"));
-    assert!(!index_files.is_empty());
-    std::fs::remove_file(&index_files[0]).expect("remove index");
+    let index_files = index_by_size(&unindexed.vault);
+    assert_eq!(index_files.len(), 6, "{index_files:?}");
+    std::fs::remove_file(index_files.last().expect("largest")).expect("remove index");
     let (ok, report) = verify(&unindexed.config, &[]);
     assert!(!ok, "{report}");
     assert!(
@@ -237,6 +246,25 @@ fn verify_finds_and_names_each_kind_of_damage() {
             .as_array()
             .expect("list")
             .is_empty()
+    );
+
+    // A missing index file of a ref chunk: the snapshot whose ref table it
+    // holds is named, with the ref table as what is wrong.
+    let no_chunk = case(tmp.path(), "no-ref-chunk", &config_text, &store);
+    let index_files = index_by_size(&no_chunk.vault);
+    std::fs::remove_file(&index_files[0]).expect("remove index");
+    let (ok, report) = verify(&no_chunk.config, &[]);
+    assert!(!ok, "{report}");
+    assert!(
+        kinds(&report, "problems").contains(&"bad-ref-table".to_string()),
+        "{report}"
+    );
+    assert!(
+        !report["damaged_snapshots"]
+            .as_array()
+            .expect("list")
+            .is_empty(),
+        "{report}"
     );
 
     // A deleted snapshot file: the next snapshot's parent is missing.
