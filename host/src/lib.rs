@@ -16,8 +16,10 @@ pub mod pipeline;
 pub mod plugins;
 #[cfg(test)]
 mod properties;
+pub mod prune;
 pub mod receive;
 pub mod restore;
+pub mod retention;
 pub mod serve;
 pub mod terminal;
 pub mod vault;

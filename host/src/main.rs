@@ -38,6 +38,44 @@ macro_rules! note {
     };
 }
 
+/// A retention policy on the command line.
+#[derive(clap::Args, Debug)]
+struct KeepFlags {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_last: u32,
+    /// Keep the newest snapshot of each of the N latest hours that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_hourly: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_daily: u32,
+    /// ISO weeks.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_weekly: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_monthly: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_yearly: u32,
+    /// Keep every snapshot within this span before the newest (e.g. 7d,
+    /// 36h, 1y6m).
+    #[arg(long, value_name = "SPAN")]
+    keep_within: Option<hookvault::retention::Span>,
+}
+
+impl KeepFlags {
+    fn policy(&self) -> hookvault::retention::Policy {
+        hookvault::retention::Policy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "hookvault",
@@ -191,6 +229,35 @@ enum Command {
         /// Only this repository's snapshots (and the records they reach).
         #[arg(long)]
         repo: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget snapshots a retention policy does not keep (restic's
+    /// semantics; buckets in UTC). The newest snapshot of each repository
+    /// is always kept. Their files go; what only they reached stays until
+    /// `prune`. Needs the store to itself: stop `serve` first.
+    Forget {
+        #[command(flatten)]
+        keep: KeepFlags,
+        /// Only this repository.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Show what would be kept and forgotten; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every record no snapshot or document needs: data files with
+    /// nothing live go, mostly unused ones are rewritten. Needs the store to
+    /// itself: stop `serve` first.
+    Prune {
+        /// Rewrite a data file when more than this share of it is unused.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=100))]
+        max_unused_percent: u8,
+        /// Work out what would go; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         json: bool,
     },
@@ -724,6 +791,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             repo,
             json,
         } => run_verify(&config, read_data, repo, json)?,
+        Command::Forget {
+            keep,
+            repo,
+            dry_run,
+            json,
+        } => run_forget(&config, &keep, repo, dry_run, json)?,
+        Command::Prune {
+            max_unused_percent,
+            dry_run,
+            json,
+        } => run_prune(&config, max_unused_percent, dry_run, json)?,
         Command::Hooks { action } => run_hooks(&config, action)?,
         Command::Repair {
             what: RepairCommand::Index,
@@ -1158,5 +1236,132 @@ fn run_verify(
             report.damaged_snapshots.len()
         );
     }
+    Ok(())
+}
+
+/// Hold the store's lock (the delivery queue's, which `serve` holds while it
+/// runs) for a command that deletes from the vault.
+fn exclusive(config: &Config, what: &str) -> anyhow::Result<hookvault::pipeline::queue::Queue> {
+    let dir = config.store.path.join("queue");
+    std::fs::create_dir_all(&config.store.path)
+        .with_context(|| format!("creating {}", config.store.path.display()))?;
+    hookvault::pipeline::queue::Queue::open_dir(&dir).with_context(|| {
+        format!("{what} needs the store to itself: stop `hookvault serve` (or the other forget or prune) first")
+    })
+}
+
+fn run_forget(
+    config: &Config,
+    keep: &KeepFlags,
+    repo: Option<String>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use hookvault::retention;
+    let policy = keep.policy();
+    if policy.is_empty() {
+        anyhow::bail!(
+            "no policy given (--keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within): nothing forgotten"
+        );
+    }
+    let repo = repo.as_deref().map(RepoName::parse).transpose()?;
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(exclusive(config, "forget")?)
+    };
+    let store = serve::open_vault(config, Create::Never)?;
+    let plans = retention::plan(&store, &policy, repo.as_ref())?;
+    let forgotten: usize = plans.iter().map(|p| p.forgotten().count()).sum();
+    if !dry_run && forgotten > 0 {
+        retention::forget(&store, &plans, &policy, hookvault::event::now_ms())?;
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "dry_run": dry_run,
+                "policy": policy.describe(),
+                "repositories": plans,
+                "forgotten": forgotten,
+            }))?
+        );
+        return Ok(());
+    }
+    for plan in &plans {
+        out!("{}:", plan.repository);
+        for d in &plan.decisions {
+            let what = if d.keep.is_empty() {
+                if dry_run { "would forget" } else { "forgotten" }.to_string()
+            } else {
+                format!("keep ({})", d.keep.join(", "))
+            };
+            out!(
+                "  {}  #{:<5} {}  {}",
+                &d.id[..12],
+                d.seq,
+                format_time(d.time_ms),
+                what
+            );
+        }
+    }
+    let kept: usize = plans.iter().map(|p| p.decisions.len()).sum::<usize>() - forgotten;
+    note!(
+        "{} {forgotten} snapshots, kept {kept}{}",
+        if dry_run { "would forget" } else { "forgot" },
+        if forgotten > 0 && !dry_run {
+            "; `hookvault prune` reclaims what only they reached"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+fn run_prune(
+    config: &Config,
+    max_unused_percent: u8,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let _lock = exclusive(config, "prune")?;
+    let store = serve::open_vault(config, Create::Never)?;
+    let options = hookvault::vault::prune::PruneOptions {
+        max_unused_percent,
+        dry_run,
+    };
+    let (live, report) = hookvault::prune::prune(&store, options)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "live": live, "report": report }))?
+        );
+        return Ok(());
+    }
+    let verb = |done: &'static str, would: &'static str| if dry_run { would } else { done };
+    out!(
+        "{} snapshots reach {} objects; {} of {} records are needed",
+        live.snapshots,
+        live.objects,
+        report.records_kept,
+        report.records_before
+    );
+    out!(
+        "data files: {} {}, {} {}, {} unindexed {}, {} new",
+        report.data_files_removed,
+        verb("removed", "to remove"),
+        report.data_files_rewritten,
+        verb("rewritten", "to rewrite"),
+        report.unindexed_files_removed,
+        verb("removed", "to remove"),
+        report.data_files_written
+    );
+    out!(
+        "{} bytes {} ({} -> {} bytes of data)",
+        report.bytes_reclaimed,
+        verb("reclaimed", "to reclaim"),
+        report.data_bytes_before,
+        report.data_bytes_after
+    );
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! * every record the index places lies inside its data file (a truncated
 //!   or deleted data file is found without reading it);
 //! * each repository's chain of snapshots: every parent is present and the
-//!   sequence numbers have no gap (a deleted snapshot file breaks both;
+//!   sequence numbers have no gap, except where `forget` recorded the
+//!   snapshots it removed (a deleted snapshot file breaks both;
 //!   the newest one's deletion leaves no trace in the vault, which is why
 //!   the delivery queue names each delivery's snapshot too);
 //! * every snapshot's ref table, and every object its refs reach: commits,
@@ -260,6 +261,10 @@ pub fn verify(
         }
         report.repositories += 1;
         let ids: HashSet<_> = snapshots.iter().map(|s| s.id).collect();
+        // Snapshots recorded as forgotten leave gaps that are not damage.
+        let forgotten_list = vault.forgotten(repo)?;
+        let forgotten = crate::vault::prune::forgotten_ids(&forgotten_list);
+        let forgotten_seqs: HashSet<u64> = forgotten_list.iter().map(|f| f.seq).collect();
         let mut previous_seq = 0u64;
         for snapshot in &snapshots {
             report.snapshots += 1;
@@ -271,13 +276,16 @@ pub fn verify(
             let mut damaged = false;
             if let Some(parent) = &snapshot.body.parent
                 && !ids.contains(parent)
+                && !forgotten.contains(parent)
             {
                 report.problems.push(at(
                     ProblemKind::BrokenChain,
                     format!("its parent snapshot {parent} is missing"),
                 ));
             }
-            if snapshot.body.seq != previous_seq + 1 {
+            if snapshot.body.seq <= previous_seq
+                || (previous_seq + 1..snapshot.body.seq).any(|seq| !forgotten_seqs.contains(&seq))
+            {
                 report.problems.push(at(
                     ProblemKind::BrokenChain,
                     format!(

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod bitbucket_double;
@@ -732,4 +732,83 @@ pub fn read_all(mut r: impl Read) -> String {
 pub fn write_file(path: &Path, text: &str) {
     let mut f = std::fs::File::create(path).expect("create");
     f.write_all(text.as_bytes()).expect("write");
+}
+
+/// Every file under `dir` (not `.tmp` ones), sorted.
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else if !path.to_string_lossy().ends_with(".tmp") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+}
+
+/// A copy of a stopped service's store (`store`, its `store.path`) with its
+/// own config, for tests that damage or prune it.
+pub struct Case {
+    pub config: PathBuf,
+    pub vault: PathBuf,
+}
+
+pub fn case(tmp: &Path, name: &str, config_text: &str, store: &Path) -> Case {
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    copy_dir(store, &dir.join("data"));
+    // The copy must not look like a store `serve` is running on.
+    let _ = std::fs::remove_file(dir.join("data/serve.json"));
+    let text = config_text.replace(
+        &format!("path = \"{}\"", store.display()),
+        &format!("path = \"{}\"", dir.join("data").display()),
+    );
+    assert_ne!(text, config_text, "store path replaced");
+    let config = dir.join("hookvault.toml");
+    std::fs::write(&config, text).expect("config");
+    Case {
+        config,
+        vault: dir.join("data/vault"),
+    }
+}
+
+/// Run the CLI on `config`.
+pub fn run(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hookvault"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("hookvault")
+}
+
+/// `verify --json`: its exit status and report.
+pub fn verify(config: &Path, extra: &[&str]) -> (bool, serde_json::Value) {
+    let mut args = vec!["verify", "--json"];
+    args.extend_from_slice(extra);
+    let out = run(config, &args);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify report ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
 }

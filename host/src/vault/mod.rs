@@ -24,6 +24,7 @@ pub mod cache;
 pub mod documents;
 pub mod format;
 pub mod index;
+pub mod prune;
 pub mod refs;
 pub mod snapshot;
 

@@ -1,0 +1,108 @@
+//! `prune`: find every record a kept snapshot or a document needs, then let
+//! the vault remove the rest ([`Vault::prune_records`], which owns the
+//! write order).
+//!
+//! Live means: each snapshot's ref chunks, every git object its refs reach
+//! (commits, their trees and parents, tags, blobs), every document version,
+//! and the delta base of each of these down to a whole record. A base is
+//! kept rather than its dependents re-encoded: under the skip-delta rule a
+//! base is an earlier version of the same path, which costs about what the
+//! dependent stored whole would, and keeping it rewrites nothing.
+//!
+//! The walk is strict: an object a kept snapshot reaches that is missing or
+//! cannot be read stops the prune before anything is removed, since what
+//! lies below it is then unknown and might be all that is left of it.
+
+use std::collections::HashSet;
+
+use crate::ids::{GitOid, ObjectKind, RecordId, RepoName};
+use crate::restore::{RestoreError, children};
+use crate::vault::prune::{PruneOptions, PruneReport};
+use crate::vault::{Vault, VaultError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(
+        "prune stopped, nothing removed: snapshot {snapshot} of {repo} reaches object {oid}, which is not in the vault (see `hookvault verify`)"
+    )]
+    Missing {
+        repo: RepoName,
+        snapshot: String,
+        oid: GitOid,
+    },
+    #[error("prune stopped, nothing removed: snapshot {snapshot} of {repo}: {source}")]
+    Unreadable {
+        repo: RepoName,
+        snapshot: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// How much the walk found live.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Live {
+    pub snapshots: u64,
+    pub objects: u64,
+    pub records: u64,
+}
+
+/// Every record a kept snapshot or a document needs.
+pub fn live_records(vault: &Vault) -> Result<(HashSet<RecordId>, Live), PruneError> {
+    let mut live: HashSet<RecordId> = HashSet::new();
+    let mut seen: HashSet<GitOid> = HashSet::new();
+    let mut counts = Live::default();
+    for repo in vault.repositories()? {
+        for snapshot in vault.snapshots(&repo)? {
+            counts.snapshots += 1;
+            let unreadable = |source: Box<dyn std::error::Error + Send + Sync>| {
+                PruneError::Unreadable {
+                    repo: repo.clone(),
+                    snapshot: snapshot.id.to_hex(),
+                    source,
+                }
+            };
+            live.extend(snapshot.body.refs.chunks.iter().copied());
+            let refs = vault
+                .snapshot_refs(&snapshot)
+                .map_err(|e| unreadable(Box::new(e)))?;
+            let mut stack: Vec<GitOid> = refs.into_values().collect();
+            while let Some(oid) = stack.pop() {
+                if !seen.insert(oid) {
+                    continue;
+                }
+                let Some(placement) = vault.placement(&oid)? else {
+                    return Err(PruneError::Missing {
+                        repo: repo.clone(),
+                        snapshot: snapshot.id.to_hex(),
+                        oid,
+                    });
+                };
+                live.insert(RecordId::from(oid));
+                if placement.kind == ObjectKind::Blob {
+                    continue;
+                }
+                let (kind, data) = vault
+                    .read_object(&oid)
+                    .map_err(|e| unreadable(Box::new(e)))?;
+                let below = children(oid, kind, &data)
+                    .map_err(|e: RestoreError| unreadable(Box::new(e)))?;
+                stack.extend(below.into_iter().filter(|c| !seen.contains(c)));
+            }
+        }
+    }
+    counts.objects = seen.len() as u64;
+    live.extend(vault.document_records()?);
+    vault.add_delta_bases(&mut live)?;
+    counts.records = live.len() as u64;
+    Ok((live, counts))
+}
+
+/// Walk, then prune.
+pub fn prune(vault: &Vault, options: PruneOptions) -> Result<(Live, PruneReport), PruneError> {
+    let (live, counts) = live_records(vault)?;
+    let report = vault.prune_records(&live, options)?;
+    Ok((counts, report))
+}

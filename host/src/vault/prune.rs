@@ -1,0 +1,413 @@
+//! Forgetting snapshots and pruning records (FORMAT.md, "Forget and
+//! prune"). The only code that deletes vault files besides the removal of
+//! never-indexed data at `serve`'s start. Nothing here is reachable from
+//! the webhook path or from a plugin: `forget` and `prune` are commands of
+//! an operator who holds the store's lock.
+//!
+//! Write order of a prune, so that a kill at any instant loses nothing a
+//! kept snapshot needs:
+//! 1. the live records of the data files being rewritten are copied,
+//!    byte for byte, into new data files (each whole before it is visible);
+//! 2. one new index file names every live record where it now is;
+//! 3. every other index file is removed;
+//! 4. only then are the data files that are garbage or were rewritten
+//!    removed.
+//!
+//! Until 3 is complete the old index files still name every record where
+//! it was, and the new one names each live record where it is: both are
+//! valid, as two writers' index files are. After 3, a data file not yet
+//! removed is unindexed, which readers never see and the next prune (or
+//! `serve`'s start) removes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::backend::{FileName, FileType};
+use super::format::{self, RecordHeader};
+use super::index::{self, Entry, MemIndex};
+use super::{DATA_FILE_TARGET, Vault, VaultError, lock, read, write};
+use crate::ids::{RecordId, RepoName, SnapshotId};
+
+/// The collection of the documents that record forgotten snapshots.
+pub const FORGOTTEN: &str = "forgotten";
+
+/// One forgotten snapshot, as its forget record keeps it: enough for
+/// `verify` to tell a forgotten parent from a missing one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Forgotten {
+    pub snapshot: String,
+    pub seq: u64,
+    pub time_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ForgetRecord {
+    forgotten: Vec<Forgotten>,
+    policy: String,
+    time_ms: u64,
+}
+
+/// What a prune may do.
+#[derive(Clone, Copy, Debug)]
+pub struct PruneOptions {
+    /// A data file whose unused share is above this (0–100) is rewritten;
+    /// one with no live record is always removed.
+    pub max_unused_percent: u8,
+    /// Work it all out, change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        Self {
+            max_unused_percent: 20,
+            dry_run: false,
+        }
+    }
+}
+
+/// What a prune did (or, dry, would do).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub records_before: u64,
+    pub records_kept: u64,
+    pub data_files_before: u64,
+    pub data_bytes_before: u64,
+    /// Data files with no live record.
+    pub data_files_removed: u64,
+    /// Data files whose live records were copied into new ones.
+    pub data_files_rewritten: u64,
+    /// Data files no index file named (left by a killed writer).
+    pub unindexed_files_removed: u64,
+    pub data_files_written: u64,
+    pub index_files_removed: u64,
+    pub data_bytes_after: u64,
+    pub bytes_reclaimed: u64,
+}
+
+impl Vault {
+    /// Record `ids` (snapshots of `repo`) as forgotten, then remove their
+    /// files. The newest snapshot of a repository is never forgotten.
+    pub fn forget_snapshots(
+        &self,
+        repo: &RepoName,
+        ids: &[String],
+        policy: &str,
+        now_ms: u64,
+    ) -> Result<usize, VaultError> {
+        let snapshots = self.snapshots(repo)?;
+        let newest = snapshots.last().map(|s| s.id.to_hex());
+        let mut forgotten = Vec::new();
+        for id in ids {
+            if newest.as_deref() == Some(id.as_str()) {
+                return Err(VaultError::BadDocument {
+                    message: format!(
+                        "snapshot {id} is the newest of {repo}, which is never forgotten"
+                    ),
+                });
+            }
+            let snapshot = snapshots
+                .iter()
+                .find(|s| &s.id.to_hex() == id)
+                .ok_or_else(|| VaultError::NoSuchSnapshot {
+                    repo: repo.clone(),
+                    prefix: id.clone(),
+                })?;
+            forgotten.push(Forgotten {
+                snapshot: id.clone(),
+                seq: snapshot.body.seq,
+                time_ms: snapshot.body.time_ms,
+            });
+        }
+        if forgotten.is_empty() {
+            return Ok(0);
+        }
+        let record = ForgetRecord {
+            forgotten,
+            policy: policy.to_string(),
+            time_ms: now_ms,
+        };
+        let json = serde_json::to_vec(&record)
+            .map_err(|e| VaultError::Encode(format::FormatError(e.to_string())))?;
+        let key = format!(
+            "{now_ms}-{}",
+            &blake3::hash(&json).to_hex().as_str()[..16]
+        );
+        // The record first: a kill before the files are gone leaves
+        // snapshots that are recorded as forgotten and still restore.
+        self.put_document(repo, FORGOTTEN, &key, &json, "forget", now_ms)?;
+        let _writer = lock(&self.inner.writer)?;
+        for f in &record.forgotten {
+            let name = FileName::parse(&f.snapshot).ok_or_else(|| VaultError::NoSuchSnapshot {
+                repo: repo.clone(),
+                prefix: f.snapshot.clone(),
+            })?;
+            match self.inner.backend.remove(FileType::Snapshot, &name) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            tracing::debug!(repository = %repo, snapshot = %f.snapshot, "forget: snapshot file removed");
+        }
+        let gone: HashSet<&str> = record
+            .forgotten
+            .iter()
+            .map(|f| f.snapshot.as_str())
+            .collect();
+        if let Some(list) = write(&self.inner.snapshots)?.get_mut(repo) {
+            list.retain(|s| !gone.contains(s.id.to_hex().as_str()));
+        }
+        Ok(record.forgotten.len())
+    }
+
+    /// Every snapshot of `repo` recorded as forgotten.
+    pub fn forgotten(&self, repo: &RepoName) -> Result<Vec<Forgotten>, VaultError> {
+        let mut out = Vec::new();
+        for version in self.documents_at(repo, FORGOTTEN, None)? {
+            let bytes = self.read_document(&version)?;
+            let record: ForgetRecord =
+                serde_json::from_slice(&bytes).map_err(|e| VaultError::BadDocument {
+                    message: format!("forget record {}: {e}", version.key),
+                })?;
+            out.extend(record.forgotten);
+        }
+        Ok(out)
+    }
+
+    /// The records of every version of every document (documents are never
+    /// forgotten).
+    pub fn document_records(&self) -> Result<Vec<RecordId>, VaultError> {
+        Ok(read(&self.inner.documents)?
+            .values()
+            .flatten()
+            .map(|v| v.content)
+            .collect())
+    }
+
+    /// Add to `live` the delta base of each record in it, to the whole
+    /// record at the end of each chain.
+    pub fn add_delta_bases(&self, live: &mut HashSet<RecordId>) -> Result<(), VaultError> {
+        let index = read(&self.inner.index)?;
+        let mut stack: Vec<RecordId> = live.iter().copied().collect();
+        while let Some(id) = stack.pop() {
+            let Some(entry) = index.get(&id) else {
+                continue;
+            };
+            if let (1.., Some((key, version))) = (entry.depth, entry.path)
+                && let Some(base_version) = format::skip_delta_base(version)
+                && let Some(base) = index.version(key, base_version)
+                && live.insert(base)
+            {
+                stack.push(base);
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove every record not in `live` (which must hold every record a
+    /// kept snapshot or document needs, with their delta bases): data files
+    /// with no live record go, data files mostly unused are rewritten, and
+    /// one index file replaces all others. See the module comment for the
+    /// order. Refused while any index, snapshot or document file is left
+    /// out as damaged: what it holds or reaches is unknown.
+    pub fn prune_records(
+        &self,
+        live: &HashSet<RecordId>,
+        options: PruneOptions,
+    ) -> Result<PruneReport, VaultError> {
+        let _writer = lock(&self.inner.writer)?;
+        if let Some(((file_type, name), why)) = read(&self.inner.damaged_files)?.iter().next() {
+            return Err(VaultError::BadFile {
+                location: self.inner.location.clone(),
+                file_type: super::file_type_name(*file_type),
+                name: name.to_string(),
+                message: format!(
+                    "{why}; prune refuses to run while a file is damaged, since what it holds or reaches is unknown (see `hookvault verify`)"
+                ),
+            });
+        }
+        let backend = &self.inner.backend;
+        let data_files: BTreeMap<FileName, u64> = backend.list(FileType::Data)?.into_iter().collect();
+        let index_files: Vec<FileName> = backend
+            .list(FileType::Index)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let mut report = PruneReport {
+            dry_run: options.dry_run,
+            data_files_before: data_files.len() as u64,
+            data_bytes_before: data_files.values().sum(),
+            ..PruneReport::default()
+        };
+        // Per data file: its live entries and their bytes.
+        let mut by_file: HashMap<FileName, Vec<(RecordId, Entry)>> = HashMap::new();
+        let mut indexed_files: HashSet<FileName> = HashSet::new();
+        {
+            let index = read(&self.inner.index)?;
+            report.records_before = index.len() as u64;
+            for (id, entry) in index.entries() {
+                indexed_files.insert(entry.file.clone());
+                if live.contains(id) {
+                    by_file
+                        .entry(entry.file.clone())
+                        .or_default()
+                        .push((*id, entry.clone()));
+                }
+            }
+        }
+        let mut keep_as_is: Vec<(RecordId, Entry)> = Vec::new();
+        let mut to_copy: Vec<(RecordId, Entry)> = Vec::new();
+        let mut remove: Vec<FileName> = Vec::new();
+        for (name, &size) in &data_files {
+            if !indexed_files.contains(name) {
+                report.unindexed_files_removed += 1;
+                remove.push(name.clone());
+                continue;
+            }
+            let Some(entries) = by_file.remove(name) else {
+                report.data_files_removed += 1;
+                remove.push(name.clone());
+                continue;
+            };
+            let used: u64 = entries.iter().map(|(_, e)| e.len).sum::<u64>()
+                + format::DATA_MAGIC.len() as u64;
+            let unused = size.saturating_sub(used);
+            if unused * 100 > size * u64::from(options.max_unused_percent) {
+                report.data_files_rewritten += 1;
+                remove.push(name.clone());
+                to_copy.extend(entries);
+            } else {
+                keep_as_is.extend(entries);
+            }
+        }
+        // Live records whose data file is not listed (damage `verify`
+        // reports) keep their entries: prune neither hides nor repairs it.
+        for entries in by_file.into_values() {
+            keep_as_is.extend(entries);
+        }
+        report.records_kept = (keep_as_is.len() + to_copy.len()) as u64;
+        let removed_bytes: u64 = remove.iter().map(|n| data_files[n]).sum();
+        if remove.is_empty() {
+            report.data_bytes_after = report.data_bytes_before;
+            return Ok(report);
+        }
+        // Bases before the records built on them (a base is one link less
+        // deep), then in the order they were.
+        to_copy.sort_by(|(_, a), (_, b)| (a.depth, &a.file, a.offset).cmp(&(b.depth, &b.file, b.offset)));
+        let mut written_bytes = 0u64;
+        let mut moved: Vec<(RecordId, Entry)> = Vec::with_capacity(to_copy.len());
+        if !options.dry_run {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut pending: Vec<(RecordId, Entry)> = Vec::new();
+            let mut source: Option<(FileName, Vec<u8>)> = None;
+            let close = |buf: &mut Vec<u8>,
+                         pending: &mut Vec<(RecordId, Entry)>,
+                         moved: &mut Vec<(RecordId, Entry)>|
+             -> Result<u64, VaultError> {
+                if buf.is_empty() {
+                    return Ok(0);
+                }
+                let name = FileName::from_hash(blake3::hash(buf).as_bytes());
+                backend.write(FileType::Data, &name, buf)?;
+                tracing::debug!(file = %name, bytes = buf.len(), "prune: data file written");
+                let len = buf.len() as u64;
+                buf.clear();
+                for (id, mut entry) in pending.drain(..) {
+                    entry.file = name.clone();
+                    moved.push((id, entry));
+                }
+                Ok(len)
+            };
+            for (id, entry) in to_copy {
+                if source.as_ref().is_none_or(|(n, _)| n != &entry.file) {
+                    let bytes = backend.read(FileType::Data, &entry.file)?;
+                    source = Some((entry.file.clone(), bytes));
+                }
+                let bytes = source.as_ref().map(|(_, b)| b.as_slice()).unwrap_or(&[]);
+                let record = usize::try_from(entry.offset)
+                    .ok()
+                    .zip(usize::try_from(entry.len).ok())
+                    .and_then(|(at, len)| bytes.get(at..at.checked_add(len)?))
+                    .ok_or_else(|| self.damaged(&id, &entry, "outside its data file"))?;
+                let (header, at) =
+                    RecordHeader::decode(record).map_err(|e| self.damaged(&id, &entry, e.0))?;
+                if header.kind != entry.kind || (record.len() - at) as u64 != header.frame_len {
+                    return Err(self.damaged(&id, &entry, "record header differs from the index"));
+                }
+                if buf.is_empty() {
+                    buf.extend_from_slice(format::DATA_MAGIC);
+                }
+                let offset = buf.len() as u64;
+                buf.extend_from_slice(record);
+                pending.push((
+                    id,
+                    Entry {
+                        offset,
+                        ..entry
+                    },
+                ));
+                if buf.len() >= DATA_FILE_TARGET {
+                    written_bytes += close(&mut buf, &mut pending, &mut moved)?;
+                    report.data_files_written += 1;
+                }
+            }
+            if !buf.is_empty() {
+                written_bytes += close(&mut buf, &mut pending, &mut moved)?;
+                report.data_files_written += 1;
+            }
+        } else {
+            // Each copied record, and one magic per new data file.
+            let copied: u64 = to_copy.iter().map(|(_, e)| e.len).sum();
+            written_bytes = copied
+                + (copied.div_ceil(DATA_FILE_TARGET as u64).max(u64::from(copied > 0)))
+                    * format::DATA_MAGIC.len() as u64;
+        }
+        report.data_bytes_after = report.data_bytes_before - removed_bytes + written_bytes;
+        report.bytes_reclaimed = removed_bytes.saturating_sub(written_bytes);
+        report.index_files_removed = index_files.len() as u64;
+        if options.dry_run {
+            return Ok(report);
+        }
+
+        let mut entries = keep_as_is;
+        entries.extend(moved);
+        entries.sort_by_key(|(id, _)| *id);
+        let bytes = index::encode_index_file(&entries).map_err(VaultError::Encode)?;
+        let new_index = FileName::from_hash(blake3::hash(&bytes).as_bytes());
+        self.write_small(FileType::Index, &new_index, &bytes)?;
+        tracing::debug!(file = %new_index, entries = entries.len(), "prune: index file written");
+        report.index_files_removed = 0;
+        for name in index_files.iter().filter(|n| **n != new_index) {
+            match backend.remove(FileType::Index, name) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            report.index_files_removed += 1;
+            tracing::debug!(file = %name, "prune: index file removed");
+        }
+        let mut fresh = MemIndex::default();
+        fresh.insert_file(new_index, entries);
+        *write(&self.inner.index)? = fresh;
+        lock(&self.inner.decoded)?.map.clear();
+        for name in &remove {
+            match backend.remove(FileType::Data, name) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            tracing::debug!(file = %name, "prune: data file removed");
+        }
+        Ok(report)
+    }
+}
+
+/// Snapshot ids as the forget records name them.
+pub fn forgotten_ids(list: &[Forgotten]) -> HashSet<SnapshotId> {
+    list.iter()
+        .filter_map(|f| FileName::parse(&f.snapshot).and_then(|n| n.hash()))
+        .map(SnapshotId)
+        .collect()
+}
