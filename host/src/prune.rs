@@ -7,7 +7,9 @@
 //! and the delta base of each of these down to a whole record. A base is
 //! kept rather than its dependents re-encoded: under the skip-delta rule a
 //! base is an earlier version of the same path, which costs about what the
-//! dependent stored whole would, and keeping it rewrites nothing.
+//! dependent stored whole would, and keeping it rewrites nothing. A tree,
+//! commit or tag kept as a base keeps everything it reaches: a backup stops
+//! its walk at any object the vault holds.
 //!
 //! The walk is strict: an object a kept snapshot reaches that is missing or
 //! cannot be read stops the prune before anything is removed, since what
@@ -31,6 +33,14 @@ pub enum PruneError {
         repo: RepoName,
         snapshot: String,
         oid: GitOid,
+    },
+    #[error(
+        "prune stopped, nothing removed: object {oid}, kept as a delta base, cannot be read: {source}"
+    )]
+    Base {
+        oid: GitOid,
+        #[source]
+        source: RestoreError,
     },
     #[error("prune stopped, nothing removed: snapshot {snapshot} of {repo}: {source}")]
     Unreadable {
@@ -57,13 +67,12 @@ pub fn live_records(vault: &Vault) -> Result<(HashSet<RecordId>, Live), PruneErr
     for repo in vault.repositories()? {
         for snapshot in vault.snapshots(&repo)? {
             counts.snapshots += 1;
-            let unreadable = |source: Box<dyn std::error::Error + Send + Sync>| {
-                PruneError::Unreadable {
+            let unreadable =
+                |source: Box<dyn std::error::Error + Send + Sync>| PruneError::Unreadable {
                     repo: repo.clone(),
                     snapshot: snapshot.id.to_hex(),
                     source,
-                }
-            };
+                };
             live.extend(snapshot.body.refs.chunks.iter().copied());
             let refs = vault
                 .snapshot_refs(&snapshot)
@@ -93,9 +102,47 @@ pub fn live_records(vault: &Vault) -> Result<(HashSet<RecordId>, Live), PruneErr
             }
         }
     }
-    counts.objects = seen.len() as u64;
     live.extend(vault.document_records()?);
-    vault.add_delta_bases(&mut live)?;
+    // A tree, commit or tag kept as a delta base is held, so it keeps what
+    // it reaches: backups stop their walk at a held object (git::fetched),
+    // trusting that everything below it is held too.
+    loop {
+        vault.add_delta_bases(&mut live)?;
+        let mut stack: Vec<GitOid> = Vec::new();
+        for id in &live {
+            let oid = GitOid::from(*id);
+            if !seen.contains(&oid)
+                && vault.placement(&oid)?.is_some_and(|p| {
+                    matches!(
+                        p.kind,
+                        ObjectKind::Commit | ObjectKind::Tree | ObjectKind::Tag
+                    )
+                })
+            {
+                stack.push(oid);
+            }
+        }
+        if stack.is_empty() {
+            break;
+        }
+        while let Some(oid) = stack.pop() {
+            if !seen.insert(oid) {
+                continue;
+            }
+            let Some(placement) = vault.placement(&oid)? else {
+                continue;
+            };
+            live.insert(RecordId::from(oid));
+            if placement.kind == ObjectKind::Blob {
+                continue;
+            }
+            let (kind, data) = vault.read_object(&oid)?;
+            let below =
+                children(oid, kind, &data).map_err(|source| PruneError::Base { oid, source })?;
+            stack.extend(below.into_iter().filter(|c| !seen.contains(c)));
+        }
+    }
+    counts.objects = seen.len() as u64;
     counts.records = live.len() as u64;
     Ok((live, counts))
 }

@@ -131,10 +131,7 @@ impl Vault {
         };
         let json = serde_json::to_vec(&record)
             .map_err(|e| VaultError::Encode(format::FormatError(e.to_string())))?;
-        let key = format!(
-            "{now_ms}-{}",
-            &blake3::hash(&json).to_hex().as_str()[..16]
-        );
+        let key = format!("{now_ms}-{}", &blake3::hash(&json).to_hex().as_str()[..16]);
         // The record first: a kill before the files are gone leaves
         // snapshots that are recorded as forgotten and still restore.
         self.put_document(repo, FORGOTTEN, &key, &json, "forget", now_ms)?;
@@ -229,7 +226,8 @@ impl Vault {
             });
         }
         let backend = &self.inner.backend;
-        let data_files: BTreeMap<FileName, u64> = backend.list(FileType::Data)?.into_iter().collect();
+        let data_files: BTreeMap<FileName, u64> =
+            backend.list(FileType::Data)?.into_iter().collect();
         let index_files: Vec<FileName> = backend
             .list(FileType::Index)?
             .into_iter()
@@ -271,8 +269,8 @@ impl Vault {
                 remove.push(name.clone());
                 continue;
             };
-            let used: u64 = entries.iter().map(|(_, e)| e.len).sum::<u64>()
-                + format::DATA_MAGIC.len() as u64;
+            let used: u64 =
+                entries.iter().map(|(_, e)| e.len).sum::<u64>() + format::DATA_MAGIC.len() as u64;
             let unused = size.saturating_sub(used);
             if unused * 100 > size * u64::from(options.max_unused_percent) {
                 report.data_files_rewritten += 1;
@@ -295,7 +293,9 @@ impl Vault {
         }
         // Bases before the records built on them (a base is one link less
         // deep), then in the order they were.
-        to_copy.sort_by(|(_, a), (_, b)| (a.depth, &a.file, a.offset).cmp(&(b.depth, &b.file, b.offset)));
+        to_copy.sort_by(|(_, a), (_, b)| {
+            (a.depth, &a.file, a.offset).cmp(&(b.depth, &b.file, b.offset))
+        });
         let mut written_bytes = 0u64;
         let mut moved: Vec<(RecordId, Entry)> = Vec::with_capacity(to_copy.len());
         if !options.dry_run {
@@ -341,13 +341,7 @@ impl Vault {
                 }
                 let offset = buf.len() as u64;
                 buf.extend_from_slice(record);
-                pending.push((
-                    id,
-                    Entry {
-                        offset,
-                        ..entry
-                    },
-                ));
+                pending.push((id, Entry { offset, ..entry }));
                 if buf.len() >= DATA_FILE_TARGET {
                     written_bytes += close(&mut buf, &mut pending, &mut moved)?;
                     report.data_files_written += 1;
@@ -361,7 +355,9 @@ impl Vault {
             // Each copied record, and one magic per new data file.
             let copied: u64 = to_copy.iter().map(|(_, e)| e.len).sum();
             written_bytes = copied
-                + (copied.div_ceil(DATA_FILE_TARGET as u64).max(u64::from(copied > 0)))
+                + (copied
+                    .div_ceil(DATA_FILE_TARGET as u64)
+                    .max(u64::from(copied > 0)))
                     * format::DATA_MAGIC.len() as u64;
         }
         report.data_bytes_after = report.data_bytes_before - removed_bytes + written_bytes;
@@ -388,6 +384,11 @@ impl Vault {
             report.index_files_removed += 1;
             tracing::debug!(file = %name, "prune: index file removed");
         }
+        // A data file this prune wrote may have the name of one it found
+        // unindexed: an earlier prune, killed before its index file, that
+        // copied the same records in the same order.
+        let written: HashSet<FileName> = entries.iter().map(|(_, e)| e.file.clone()).collect();
+        remove.retain(|name| !written.contains(name));
         let mut fresh = MemIndex::default();
         fresh.insert_file(new_index, entries);
         *write(&self.inner.index)? = fresh;
