@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 
 use crate::ids::{GitOid, ObjectKind, RecordId, RepoName};
-use crate::restore::{RestoreError, children};
+use crate::restore::children;
 use crate::vault::prune::{PruneOptions, PruneReport};
 use crate::vault::{Vault, VaultError};
 
@@ -40,7 +40,7 @@ pub enum PruneError {
     Base {
         oid: GitOid,
         #[source]
-        source: RestoreError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("prune stopped, nothing removed: snapshot {snapshot} of {repo}: {source}")]
     Unreadable {
@@ -57,6 +57,47 @@ pub struct Live {
     pub snapshots: u64,
     pub objects: u64,
     pub records: u64,
+}
+
+/// Why a walk stopped: an object not in the vault, or one that cannot be
+/// read or decoded.
+enum Stop {
+    Missing(GitOid),
+    Unreadable(GitOid, Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Mark live everything `roots` reach that `seen` does not hold yet. A
+/// missing object stops the walk unless `skip_missing`.
+fn reach(
+    vault: &Vault,
+    roots: Vec<GitOid>,
+    skip_missing: bool,
+    seen: &mut HashSet<GitOid>,
+    live: &mut HashSet<RecordId>,
+) -> Result<(), Stop> {
+    let mut stack = roots;
+    while let Some(oid) = stack.pop() {
+        if !seen.insert(oid) {
+            continue;
+        }
+        let unreadable = |e: Box<dyn std::error::Error + Send + Sync>| Stop::Unreadable(oid, e);
+        let Some(placement) = vault.placement(&oid).map_err(|e| unreadable(Box::new(e)))? else {
+            if skip_missing {
+                continue;
+            }
+            return Err(Stop::Missing(oid));
+        };
+        live.insert(RecordId::from(oid));
+        if placement.kind == ObjectKind::Blob {
+            continue;
+        }
+        let (kind, data) = vault
+            .read_object(&oid)
+            .map_err(|e| unreadable(Box::new(e)))?;
+        let below = children(oid, kind, &data).map_err(|e| unreadable(Box::new(e)))?;
+        stack.extend(below.into_iter().filter(|c| !seen.contains(c)));
+    }
+    Ok(())
 }
 
 /// Every record a kept snapshot or a document needs.
@@ -77,29 +118,15 @@ pub fn live_records(vault: &Vault) -> Result<(HashSet<RecordId>, Live), PruneErr
             let refs = vault
                 .snapshot_refs(&snapshot)
                 .map_err(|e| unreadable(Box::new(e)))?;
-            let mut stack: Vec<GitOid> = refs.into_values().collect();
-            while let Some(oid) = stack.pop() {
-                if !seen.insert(oid) {
-                    continue;
-                }
-                let Some(placement) = vault.placement(&oid)? else {
-                    return Err(PruneError::Missing {
-                        repo: repo.clone(),
-                        snapshot: snapshot.id.to_hex(),
-                        oid,
-                    });
-                };
-                live.insert(RecordId::from(oid));
-                if placement.kind == ObjectKind::Blob {
-                    continue;
-                }
-                let (kind, data) = vault
-                    .read_object(&oid)
-                    .map_err(|e| unreadable(Box::new(e)))?;
-                let below = children(oid, kind, &data)
-                    .map_err(|e: RestoreError| unreadable(Box::new(e)))?;
-                stack.extend(below.into_iter().filter(|c| !seen.contains(c)));
-            }
+            let roots = refs.into_values().collect();
+            reach(vault, roots, false, &mut seen, &mut live).map_err(|stop| match stop {
+                Stop::Missing(oid) => PruneError::Missing {
+                    repo: repo.clone(),
+                    snapshot: snapshot.id.to_hex(),
+                    oid,
+                },
+                Stop::Unreadable(_, source) => unreadable(source),
+            })?;
         }
     }
     live.extend(vault.document_records()?);
@@ -108,7 +135,7 @@ pub fn live_records(vault: &Vault) -> Result<(HashSet<RecordId>, Live), PruneErr
     // trusting that everything below it is held too.
     loop {
         vault.add_delta_bases(&mut live)?;
-        let mut stack: Vec<GitOid> = Vec::new();
+        let mut roots: Vec<GitOid> = Vec::new();
         for id in &live {
             let oid = GitOid::from(*id);
             if !seen.contains(&oid)
@@ -119,28 +146,16 @@ pub fn live_records(vault: &Vault) -> Result<(HashSet<RecordId>, Live), PruneErr
                     )
                 })
             {
-                stack.push(oid);
+                roots.push(oid);
             }
         }
-        if stack.is_empty() {
+        if roots.is_empty() {
             break;
         }
-        while let Some(oid) = stack.pop() {
-            if !seen.insert(oid) {
-                continue;
-            }
-            let Some(placement) = vault.placement(&oid)? else {
-                continue;
-            };
-            live.insert(RecordId::from(oid));
-            if placement.kind == ObjectKind::Blob {
-                continue;
-            }
-            let (kind, data) = vault.read_object(&oid)?;
-            let below =
-                children(oid, kind, &data).map_err(|source| PruneError::Base { oid, source })?;
-            stack.extend(below.into_iter().filter(|c| !seen.contains(c)));
-        }
+        reach(vault, roots, true, &mut seen, &mut live).map_err(|stop| match stop {
+            Stop::Missing(oid) => PruneError::Vault(VaultError::MissingObject { oid }),
+            Stop::Unreadable(oid, source) => PruneError::Base { oid, source },
+        })?;
     }
     counts.objects = seen.len() as u64;
     counts.records = live.len() as u64;
