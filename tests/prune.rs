@@ -176,11 +176,18 @@ fn forget_and_prune_keep_what_is_kept_and_survive_kills() {
     let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).expect("json");
     let after_forget = files(&store.join("vault"));
     let reclaim = dry["report"]["bytes_reclaimed"].as_u64().expect("bytes");
-    // What only forgotten snapshots reached goes, except records kept as
-    // delta bases of kept ones (with all a kept tree or commit reaches):
-    // on this history the commits chain through the experiments, so only
-    // the experiments' own snapshot ref chunks and what nothing builds on.
+    // Exactly what the kept snapshots reach stays: no record is kept only
+    // as a delta base. Here main's later commits were stored as deltas
+    // against the experiments' commits, so those are written again whole.
     assert!(reclaim > 0, "something goes: {dry}");
+    assert_eq!(
+        dry["report"]["records_kept"], dry["live"]["records"],
+        "{dry}"
+    );
+    assert!(
+        dry["report"]["records_reencoded"].as_u64().expect("n") > 0,
+        "{dry}"
+    );
 
     // A kill after each step of a prune, each on a fresh copy.
     for step in 1.. {
@@ -260,6 +267,13 @@ fn forget_and_prune_keep_what_is_kept_and_survive_kills() {
         "{report}"
     );
     assert_kept_restore(&config, &kept, &tmp.path().join("restored"));
+    let stats = run(&config, &["stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats");
+    assert_eq!(stats["store"]["records"], dry["live"]["records"], "{stats}");
+    // Each experiment's blob is gone with the snapshots that reached it.
+    let again = run(&config, &["prune", "--dry-run", "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
+    assert_eq!(again["report"]["bytes_reclaimed"], 0, "{again}");
 
     // A pruned commit pushed again is stored again, not assumed present.
     let service = Service::launch(&tmp.path().join("hv"), config.clone());

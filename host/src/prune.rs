@@ -3,13 +3,11 @@
 //! write order).
 //!
 //! Live means: each snapshot's ref chunks, every git object its refs reach
-//! (commits, their trees and parents, tags, blobs), every document version,
-//! and the delta base of each of these down to a whole record. A base is
-//! kept rather than its dependents re-encoded: under the skip-delta rule a
-//! base is an earlier version of the same path, which costs about what the
-//! dependent stored whole would, and keeping it rewrites nothing. A tree,
-//! commit or tag kept as a base keeps everything it reaches: a backup stops
-//! its walk at any object the vault holds.
+//! (commits, their trees and parents, tags, blobs) and every document
+//! version. Nothing is kept only because a live record is a delta against
+//! it: the vault re-encodes such a record whole. So what is held after a
+//! prune is closed under "reaches", which backups rely on when they stop
+//! their walk at an object the vault holds.
 //!
 //! The walk is strict: an object a kept snapshot reaches that is missing or
 //! cannot be read stops the prune before anything is removed, since what
@@ -34,14 +32,6 @@ pub enum PruneError {
         snapshot: String,
         oid: GitOid,
     },
-    #[error(
-        "prune stopped, nothing removed: object {oid}, kept as a delta base, cannot be read: {source}"
-    )]
-    Base {
-        oid: GitOid,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
     #[error("prune stopped, nothing removed: snapshot {snapshot} of {repo}: {source}")]
     Unreadable {
         repo: RepoName,
@@ -63,15 +53,14 @@ pub struct Live {
 /// read or decoded.
 enum Stop {
     Missing(GitOid),
-    Unreadable(GitOid, Box<dyn std::error::Error + Send + Sync>),
+    Unreadable(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Mark live everything `roots` reach that `seen` does not hold yet. A
-/// missing object stops the walk unless `skip_missing`.
+/// missing object stops the walk.
 fn reach(
     vault: &Vault,
     roots: Vec<GitOid>,
-    skip_missing: bool,
     seen: &mut HashSet<GitOid>,
     live: &mut HashSet<RecordId>,
 ) -> Result<(), Stop> {
@@ -80,11 +69,8 @@ fn reach(
         if !seen.insert(oid) {
             continue;
         }
-        let unreadable = |e: Box<dyn std::error::Error + Send + Sync>| Stop::Unreadable(oid, e);
+        let unreadable = Stop::Unreadable;
         let Some(placement) = vault.placement(&oid).map_err(|e| unreadable(Box::new(e)))? else {
-            if skip_missing {
-                continue;
-            }
             return Err(Stop::Missing(oid));
         };
         live.insert(RecordId::from(oid));
@@ -119,44 +105,17 @@ pub fn live_records(vault: &Vault) -> Result<(HashSet<RecordId>, Live), PruneErr
                 .snapshot_refs(&snapshot)
                 .map_err(|e| unreadable(Box::new(e)))?;
             let roots = refs.into_values().collect();
-            reach(vault, roots, false, &mut seen, &mut live).map_err(|stop| match stop {
+            reach(vault, roots, &mut seen, &mut live).map_err(|stop| match stop {
                 Stop::Missing(oid) => PruneError::Missing {
                     repo: repo.clone(),
                     snapshot: snapshot.id.to_hex(),
                     oid,
                 },
-                Stop::Unreadable(_, source) => unreadable(source),
+                Stop::Unreadable(source) => unreadable(source),
             })?;
         }
     }
     live.extend(vault.document_records()?);
-    // A tree, commit or tag kept as a delta base is held, so it keeps what
-    // it reaches: backups stop their walk at a held object (git::fetched),
-    // trusting that everything below it is held too.
-    loop {
-        vault.add_delta_bases(&mut live)?;
-        let mut roots: Vec<GitOid> = Vec::new();
-        for id in &live {
-            let oid = GitOid::from(*id);
-            if !seen.contains(&oid)
-                && vault.placement(&oid)?.is_some_and(|p| {
-                    matches!(
-                        p.kind,
-                        ObjectKind::Commit | ObjectKind::Tree | ObjectKind::Tag
-                    )
-                })
-            {
-                roots.push(oid);
-            }
-        }
-        if roots.is_empty() {
-            break;
-        }
-        reach(vault, roots, true, &mut seen, &mut live).map_err(|stop| match stop {
-            Stop::Missing(oid) => PruneError::Vault(VaultError::MissingObject { oid }),
-            Stop::Unreadable(oid, source) => PruneError::Base { oid, source },
-        })?;
-    }
     counts.objects = seen.len() as u64;
     counts.records = live.len() as u64;
     Ok((live, counts))

@@ -179,8 +179,10 @@ impl MemIndex {
         self.files.contains(name)
     }
 
-    /// Add the entries of one index file. An id already indexed keeps its
-    /// first entry (both are valid).
+    /// Add the entries of one index file. An id already indexed keeps the
+    /// entry with the shorter chain (both are valid; while a prune that
+    /// re-encoded a record whole removes the old index files, the old entry
+    /// may need a base whose entry is already gone).
     pub fn insert_file(&mut self, name: FileName, entries: Vec<(RecordId, Entry)>) {
         for (id, entry) in entries {
             if let Some((key, version)) = entry.path {
@@ -188,7 +190,16 @@ impl MemIndex {
                 let next = self.next_version.entry(key).or_insert(0);
                 *next = (*next).max(version.saturating_add(1));
             }
-            self.records.entry(id).or_insert(entry);
+            match self.records.entry(id) {
+                std::collections::hash_map::Entry::Occupied(mut held) => {
+                    if entry.depth < held.get().depth {
+                        held.insert(entry);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(entry);
+                }
+            }
         }
         self.files.insert(name);
     }

@@ -7,7 +7,8 @@
 //! Write order of a prune, so that a kill at any instant loses nothing a
 //! kept snapshot needs:
 //! 1. the live records of the data files being rewritten are copied,
-//!    byte for byte, into new data files (each whole before it is visible);
+//!    byte for byte, into new data files (each whole before it is visible),
+//!    with every live delta whose base goes decoded and written whole;
 //! 2. one new index file names every live record where it now is;
 //! 3. every other index file is removed;
 //! 4. only then are the data files that are garbage or were rewritten
@@ -79,6 +80,9 @@ pub struct PruneReport {
     pub data_files_removed: u64,
     /// Data files whose live records were copied into new ones.
     pub data_files_rewritten: u64,
+    /// Live records stored as deltas against a base that goes, written
+    /// again whole.
+    pub records_reencoded: u64,
     /// Data files no index file named (left by a killed writer).
     pub unindexed_files_removed: u64,
     pub data_files_written: u64,
@@ -183,32 +187,13 @@ impl Vault {
             .collect())
     }
 
-    /// Add to `live` the delta base of each record in it, to the whole
-    /// record at the end of each chain.
-    pub fn add_delta_bases(&self, live: &mut HashSet<RecordId>) -> Result<(), VaultError> {
-        let index = read(&self.inner.index)?;
-        let mut stack: Vec<RecordId> = live.iter().copied().collect();
-        while let Some(id) = stack.pop() {
-            let Some(entry) = index.get(&id) else {
-                continue;
-            };
-            if let (1.., Some((key, version))) = (entry.depth, entry.path)
-                && let Some(base_version) = format::skip_delta_base(version)
-                && let Some(base) = index.version(key, base_version)
-                && live.insert(base)
-            {
-                stack.push(base);
-            }
-        }
-        Ok(())
-    }
-
     /// Remove every record not in `live` (which must hold every record a
-    /// kept snapshot or document needs, with their delta bases): data files
-    /// with no live record go, data files mostly unused are rewritten, and
-    /// one index file replaces all others. See the module comment for the
-    /// order. Refused while any index, snapshot or document file is left
-    /// out as damaged: what it holds or reaches is unknown.
+    /// kept snapshot or document needs): data files with no live record
+    /// go, data files mostly unused are rewritten, a live delta whose base
+    /// is not live is re-encoded whole, and one index file replaces all
+    /// others. See the module comment for the order. Refused while any
+    /// index, snapshot or document file is left out as damaged: what it
+    /// holds or reaches is unknown.
     pub fn prune_records(
         &self,
         live: &HashSet<RecordId>,
@@ -239,15 +224,30 @@ impl Vault {
             data_bytes_before: data_files.values().sum(),
             ..PruneReport::default()
         };
-        // Per data file: its live entries and their bytes.
+        // Per data file: its live entries that stay as they are. A live
+        // delta whose base goes is re-encoded whole wherever it is.
         let mut by_file: HashMap<FileName, Vec<(RecordId, Entry)>> = HashMap::new();
         let mut indexed_files: HashSet<FileName> = HashSet::new();
+        let mut to_write: Vec<(RecordId, Entry, Write)> = Vec::new();
         {
             let index = read(&self.inner.index)?;
             report.records_before = index.len() as u64;
             for (id, entry) in index.entries() {
                 indexed_files.insert(entry.file.clone());
-                if live.contains(id) {
+                if !live.contains(id) {
+                    continue;
+                }
+                let base = entry
+                    .path
+                    .filter(|_| entry.depth > 0)
+                    .and_then(|(key, v)| index.version(key, format::skip_delta_base(v)?));
+                if entry.depth > 0
+                    && base.is_none_or(|b| !live.contains(&b))
+                    && data_files.contains_key(&entry.file)
+                {
+                    report.records_reencoded += 1;
+                    to_write.push((*id, entry.clone(), Write::Whole));
+                } else {
                     by_file
                         .entry(entry.file.clone())
                         .or_default()
@@ -256,7 +256,6 @@ impl Vault {
             }
         }
         let mut keep_as_is: Vec<(RecordId, Entry)> = Vec::new();
-        let mut to_copy: Vec<(RecordId, Entry)> = Vec::new();
         let mut remove: Vec<FileName> = Vec::new();
         for (name, &size) in &data_files {
             if !indexed_files.contains(name) {
@@ -275,7 +274,7 @@ impl Vault {
             if unused * 100 > size * u64::from(options.max_unused_percent) {
                 report.data_files_rewritten += 1;
                 remove.push(name.clone());
-                to_copy.extend(entries);
+                to_write.extend(entries.into_iter().map(|(id, e)| (id, e, Write::Copy)));
             } else {
                 keep_as_is.extend(entries);
             }
@@ -285,81 +284,109 @@ impl Vault {
         for entries in by_file.into_values() {
             keep_as_is.extend(entries);
         }
-        report.records_kept = (keep_as_is.len() + to_copy.len()) as u64;
+        report.records_kept = (keep_as_is.len() + to_write.len()) as u64;
         let removed_bytes: u64 = remove.iter().map(|n| data_files[n]).sum();
-        if remove.is_empty() {
+        if remove.is_empty() && to_write.is_empty() {
             report.data_bytes_after = report.data_bytes_before;
             return Ok(report);
         }
         // Bases before the records built on them (a base is one link less
-        // deep), then in the order they were.
-        to_copy.sort_by(|(_, a), (_, b)| {
-            (a.depth, &a.file, a.offset).cmp(&(b.depth, &b.file, b.offset))
+        // deep, a re-encoded record none), then in the order they were.
+        let depth = |e: &Entry, how: Write| if how == Write::Whole { 0 } else { e.depth };
+        to_write.sort_by(|(_, a, x), (_, b, y)| {
+            (depth(a, *x), &a.file, a.offset).cmp(&(depth(b, *y), &b.file, b.offset))
         });
         let mut written_bytes = 0u64;
-        let mut moved: Vec<(RecordId, Entry)> = Vec::with_capacity(to_copy.len());
-        if !options.dry_run {
-            let mut buf: Vec<u8> = Vec::new();
-            let mut pending: Vec<(RecordId, Entry)> = Vec::new();
-            let mut source: Option<(FileName, Vec<u8>)> = None;
-            let close = |buf: &mut Vec<u8>,
+        let mut moved: Vec<(RecordId, Entry)> = Vec::with_capacity(to_write.len());
+        let mut buf: Vec<u8> = Vec::new();
+        let mut pending: Vec<(RecordId, Entry)> = Vec::new();
+        let mut source: Option<(FileName, Vec<u8>)> = None;
+        let mut compressor = format::Compressor::new(self.inner.options.zstd_level);
+        // A dry run builds the same files and writes none, so what it
+        // reports is what the prune does.
+        let mut close = |buf: &mut Vec<u8>,
                          pending: &mut Vec<(RecordId, Entry)>,
                          moved: &mut Vec<(RecordId, Entry)>|
-             -> Result<u64, VaultError> {
-                if buf.is_empty() {
-                    return Ok(0);
-                }
-                let name = FileName::from_hash(blake3::hash(buf).as_bytes());
+         -> Result<(), VaultError> {
+            if buf.is_empty() {
+                return Ok(());
+            }
+            let name = FileName::from_hash(blake3::hash(buf).as_bytes());
+            if !options.dry_run {
                 backend.write(FileType::Data, &name, buf)?;
                 tracing::debug!(file = %name, bytes = buf.len(), "prune: data file written");
-                let len = buf.len() as u64;
-                buf.clear();
-                for (id, mut entry) in pending.drain(..) {
-                    entry.file = name.clone();
-                    moved.push((id, entry));
+            }
+            written_bytes += buf.len() as u64;
+            report.data_files_written += 1;
+            buf.clear();
+            for (id, mut entry) in pending.drain(..) {
+                entry.file = name.clone();
+                moved.push((id, entry));
+            }
+            Ok(())
+        };
+        for (id, entry, how) in to_write {
+            if buf.is_empty() {
+                buf.extend_from_slice(format::DATA_MAGIC);
+            }
+            let offset = buf.len() as u64;
+            match how {
+                Write::Copy => {
+                    if source.as_ref().is_none_or(|(n, _)| n != &entry.file) {
+                        let bytes = backend.read(FileType::Data, &entry.file)?;
+                        source = Some((entry.file.clone(), bytes));
+                    }
+                    let bytes = source.as_ref().map(|(_, b)| b.as_slice()).unwrap_or(&[]);
+                    let record = usize::try_from(entry.offset)
+                        .ok()
+                        .zip(usize::try_from(entry.len).ok())
+                        .and_then(|(at, len)| bytes.get(at..at.checked_add(len)?))
+                        .ok_or_else(|| self.damaged(&id, &entry, "outside its data file"))?;
+                    let (header, at) =
+                        RecordHeader::decode(record).map_err(|e| self.damaged(&id, &entry, e.0))?;
+                    if header.kind != entry.kind || (record.len() - at) as u64 != header.frame_len {
+                        return Err(self.damaged(
+                            &id,
+                            &entry,
+                            "record header differs from the index",
+                        ));
+                    }
+                    buf.extend_from_slice(record);
+                    pending.push((id, Entry { offset, ..entry }));
                 }
-                Ok(len)
-            };
-            for (id, entry) in to_copy {
-                if source.as_ref().is_none_or(|(n, _)| n != &entry.file) {
-                    let bytes = backend.read(FileType::Data, &entry.file)?;
-                    source = Some((entry.file.clone(), bytes));
-                }
-                let bytes = source.as_ref().map(|(_, b)| b.as_slice()).unwrap_or(&[]);
-                let record = usize::try_from(entry.offset)
-                    .ok()
-                    .zip(usize::try_from(entry.len).ok())
-                    .and_then(|(at, len)| bytes.get(at..at.checked_add(len)?))
-                    .ok_or_else(|| self.damaged(&id, &entry, "outside its data file"))?;
-                let (header, at) =
-                    RecordHeader::decode(record).map_err(|e| self.damaged(&id, &entry, e.0))?;
-                if header.kind != entry.kind || (record.len() - at) as u64 != header.frame_len {
-                    return Err(self.damaged(&id, &entry, "record header differs from the index"));
-                }
-                if buf.is_empty() {
-                    buf.extend_from_slice(format::DATA_MAGIC);
-                }
-                let offset = buf.len() as u64;
-                buf.extend_from_slice(record);
-                pending.push((id, Entry { offset, ..entry }));
-                if buf.len() >= DATA_FILE_TARGET {
-                    written_bytes += close(&mut buf, &mut pending, &mut moved)?;
-                    report.data_files_written += 1;
+                Write::Whole => {
+                    // Decoded through its old chain, which is all still
+                    // there: nothing is removed before the index is written.
+                    let (kind, content) = self.load(None, &id)?;
+                    let frame = compressor
+                        .compress(&content, None)
+                        .map_err(VaultError::Encode)?;
+                    RecordHeader {
+                        kind,
+                        delta: false,
+                        raw_size: content.len() as u64,
+                        frame_len: frame.len() as u64,
+                    }
+                    .encode(&mut buf);
+                    buf.extend_from_slice(&frame);
+                    let len = buf.len() as u64 - offset;
+                    pending.push((
+                        id,
+                        Entry {
+                            offset,
+                            len,
+                            depth: 0,
+                            ..entry
+                        },
+                    ));
                 }
             }
-            if !buf.is_empty() {
-                written_bytes += close(&mut buf, &mut pending, &mut moved)?;
-                report.data_files_written += 1;
+            if buf.len() >= DATA_FILE_TARGET {
+                close(&mut buf, &mut pending, &mut moved)?;
             }
-        } else {
-            // Each copied record, and one magic per new data file.
-            let copied: u64 = to_copy.iter().map(|(_, e)| e.len).sum();
-            written_bytes = copied
-                + (copied
-                    .div_ceil(DATA_FILE_TARGET as u64)
-                    .max(u64::from(copied > 0)))
-                    * format::DATA_MAGIC.len() as u64;
         }
+        close(&mut buf, &mut pending, &mut moved)?;
+        lock(&self.inner.decoded)?.map.clear();
         report.data_bytes_after = report.data_bytes_before - removed_bytes + written_bytes;
         report.bytes_reclaimed = removed_bytes.saturating_sub(written_bytes);
         report.index_files_removed = index_files.len() as u64;
@@ -369,6 +396,7 @@ impl Vault {
 
         let mut entries = keep_as_is;
         entries.extend(moved);
+        recompute_depths(&mut entries);
         entries.sort_by_key(|(id, _)| *id);
         let bytes = index::encode_index_file(&entries).map_err(VaultError::Encode)?;
         let new_index = FileName::from_hash(blake3::hash(&bytes).as_bytes());
@@ -386,13 +414,12 @@ impl Vault {
         }
         // A data file this prune wrote may have the name of one it found
         // unindexed: an earlier prune, killed before its index file, that
-        // copied the same records in the same order.
+        // wrote the same records in the same order.
         let written: HashSet<FileName> = entries.iter().map(|(_, e)| e.file.clone()).collect();
         remove.retain(|name| !written.contains(name));
         let mut fresh = MemIndex::default();
         fresh.insert_file(new_index, entries);
         *write(&self.inner.index)? = fresh;
-        lock(&self.inner.decoded)?.map.clear();
         for name in &remove {
             match backend.remove(FileType::Data, name) {
                 Ok(()) => {}
@@ -402,6 +429,40 @@ impl Vault {
             tracing::debug!(file = %name, "prune: data file removed");
         }
         Ok(report)
+    }
+}
+
+/// How a live record reaches a new data file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Write {
+    /// Its bytes as they are (its base stays).
+    Copy,
+    /// Decoded and compressed whole (its base goes).
+    Whole,
+}
+
+/// Set each entry's depth to the links it now has to a whole record: a
+/// record re-encoded whole shortens every chain built on it. Depths only
+/// ever shrink, and a base is always shallower than what is built on it.
+fn recompute_depths(entries: &mut [(RecordId, Entry)]) {
+    let versions: HashMap<(u64, u32), RecordId> = entries
+        .iter()
+        .filter_map(|(id, e)| Some((e.path?, *id)))
+        .collect();
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| entries[i].1.depth);
+    let mut depth: HashMap<RecordId, u8> = HashMap::with_capacity(entries.len());
+    for i in order {
+        let (id, entry) = &mut entries[i];
+        if entry.depth > 0
+            && let Some(base_depth) = entry
+                .path
+                .and_then(|(key, v)| versions.get(&(key, format::skip_delta_base(v)?)))
+                .and_then(|base| depth.get(base))
+        {
+            entry.depth = base_depth.saturating_add(1).min(entry.depth);
+        }
+        depth.insert(*id, entry.depth);
     }
 }
 

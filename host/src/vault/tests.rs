@@ -577,3 +577,117 @@ fn data_files_no_index_names_are_removed_and_nothing_else() {
     assert_eq!(*vault.read_object(&id).expect("still readable").1, content);
     assert_eq!(vault.remove_unindexed_data().expect("again"), (0, 0));
 }
+
+/// The links from `id` to a whole record, following the index.
+fn chain_length(vault: &Vault, id: &RecordId) -> u8 {
+    let index = vault.inner.index.read().expect("index");
+    let mut at = *id;
+    let mut links = 0;
+    while let Some(entry) = index.get(&at) {
+        let base = entry
+            .path
+            .filter(|_| entry.depth > 0)
+            .and_then(|(key, v)| index.version(key, format::skip_delta_base(v)?));
+        match base {
+            Some(base) => {
+                at = base;
+                links += 1;
+            }
+            None => break,
+        }
+    }
+    links
+}
+
+#[test]
+fn prune_re_encodes_deltas_whose_base_goes_and_writers_go_on_after_it() {
+    let texts: Vec<Vec<u8>> = (0..41).map(|v| version_text(1500, v)).collect();
+    let ids: Vec<GitOid> = texts.iter().map(|t| blob_id(t)).collect();
+    let contents: HashMap<GitOid, Vec<u8>> = ids.iter().copied().zip(texts).collect();
+    let read = |o: &GitOid| -> Result<(ObjectKind, Vec<u8>), std::io::Error> {
+        Ok((ObjectKind::Blob, contents[o].clone()))
+    };
+    // Kept: a middle run of versions (their bases below go), then all but
+    // the newest versions (the next write takes a freed version number).
+    for keep in [12..32usize, 0..30] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vault = open(dir.path());
+        for id in &ids[..40] {
+            vault
+                .put_objects(&[(*id, Some("f.rs"))], read)
+                .expect("put");
+        }
+        let live: HashSet<RecordId> = ids[keep.clone()]
+            .iter()
+            .map(|o| RecordId::from(*o))
+            .collect();
+        let dry = vault
+            .prune_records(
+                &live,
+                prune::PruneOptions {
+                    max_unused_percent: 0,
+                    dry_run: true,
+                },
+            )
+            .expect("dry run");
+        let report = vault
+            .prune_records(
+                &live,
+                prune::PruneOptions {
+                    max_unused_percent: 0,
+                    dry_run: false,
+                },
+            )
+            .expect("prune");
+        // Only versions whose base is below the kept run are written again.
+        assert_eq!(
+            report.records_reencoded > 0,
+            keep.start > 0,
+            "{keep:?}: {report:?}"
+        );
+        assert_eq!(
+            (
+                dry.records_reencoded,
+                dry.bytes_reclaimed,
+                dry.data_bytes_after
+            ),
+            (
+                report.records_reencoded,
+                report.bytes_reclaimed,
+                report.data_bytes_after
+            ),
+            "{keep:?}: a dry run reports what the prune does"
+        );
+        assert_eq!(report.records_kept, keep.len() as u64);
+        vault
+            .put_objects(&[(ids[40], Some("f.rs"))], read)
+            .expect("a write after prune");
+        drop(vault);
+        let vault =
+            Vault::open_local(dir.path(), Create::Never, WriteOptions::default()).expect("reopen");
+        assert_eq!(vault.stats().expect("stats").records, keep.len() as u64 + 1);
+        for (v, id) in ids.iter().enumerate() {
+            if keep.contains(&v) || v == 40 {
+                assert_eq!(
+                    *vault.read_object(id).expect("read").1,
+                    contents[id],
+                    "version {v}"
+                );
+                let entry = vault
+                    .inner
+                    .index
+                    .read()
+                    .expect("index")
+                    .get(&RecordId::from(*id))
+                    .cloned();
+                assert_eq!(
+                    entry.expect("indexed").depth,
+                    chain_length(&vault, &RecordId::from(*id)),
+                    "{keep:?}: version {v}'s depth is its chain"
+                );
+            } else {
+                assert!(!vault.has(id).expect("has"), "version {v} is gone");
+            }
+        }
+    }
+}
