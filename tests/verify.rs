@@ -109,6 +109,31 @@ fn verify_finds_and_names_each_kind_of_damage() {
         .to_string();
     assert_eq!(damaged[0]["file"], name.as_str(), "{report}");
     assert!(damaged[0]["offset"].as_u64().expect("offset") <= middle as u64);
+    // Restoring a snapshot that reaches the damage fails, naming the
+    // record, and leaves nothing behind: no new directory, and an empty
+    // directory given as the target stays empty.
+    let hit = report["damaged_snapshots"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("a damaged snapshot: {report}"));
+    for (target, existed) in [("restore-new", false), ("restore-empty", true)] {
+        let to = tmp.path().join(target);
+        if existed {
+            std::fs::create_dir(&to).expect("mkdir");
+        }
+        let out = restore(&flipped.config, REPO, Some(hit), &to);
+        assert!(!out.status.success(), "{target}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("damaged") && stderr.contains(&name),
+            "{target}: {stderr}"
+        );
+        if existed {
+            let left = std::fs::read_dir(&to).expect("target").count();
+            assert_eq!(left, 0, "{target}: the empty directory stays empty");
+        } else {
+            assert!(!to.exists(), "{target}: nothing is left behind");
+        }
+    }
     let out = run(&flipped.config, &["verify", "--read-data"]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -20,7 +20,10 @@
 //! repository (default 20); `HOOKVAULT_BENCH_LOG=1` prints each service's
 //! log. `HOOKVAULT_BENCH_ONLY=large` runs instead a synthetic repository of
 //! `HOOKVAULT_BENCH_LARGE_MIB` (default 1024) MiB of incompressible files,
-//! for peak memory on a large first backup (at most 3 pushes).
+//! for peak memory on a large first backup (at most 3 pushes);
+//! `HOOKVAULT_BENCH_ONLY=prune` runs instead forget and prune on ripgrep
+//! after `HOOKVAULT_BENCH_PRUNE_PUSHES` (default 200) pushes, half of them
+//! force-pushed away.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -582,6 +585,200 @@ fn large(mib: usize) -> impl FnOnce(&Path) {
     }
 }
 
+/// Text that changes with `seed`: a noisy note of `lines` lines, as a
+/// generated file or a log someone committed would be.
+fn note_text(seed: usize, lines: usize) -> String {
+    (0..lines)
+        .map(|i| {
+            let n = (i * 7919 + seed * 104_729) % 1_000_003;
+            format!("entry {i} of push {seed}: {n} {:x}\n", n * 31)
+        })
+        .collect()
+}
+
+/// Prune after `pushes` pushes of which half force-push a scratch branch
+/// (then deleted) and are forgotten; the other half are commits on the
+/// default branch, which edit the same files, so their records were
+/// stored as deltas against the scratch ones. Against `git gc
+/// --prune=now` of a mirror that followed the same pushes, and a fresh
+/// first backup of the final state.
+fn bench_prune(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes: usize) -> Row {
+    let mut lines = Vec::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let upstream = server.create(repo);
+    make_upstream(&upstream);
+    let default_branch = git(&upstream, &["symbolic-ref", "--short", "HEAD"])
+        .trim()
+        .to_string();
+    let head = git(&upstream, &["rev-parse", &default_branch])
+        .trim()
+        .to_string();
+    let mirror = tmp.path().join("reference.git");
+    git_auth(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            &server.url(repo),
+            mirror.to_str().expect("utf8"),
+        ],
+    );
+    let service = Service::start(&tmp.path().join("hv"), &server, "");
+    let config = service.config.clone();
+    let data = service.dir.join("data");
+    let mut n = 0usize;
+    let deliver = |n: &mut usize, body: Vec<u8>| {
+        *n += 1;
+        let id = format!("bench-prune-{n}");
+        service.push(&id, &body);
+        let outcome = finished(&service, &id);
+        assert_eq!(outcome["status"], "done", "{outcome}\n{}", service.log());
+    };
+    deliver(&mut n, branch_push(repo, &default_branch, None, &head));
+    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
+    git(&work.dir, &["fetch", "-q", "origin", &default_branch]);
+    git(&work.dir, &["reset", "-q", "--hard", "FETCH_HEAD"]);
+    let readme = std::fs::read_to_string(work.dir.join("README.md")).unwrap_or_default();
+    let half = pushes / 2;
+    let mut previous: Option<String> = None;
+    for i in 0..half {
+        work.git(&["checkout", "-q", "-B", "scratch", &head]);
+        std::fs::write(
+            work.dir.join("README.md"),
+            format!("{readme}\nscratch {i}\n"),
+        )
+        .expect("write");
+        let tip = work.commit(
+            "bench/notes.txt",
+            &note_text(i, 400),
+            &format!("Scratch {i}"),
+        );
+        work.git(&["push", "-q", "-f", "origin", "scratch"]);
+        git_auth(&mirror, &["fetch", "-q", "--prune"]);
+        deliver(
+            &mut n,
+            cloud_push(
+                repo,
+                &[Change {
+                    branch: "scratch",
+                    kind: "branch",
+                    old: previous.as_deref(),
+                    new: Some(&tip),
+                    forced: previous.is_some(),
+                }],
+            ),
+        );
+        previous = Some(tip);
+    }
+    work.git(&["push", "-q", "origin", "--delete", "scratch"]);
+    git_auth(&mirror, &["fetch", "-q", "--prune"]);
+    deliver(
+        &mut n,
+        cloud_push(
+            repo,
+            &[Change {
+                branch: "scratch",
+                kind: "branch",
+                old: previous.as_deref(),
+                new: None,
+                forced: false,
+            }],
+        ),
+    );
+    work.git(&["checkout", "-q", "-B", &default_branch, &head]);
+    let mut old = head.clone();
+    let mut readme_now = readme.clone();
+    for i in 0..pushes - half {
+        readme_now.push_str(&format!("\nmain {i}\n"));
+        std::fs::write(work.dir.join("README.md"), &readme_now).expect("write");
+        let new = work.commit(
+            "bench/notes.txt",
+            &note_text(10_000 + i, 400),
+            &format!("Main {i}"),
+        );
+        work.git(&["push", "-q", "origin", &format!("HEAD:{default_branch}")]);
+        git_auth(&mirror, &["fetch", "-q", "--prune"]);
+        deliver(&mut n, branch_push(repo, &default_branch, Some(&old), &new));
+        old = new;
+    }
+    service.stop();
+
+    let before = du(&data.join("vault"));
+    let keep = (pushes - half).to_string();
+    let out = run(&config, &["forget", "--keep-last", &keep, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = Instant::now();
+    let out = run(&config, &["prune", "--json"]);
+    let prune_time = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pruned: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let after = du(&data.join("vault"));
+    let mirror_before = du(&mirror);
+    let start = Instant::now();
+    git(&mirror, &["gc", "-q", "--prune=now"]);
+    let gc_time = start.elapsed();
+    let mirror_after = du(&mirror);
+    let (ok, report) = verify(&config, &["--read-data"]);
+    assert!(ok, "{report}");
+    let restored = tmp.path().join("restored");
+    let out = restore(&config, repo, None, &restored);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_fsck_clean(&restored);
+
+    // A fresh vault that only ever saw the final state.
+    let fresh = Service::start(&tmp.path().join("fresh"), &server, "");
+    fresh.push("fresh", &branch_push(repo, &default_branch, None, &old));
+    assert_eq!(finished(&fresh, "fresh")["status"], "done");
+    let fresh_bytes = du(&fresh.dir.join("data/vault"));
+    fresh.stop();
+
+    let r = &pruned["report"];
+    lines.push(format!(
+        "{pushes} pushes ({half} force-pushes of a scratch branch, then deleted and forgotten); forget --keep-last {keep}, then prune {:.0} ms vs git gc --prune=now of the mirror {:.0} ms: {:.2}x",
+        ms(prune_time),
+        ms(gc_time),
+        prune_time.as_secs_f64() / gc_time.as_secs_f64()
+    ));
+    lines.push(format!(
+        "vault {:.2} MiB -> {:.2} MiB ({:.1}% reclaimed; {} of {} records kept, {} re-encoded whole, {} data files removed, {} rewritten); mirror {:.2} MiB -> {:.2} MiB after gc",
+        mib(before),
+        mib(after),
+        (before - after) as f64 * 100.0 / before as f64,
+        r["records_kept"],
+        r["records_before"],
+        r["records_reencoded"],
+        r["data_files_removed"],
+        r["data_files_rewritten"],
+        mib(mirror_before),
+        mib(mirror_after)
+    ));
+    lines.push(format!(
+        "pruned vault {:.2} MiB vs a fresh first backup of the final state {:.2} MiB: {:.2}x; after gc the vault is {:.2}x the mirror",
+        mib(after),
+        mib(fresh_bytes),
+        after as f64 / fresh_bytes as f64,
+        after as f64 / mirror_after as f64
+    ));
+    Row {
+        name: format!("{name}: prune"),
+        lines,
+    }
+}
+
 fn main() {
     let pushes: usize = std::env::var("HOOKVAULT_BENCH_PUSHES")
         .ok()
@@ -609,6 +806,18 @@ fn main() {
             &format!("corpus/{name}"),
             from_bundle(bundle),
             pushes,
+        ));
+    }
+    if only.as_deref().is_some_and(|o| o == "prune") {
+        let prune_pushes: usize = std::env::var("HOOKVAULT_BENCH_PRUNE_PUSHES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        rows.push(bench_prune(
+            "ripgrep",
+            "corpus/ripgrep",
+            from_bundle(corpus.join("ripgrep.bundle")),
+            prune_pushes,
         ));
     }
     if only.as_deref().is_none_or(|o| o == "branches") {
