@@ -21,6 +21,8 @@ pub mod receive;
 pub mod restore;
 pub mod retention;
 pub mod serve;
+#[cfg(test)]
+mod sled_damage;
 pub mod terminal;
 pub mod vault;
 pub mod verify;
