@@ -298,3 +298,106 @@ fn forget_and_prune_keep_what_is_kept_and_survive_kills() {
     assert_eq!(refs_of(&restored)["refs/heads/experiment"], old_tip);
     service.stop();
 }
+
+/// With `[retention]` in the config, `serve` forgets and prunes on its own
+/// while pushes keep arriving: every push is backed up, the policy holds
+/// when the pushes stop, and nothing is left to forget or reclaim.
+#[test]
+fn serve_forgets_and_prunes_on_its_schedule_while_backups_go_on() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let upstream = server.create(REPO);
+    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
+    let service = Service::start(
+        &tmp.path().join("hv"),
+        &server,
+        "[retention]\nkeep_last = 2\ninterval_secs = 1\n",
+    );
+    let mut n = 0u32;
+    let mut deliver = |body: Vec<u8>| {
+        n += 1;
+        let id = format!("{{55555555-aaaa-4bbb-8ccc-{n:012}}}");
+        service.push(&id, &body);
+        assert_eq!(service.outcome(&id)["status"], "done", "{}", service.log());
+    };
+    let base = work.commit("README.md", "hello\n", "Start");
+    work.git(&["push", "-q", "origin", "main"]);
+    deliver(branch_push(REPO, "main", None, &base));
+    let mut tip = base.clone();
+    for round in 0..4u32 {
+        // A branch with content of its own, pushed and deleted again.
+        work.git(&["checkout", "-q", "-B", "scratch", &tip]);
+        let noise: String = (0..2000)
+            .map(|i| format!("{round}:{i}:{}\n", (i * 7919 + round * 104_729) % 1_000_003))
+            .collect();
+        let scratch = work.commit("scratch.txt", &noise, &format!("Scratch {round}"));
+        work.git(&["push", "-q", "-f", "origin", "scratch"]);
+        deliver(branch_push(REPO, "scratch", None, &scratch));
+        work.git(&["push", "-q", "origin", "--delete", "scratch"]);
+        deliver(cloud_push(
+            REPO,
+            &[Change {
+                branch: "scratch",
+                kind: "branch",
+                old: Some(&scratch),
+                new: None,
+                forced: false,
+            }],
+        ));
+        work.git(&["checkout", "-q", "main"]);
+        let next = work.commit(
+            "src/lib.rs",
+            &format!("pub fn f() -> u32 {{ {round} }}\n"),
+            "More",
+        );
+        work.git(&["push", "-q", "origin", "main"]);
+        deliver(branch_push(REPO, "main", Some(&tip), &next));
+        tip = next;
+    }
+    let kept = wait_until(
+        "the policy applied",
+        std::time::Duration::from_secs(60),
+        || {
+            let listed = service.snapshots(REPO);
+            (listed.len() == 2).then_some(listed)
+        },
+    );
+    assert_eq!(kept[1]["refs"]["refs/heads/main"], tip.as_str());
+    assert!(
+        service.log().contains("retention run done"),
+        "{}",
+        service.log()
+    );
+    let config = service.config.clone();
+    // A run in progress finishes before serve exits.
+    service.stop();
+
+    let dry = run(&config, &["forget", "--dry-run", "--json"]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).expect("json");
+    assert_eq!(
+        dry["forgotten"], 0,
+        "the config's policy, already applied: {dry}"
+    );
+    let dry = run(&config, &["prune", "--dry-run", "--json"]);
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).expect("json");
+    assert_eq!(dry["report"]["bytes_reclaimed"], 0, "{dry}");
+    assert_eq!(
+        dry["report"]["records_before"], dry["live"]["records"],
+        "{dry}"
+    );
+    let (ok, report) = verify(&config, &["--read-data"]);
+    assert!(
+        ok && report["warnings"].as_array().expect("w").is_empty(),
+        "{report}"
+    );
+    let kept: Vec<(String, serde_json::Value)> = kept
+        .iter()
+        .map(|s| (s["id"].as_str().expect("id").to_string(), s["refs"].clone()))
+        .collect();
+    assert_kept_restore(&config, &kept, &tmp.path().join("restored"));
+}

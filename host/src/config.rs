@@ -47,6 +47,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
@@ -229,6 +231,71 @@ impl Default for WorkerConfig {
             max_attempts: default_attempts(),
             retry_base_ms: default_retry_ms(),
             concurrency: default_concurrency(),
+        }
+    }
+}
+
+/// A retention policy kept in the config: what `hookvault forget` applies
+/// when given no `--keep-*` flag, and what `serve` applies on its own every
+/// `interval_secs` (forget, then prune), with restic's rules. Without any
+/// `keep_*` rule nothing is ever forgotten.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    #[serde(default)]
+    pub keep_last: u32,
+    #[serde(default)]
+    pub keep_hourly: u32,
+    #[serde(default)]
+    pub keep_daily: u32,
+    #[serde(default)]
+    pub keep_weekly: u32,
+    #[serde(default)]
+    pub keep_monthly: u32,
+    #[serde(default)]
+    pub keep_yearly: u32,
+    /// A span like `7d`, `36h` or `1y6m`.
+    #[serde(default, deserialize_with = "span_opt")]
+    pub keep_within: Option<crate::retention::Span>,
+    /// How often `serve` forgets and prunes; 0 (the default) never. The
+    /// first run is one interval after start. Backups wait while it runs;
+    /// webhooks are still received and queued.
+    #[serde(default)]
+    pub interval_secs: u64,
+    /// Prune after forgetting (on by default).
+    #[serde(default = "default_true")]
+    pub prune: bool,
+    /// As `prune --max-unused-percent`.
+    #[serde(default = "default_max_unused_percent")]
+    pub max_unused_percent: u8,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_unused_percent() -> u8 {
+    20
+}
+
+fn span_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::retention::Span>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| t.parse().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+impl RetentionConfig {
+    pub fn policy(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
         }
     }
 }
@@ -583,6 +650,20 @@ impl Config {
                 self.worker.concurrency
             )));
         }
+        if self.retention.max_unused_percent > 100 {
+            return Err(invalid(format!(
+                "retention.max_unused_percent must be 0-100, not {}",
+                self.retention.max_unused_percent
+            )));
+        }
+        if self.retention.interval_secs > 0
+            && self.retention.policy().is_empty()
+            && !self.retention.prune
+        {
+            return Err(invalid(
+                "retention.interval_secs is set, but there is no keep_* rule and prune is off: nothing would run".into(),
+            ));
+        }
         if let Some(url) = &self.store.url
             && !url.starts_with("s3://")
         {
@@ -687,6 +768,47 @@ mod tests {
         let config = Config::from_toml(text, Path::new("examples/hookvault.toml")).expect("valid");
         assert_eq!(config.plugins.len(), 2);
         assert!(config.reconcile.enabled);
+    }
+
+    #[test]
+    fn retention_is_off_by_default_and_the_example_block_works() {
+        let config = Config::from_toml(MINIMAL, Path::new("t.toml")).expect("valid");
+        assert!(config.retention.policy().is_empty());
+        assert_eq!(config.retention.interval_secs, 0);
+        // The example's commented-out block, turned on.
+        let example = include_str!("../../examples/hookvault.toml");
+        let block: String = example
+            .lines()
+            .skip_while(|l| *l != "# [retention]")
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        let config =
+            Config::from_toml(&format!("{block}{MINIMAL}"), Path::new("t.toml")).expect("valid");
+        let r = &config.retention;
+        assert_eq!(
+            (r.keep_daily, r.keep_monthly, r.interval_secs),
+            (90, 24, 86400)
+        );
+        assert_eq!(
+            config.retention.policy().describe(),
+            "--keep-daily 90 --keep-monthly 24 --keep-within 30d"
+        );
+        for (text, says) in [
+            (
+                "[retention]\nkeep_within = \"3 weeks\"\n",
+                "7d, 36h or 1y6m",
+            ),
+            ("[retention]\nmax_unused_percent = 101\n", "0-100"),
+            (
+                "[retention]\ninterval_secs = 60\nprune = false\n",
+                "nothing would run",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("{text}{MINIMAL}"), Path::new("t.toml"))
+                .expect_err(text);
+            assert!(format!("{err}").contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

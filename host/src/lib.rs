@@ -11,6 +11,7 @@ pub mod export;
 pub mod failure;
 pub mod git;
 pub mod ids;
+pub mod maintenance;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugins;

@@ -235,7 +235,9 @@ enum Command {
     /// Forget snapshots a retention policy does not keep (restic's
     /// semantics; buckets in UTC). The newest snapshot of each repository
     /// is always kept. Their files go; what only they reached stays until
-    /// `prune`. Needs the store to itself: stop `serve` first.
+    /// `prune`. Without --keep-* flags, the config's [retention] rules
+    /// apply. Needs the store to itself: stop `serve` first (or let `serve`
+    /// run it on a schedule: retention.interval_secs).
     Forget {
         #[command(flatten)]
         keep: KeepFlags,
@@ -1258,10 +1260,14 @@ fn run_forget(
     json: bool,
 ) -> anyhow::Result<()> {
     use hookvault::retention;
-    let policy = keep.policy();
+    // The flags, or else the config's [retention] rules.
+    let mut policy = keep.policy();
+    if policy.is_empty() {
+        policy = config.retention.policy();
+    }
     if policy.is_empty() {
         anyhow::bail!(
-            "no policy given (--keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within): nothing forgotten"
+            "no policy given (--keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within, or keep_* in the config's [retention]): nothing forgotten"
         );
     }
     let repo = repo.as_deref().map(RepoName::parse).transpose()?;

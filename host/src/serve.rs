@@ -180,11 +180,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let state = Arc::new(state);
 
+    let gate = crate::maintenance::Gate::default();
+    let retention = (config.retention.interval_secs > 0).then(|| {
+        tokio::spawn(crate::maintenance::run_schedule(
+            store.clone(),
+            config.retention.clone(),
+            gate.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let worker = Worker {
         queue: queue.clone(),
         plugins,
         deps,
         config: config.worker.clone(),
+        gate,
     };
     let worker = tokio::spawn(worker.run(stop_rx));
 
@@ -216,6 +226,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     worker
         .await
         .map_err(|e| ServeError::Join(e.to_string()))??;
+    // A retention run in progress finishes (a prune stopped halfway would
+    // be safe, but leaves work for the next one).
+    if let Some(retention) = retention {
+        retention
+            .await
+            .map_err(|e| ServeError::Join(e.to_string()))?;
+    }
     // Every write was flushed before it was acknowledged, so this last
     // flush failing (a full disk) loses nothing promised: logged, and the
     // requested stop still succeeds.

@@ -98,6 +98,8 @@ pub struct Worker {
     pub plugins: Arc<PluginHost>,
     pub deps: Arc<BackupDeps>,
     pub config: WorkerConfig,
+    /// Held for each backup, so a scheduled prune never runs beside one.
+    pub gate: crate::maintenance::Gate,
 }
 
 impl std::fmt::Debug for Worker {
@@ -295,6 +297,7 @@ impl Worker {
         let plugins = self.plugins.clone();
         let deps = self.deps.clone();
         let span = tracing::Span::current();
+        let _backup = self.gate.backup().await;
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             run_pipeline(&plugins, deps, &event, &ids)
