@@ -45,6 +45,29 @@ fn verify_finds_and_names_each_kind_of_damage() {
         tips.push(tip);
     }
 
+    // Long commands draw a progress bar on a terminal (stderr), and never
+    // into a pipe. `script` gives the command a terminal.
+    let restored = tmp.path().join("progress");
+    let command = format!(
+        "{} --config {} restore --repo {REPO} --to {}",
+        env!("CARGO_BIN_EXE_hookvault"),
+        service.config.display(),
+        restored.display()
+    );
+    let on_tty = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("script");
+    let shown = String::from_utf8_lossy(&on_tty.stdout);
+    assert!(on_tty.status.success(), "{shown}");
+    assert!(shown.contains("writing objects"), "{shown:?}");
+    std::fs::remove_dir_all(&restored).expect("clean");
+    let piped = restore(&service.config, REPO, None, &restored);
+    assert!(piped.status.success());
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(!stderr.contains("writing objects"), "{stderr:?}");
+    assert_fsck_clean(&restored);
+
     // Clean, beside the running service, with and without --read-data.
     for extra in [
         &[][..],

@@ -15,6 +15,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
+pub mod progress;
 #[cfg(test)]
 mod properties;
 pub mod prune;

@@ -629,7 +629,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(scratch)) => scratch.path().join("restore"),
                 (None, None) => anyhow::bail!("give --to or --push"),
             };
-            let report = restore::restore(&store, &chosen, &dir, &select)?;
+            let report = restore::restore(&store, &chosen, &dir, &select, &progress_bar(json))?;
             let pushed = match &target {
                 Some(target) => Some(target.push(&dir, &["+refs/*:refs/*".to_string()])?),
                 None => None,
@@ -1123,7 +1123,7 @@ fn run_undo(
     }
     let scratch = tempfile::tempdir().context("creating a temporary directory")?;
     let dir = scratch.path().join("restore");
-    restore::restore(&store, &chosen, &dir, &|r| r == name)?;
+    restore::restore(&store, &chosen, &dir, &|r| r == name, &progress_bar(false))?;
     target.push(&dir, &[format!("+{name}:{name}")])?;
     if json {
         println!(
@@ -1143,7 +1143,7 @@ fn run_undo(
 
 /// A progress bar on stderr when it is a terminal (and not with --json);
 /// nothing otherwise.
-fn progress_bar(json: bool) -> impl Fn(hookvault::verify::Progress) {
+fn progress_bar(json: bool) -> impl Fn(hookvault::progress::Progress) {
     use std::io::IsTerminal as _;
     let shown = !json && std::io::stderr().is_terminal();
     let bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
@@ -1153,22 +1153,30 @@ fn progress_bar(json: bool) -> impl Fn(hookvault::verify::Progress) {
         }
         let Ok(mut bar) = bar.lock() else { return };
         match step {
-            hookvault::verify::Progress::Start(what, total) => {
-                let b = indicatif::ProgressBar::new(total);
-                if let Ok(style) = indicatif::ProgressStyle::with_template(
-                    "{msg} {bar:40} {pos}/{len} ({eta} left)",
-                ) {
+            hookvault::progress::Progress::Start(what, total) => {
+                // A count not known in advance gets a spinner.
+                let (b, template) = match total {
+                    0 => (
+                        indicatif::ProgressBar::new_spinner(),
+                        "{spinner} {msg} {pos}",
+                    ),
+                    n => (
+                        indicatif::ProgressBar::new(n),
+                        "{msg} {bar:40} {pos}/{len} ({eta} left)",
+                    ),
+                };
+                if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
                     b.set_style(style);
                 }
                 b.set_message(what);
                 *bar = Some(b);
             }
-            hookvault::verify::Progress::At(n) => {
+            hookvault::progress::Progress::At(n) => {
                 if let Some(b) = bar.as_ref() {
                     b.set_position(n);
                 }
             }
-            hookvault::verify::Progress::Done => {
+            hookvault::progress::Progress::Done => {
                 if let Some(b) = bar.take() {
                     b.finish_and_clear();
                 }
@@ -1336,7 +1344,7 @@ fn run_prune(
         max_unused_percent,
         dry_run,
     };
-    let (live, report) = hookvault::prune::prune(&store, options)?;
+    let (live, report) = hookvault::prune::prune(&store, options, &progress_bar(json))?;
     if json {
         println!(
             "{}",

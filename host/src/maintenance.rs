@@ -74,7 +74,10 @@ pub fn run_once(
             max_unused_percent: config.max_unused_percent,
             dry_run: false,
         };
-        report.pruned = Some(crate::prune::prune(vault, options).map_err(MaintenanceError::Prune)?);
+        report.pruned = Some(
+            crate::prune::prune(vault, options, &crate::progress::quiet)
+                .map_err(MaintenanceError::Prune)?,
+        );
     }
     Ok(report)
 }

@@ -16,6 +16,7 @@
 use std::collections::HashSet;
 
 use crate::ids::{GitOid, ObjectKind, RecordId, RepoName};
+use crate::progress::Progress;
 use crate::restore::children;
 use crate::vault::prune::{PruneOptions, PruneReport};
 use crate::vault::{Vault, VaultError};
@@ -87,13 +88,23 @@ fn reach(
 }
 
 /// Every record a kept snapshot or a document needs.
-pub fn live_records(vault: &Vault) -> Result<(HashSet<RecordId>, Live), PruneError> {
+pub fn live_records(
+    vault: &Vault,
+    progress: &dyn Fn(Progress),
+) -> Result<(HashSet<RecordId>, Live), PruneError> {
     let mut live: HashSet<RecordId> = HashSet::new();
     let mut seen: HashSet<GitOid> = HashSet::new();
     let mut counts = Live::default();
-    for repo in vault.repositories()? {
+    let repositories = vault.repositories()?;
+    let mut total = 0;
+    for repo in &repositories {
+        total += vault.snapshots(repo)?.len() as u64;
+    }
+    progress(Progress::Start("walking kept snapshots", total));
+    for repo in repositories {
         for snapshot in vault.snapshots(&repo)? {
             counts.snapshots += 1;
+            progress(Progress::At(counts.snapshots));
             let unreadable =
                 |source: Box<dyn std::error::Error + Send + Sync>| PruneError::Unreadable {
                     repo: repo.clone(),
@@ -115,6 +126,7 @@ pub fn live_records(vault: &Vault) -> Result<(HashSet<RecordId>, Live), PruneErr
             })?;
         }
     }
+    progress(Progress::Done);
     live.extend(vault.document_records()?);
     counts.objects = seen.len() as u64;
     counts.records = live.len() as u64;
@@ -122,8 +134,12 @@ pub fn live_records(vault: &Vault) -> Result<(HashSet<RecordId>, Live), PruneErr
 }
 
 /// Walk, then prune.
-pub fn prune(vault: &Vault, options: PruneOptions) -> Result<(Live, PruneReport), PruneError> {
-    let (live, counts) = live_records(vault)?;
-    let report = vault.prune_records(&live, options)?;
+pub fn prune(
+    vault: &Vault,
+    options: PruneOptions,
+    progress: &dyn Fn(Progress),
+) -> Result<(Live, PruneReport), PruneError> {
+    let (live, counts) = live_records(vault, progress)?;
+    let report = vault.prune_records(&live, options, progress)?;
     Ok((counts, report))
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::git::pack_writer::PackWriter;
 use crate::git::{from_gix, from_kind};
 use crate::ids::{GitOid, ObjectKind};
+use crate::progress::Progress;
 use crate::vault::{Placement, Snapshot, Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,7 @@ pub fn restore(
     snapshot: &Snapshot,
     to: &Path,
     select: &dyn Fn(&str) -> bool,
+    progress: &dyn Fn(Progress),
 ) -> Result<RestoreReport, RestoreError> {
     let write_err = |message: String| RestoreError::Write {
         path: to.to_path_buf(),
@@ -118,7 +120,8 @@ pub fn restore(
             snapshot: snapshot.short_id(),
         });
     }
-    let result = write_repository(store, snapshot, &refs, to);
+    let result = write_repository(store, snapshot, &refs, to, progress);
+    progress(Progress::Done);
     if result.is_err() {
         // Never leave a half-written repository that looks like a restore.
         if existed {
@@ -144,6 +147,7 @@ fn write_repository(
     snapshot: &Snapshot,
     refs: &BTreeMap<String, GitOid>,
     to: &Path,
+    progress: &dyn Fn(Progress),
 ) -> Result<RestoreReport, RestoreError> {
     let write_err = |message: String| RestoreError::Write {
         path: to.to_path_buf(),
@@ -156,6 +160,7 @@ fn write_repository(
     let mut seen: HashSet<GitOid> = refs.values().copied().collect();
     // Several refs may name one object: each is listed once.
     let mut stack: Vec<GitOid> = seen.iter().copied().collect();
+    progress(Progress::Start("finding objects", 0));
     while let Some(oid) = stack.pop() {
         let placement = store
             .placement(&oid)?
@@ -169,7 +174,11 @@ fn write_repository(
             }
         }
         placed.push((oid, placement));
+        if placed.len().is_multiple_of(1024) {
+            progress(Progress::At(placed.len() as u64));
+        }
     }
+    progress(Progress::Done);
     // Each path's versions in order: a vault delta base comes before the
     // versions built on it, so it can be the git delta base too.
     placed.sort_by_key(|(oid, p)| {
@@ -184,7 +193,11 @@ fn write_repository(
     let mut writer = PackWriter::new(&pack_dir, Some(placed.len() as u64))
         .map_err(|e| write_err(e.to_string()))?;
     let mut bytes = 0u64;
-    for (oid, placement) in &placed {
+    progress(Progress::Start("writing objects", placed.len() as u64));
+    for (n, (oid, placement)) in placed.iter().enumerate() {
+        if n.is_multiple_of(256) {
+            progress(Progress::At(n as u64));
+        }
         let (kind, data) = store.read_object(oid)?;
         let git_kind = from_kind(kind).ok_or_else(|| RestoreError::Decode {
             oid: *oid,

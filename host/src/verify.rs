@@ -331,13 +331,7 @@ pub fn verify(
     Ok(report)
 }
 
-/// How far a long check is, for a progress bar.
-#[derive(Clone, Copy, Debug)]
-pub enum Progress {
-    Start(&'static str, u64),
-    At(u64),
-    Done,
-}
+pub use crate::progress::Progress;
 
 struct Walk<'a> {
     vault: &'a Vault,

@@ -29,6 +29,7 @@ use super::format::{self, RecordHeader};
 use super::index::{self, Entry, MemIndex};
 use super::{DATA_FILE_TARGET, Vault, VaultError, lock, read, write};
 use crate::ids::{RecordId, RepoName, SnapshotId};
+use crate::progress::Progress;
 
 /// The collection of the documents that record forgotten snapshots.
 pub const FORGOTTEN: &str = "forgotten";
@@ -198,6 +199,7 @@ impl Vault {
         &self,
         live: &HashSet<RecordId>,
         options: PruneOptions,
+        progress: &dyn Fn(crate::progress::Progress),
     ) -> Result<PruneReport, VaultError> {
         let _writer = lock(&self.inner.writer)?;
         if let Some(((file_type, name), why)) = read(&self.inner.damaged_files)?.iter().next() {
@@ -325,7 +327,12 @@ impl Vault {
             }
             Ok(())
         };
-        for (id, entry, how) in to_write {
+        let count = to_write.len() as u64;
+        progress(Progress::Start("writing kept records", count));
+        for (n, (id, entry, how)) in to_write.into_iter().enumerate() {
+            if n.is_multiple_of(256) {
+                progress(Progress::At(n as u64));
+            }
             if buf.is_empty() {
                 buf.extend_from_slice(format::DATA_MAGIC);
             }
@@ -386,6 +393,7 @@ impl Vault {
             }
         }
         close(&mut buf, &mut pending, &mut moved)?;
+        progress(Progress::Done);
         lock(&self.inner.decoded)?.map.clear();
         report.data_bytes_after = report.data_bytes_before - removed_bytes + written_bytes;
         report.bytes_reclaimed = removed_bytes.saturating_sub(written_bytes);

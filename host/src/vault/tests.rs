@@ -628,6 +628,7 @@ fn prune_re_encodes_deltas_whose_base_goes_and_writers_go_on_after_it() {
                     max_unused_percent: 0,
                     dry_run: true,
                 },
+                &crate::progress::quiet,
             )
             .expect("dry run");
         let report = vault
@@ -637,6 +638,7 @@ fn prune_re_encodes_deltas_whose_base_goes_and_writers_go_on_after_it() {
                     max_unused_percent: 0,
                     dry_run: false,
                 },
+                &crate::progress::quiet,
             )
             .expect("prune");
         // Only versions whose base is below the kept run are written again.
