@@ -20,6 +20,7 @@ pub mod progress;
 mod properties;
 pub mod prune;
 pub mod receive;
+pub mod repair;
 pub mod restore;
 pub mod retention;
 pub mod serve;

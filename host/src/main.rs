@@ -101,6 +101,21 @@ enum RepairCommand {
     /// Delete the local cache of the vault's index, snapshot and document
     /// files and read them all again from the vault (stop `serve` first).
     Index,
+    /// Find every damaged or missing object (as `verify --read-data`),
+    /// fetch each repository that reaches one from its source, and store
+    /// again every one the source still has; report what it no longer has.
+    /// Credentials come from the config. Stop `serve` first. Exits 1 when
+    /// something could not be recovered.
+    Objects {
+        /// Only this repository's snapshots.
+        #[arg(long, value_name = "WS/SLUG")]
+        repo: Option<String>,
+        /// Find and fetch, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -826,6 +841,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             );
         }
+        Command::Repair {
+            what:
+                RepairCommand::Objects {
+                    repo,
+                    dry_run,
+                    json,
+                },
+        } => run_repair(&config, repo, dry_run, json)?,
         Command::Events {
             action,
             failed,
@@ -1329,6 +1352,51 @@ fn run_forget(
             ""
         }
     );
+    Ok(())
+}
+
+fn run_repair(
+    config: &Config,
+    repo: Option<String>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let repo = repo.as_deref().map(RepoName::parse).transpose()?;
+    let _lock = exclusive(config, "repair")?;
+    let store = serve::open_vault(config, Create::Never)?;
+    let deps = serve::backup_deps(config, store)?;
+    let report = hookvault::repair::repair(&deps, repo.as_ref(), dry_run, &progress_bar(json))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.damaged == 0 {
+        out!("nothing damaged or missing: nothing to repair");
+    } else {
+        let verb = if dry_run {
+            "would store again"
+        } else {
+            "stored again"
+        };
+        out!(
+            "{} objects damaged or missing; fetched {}; {verb} {}",
+            report.damaged,
+            if report.fetched.is_empty() {
+                "nothing".to_string()
+            } else {
+                report.fetched.join(", ")
+            },
+            report.repaired.len()
+        );
+        for lost in &report.lost {
+            out!("  lost {}: {}", lost.object, terminal::escape(&lost.why));
+        }
+    }
+    if !report.lost.is_empty() {
+        note!(
+            "hookvault: {} objects could not be recovered; the snapshots that reach them stay damaged (see `hookvault verify`)",
+            report.lost.len()
+        );
+        std::process::exit(1);
+    }
     Ok(())
 }
 

@@ -26,6 +26,7 @@ pub mod format;
 pub mod index;
 pub mod prune;
 pub mod refs;
+pub mod repair;
 pub mod snapshot;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

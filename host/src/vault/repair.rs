@@ -1,0 +1,138 @@
+//! Writing good copies of damaged or missing records (`hookvault repair`,
+//! which finds them and fetches their content from the source).
+//!
+//! Write order, so that a kill at any instant leaves the vault no worse:
+//! 1. one new data file with every good copy, each stored whole (depth 0,
+//!    with the path and version of the damaged entry, so the records built
+//!    on it still find it as their base);
+//! 2. one new index file: the good copies, and every other entry of the
+//!    index files that named a damaged copy;
+//! 3. those index files are removed.
+//!
+//! Until 3 is complete, an old index file may still name a damaged copy
+//! beside the good one; a reader takes the shallower entry, so a damaged
+//! whole record can still win the tie, and running repair again finishes
+//! the job. The damaged bytes stay in their data file, unindexed, until a
+//! prune rewrites it.
+
+use std::collections::HashSet;
+
+use super::backend::{FileName, FileType};
+use super::format::{self, RecordHeader};
+use super::index::{self, Entry, MemIndex};
+use super::{Vault, VaultError, lock, read, write};
+use crate::ids::{ObjectKind, RecordId};
+
+/// A good copy's place in the new data file, before the file has a name.
+struct Placed {
+    kind: ObjectKind,
+    offset: u64,
+    len: u64,
+    path: Option<(u64, u32)>,
+}
+
+impl Vault {
+    /// Store `objects` (id, kind, content; each checked against its id)
+    /// again, in place of whatever copy the index names now. Returns how
+    /// many were written.
+    pub fn replace_records(
+        &self,
+        objects: &[(RecordId, ObjectKind, Vec<u8>)],
+    ) -> Result<usize, VaultError> {
+        if objects.is_empty() {
+            return Ok(0);
+        }
+        let _writer = lock(&self.inner.writer)?;
+        let backend = &self.inner.backend;
+        let mut compressor = format::Compressor::new(self.inner.options.zstd_level);
+        let mut buf: Vec<u8> = format::DATA_MAGIC.to_vec();
+        // Entries once the data file has its name: (id, entry without it).
+        let mut placed: Vec<(RecordId, Placed)> = Vec::new();
+        let replaced: HashSet<RecordId> = objects.iter().map(|(id, _, _)| *id).collect();
+        {
+            let index = read(&self.inner.index)?;
+            for (id, kind, content) in objects {
+                if !format::matches_id(id, *kind, content) {
+                    return Err(VaultError::BadDocument {
+                        message: format!("the copy of {id} given to repair does not match its id"),
+                    });
+                }
+                let frame = compressor
+                    .compress(content, None)
+                    .map_err(VaultError::Encode)?;
+                let offset = buf.len() as u64;
+                RecordHeader {
+                    kind: *kind,
+                    delta: false,
+                    raw_size: content.len() as u64,
+                    frame_len: frame.len() as u64,
+                }
+                .encode(&mut buf);
+                buf.extend_from_slice(&frame);
+                let len = buf.len() as u64 - offset;
+                let path = index.get(id).and_then(|e| e.path);
+                placed.push((
+                    *id,
+                    Placed {
+                        kind: *kind,
+                        offset,
+                        len,
+                        path,
+                    },
+                ));
+            }
+        }
+        let data_name = FileName::from_hash(blake3::hash(&buf).as_bytes());
+        backend.write(FileType::Data, &data_name, &buf)?;
+        tracing::debug!(file = %data_name, records = placed.len(), "repair: data file written");
+
+        // Every index file that names a replaced record, read again.
+        let mut affected: Vec<FileName> = Vec::new();
+        let mut entries: Vec<(RecordId, Entry)> = placed
+            .into_iter()
+            .map(|(id, p)| {
+                let entry = Entry {
+                    kind: p.kind,
+                    depth: 0,
+                    file: data_name.clone(),
+                    offset: p.offset,
+                    len: p.len,
+                    path: p.path,
+                };
+                (id, entry)
+            })
+            .collect();
+        for (name, _) in backend.list(FileType::Index)? {
+            let Ok(bytes) = self.read_small(FileType::Index, &name) else {
+                continue;
+            };
+            let Ok(decoded) = index::decode_index_file(&bytes) else {
+                continue;
+            };
+            if decoded.iter().any(|(id, _)| replaced.contains(id)) {
+                entries.extend(decoded.into_iter().filter(|(id, _)| !replaced.contains(id)));
+                affected.push(name);
+            }
+        }
+        entries.sort_by_key(|(id, _)| *id);
+        entries.dedup_by_key(|(id, _)| *id);
+        let bytes = index::encode_index_file(&entries).map_err(VaultError::Encode)?;
+        let new_index = FileName::from_hash(blake3::hash(&bytes).as_bytes());
+        self.write_small(FileType::Index, &new_index, &bytes)?;
+        tracing::debug!(file = %new_index, entries = entries.len(), "repair: index file written");
+        for name in affected.iter().filter(|n| **n != new_index) {
+            match backend.remove(FileType::Index, name) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            tracing::debug!(file = %name, "repair: index file removed");
+        }
+
+        // The in-memory index, as the files now are.
+        *write(&self.inner.index)? = MemIndex::default();
+        self.refresh()?;
+        lock(&self.inner.decoded)?.map.clear();
+        Ok(objects.len())
+    }
+}
