@@ -176,6 +176,38 @@ fn repair_stores_again_what_the_source_has_and_names_what_it_lost() {
         );
     }
 
+    // Damage `verify` found is repaired by `serve` after the repository's
+    // next backup.
+    let copy = case(tmp.path(), "by-serve", &config_text, &store);
+    flip_middle(&copy.vault.join(relative(&last_data)));
+    let (ok, found) = verify(&copy.config, &["--read-data"]);
+    assert!(!ok, "{found}");
+    let note = copy.vault.parent().expect("store").join("damaged.json");
+    let noted = std::fs::read_to_string(&note).expect("verify notes the repository");
+    assert!(noted.contains(REPO), "{noted}");
+    let service = Service::launch(&tmp.path().join("by-serve"), copy.config.clone());
+    let c3 = work.commit("src/other.rs", "fn g() {}\n", "Three");
+    work.git(&["push", "-q", "origin", "main"]);
+    let id = "{66666666-aaaa-4bbb-8ccc-999999999999}";
+    service.push(id, &branch_push(REPO, "main", Some(&c2), &c3));
+    assert_eq!(service.outcome(id)["status"], "done", "{}", service.log());
+    wait_until(
+        "the repair after the backup",
+        std::time::Duration::from_secs(60),
+        || (!note.exists()).then_some(()),
+    );
+    assert!(
+        service.log().contains("was repaired from the source"),
+        "{}",
+        service.log()
+    );
+    service.stop();
+    let (ok, after) = verify(&copy.config, &["--read-data"]);
+    assert!(ok, "after serve's repair: {after}");
+    for id in &snapshots {
+        assert_restores(&copy.config, id, &restored);
+    }
+
     // Damage to what only the deleted, collected branch held: lost.
     let copy = case(tmp.path(), "lost", &config_text, &store);
     flip_middle(&copy.vault.join(relative(&gone_data)));

@@ -1222,6 +1222,13 @@ fn run_verify(
     let started = std::time::Instant::now();
     let report = hookvault::verify::verify(&store, &options, &progress_bar(json))?;
     let seconds = started.elapsed().as_secs_f64();
+    // Noted for `serve`, which repairs each after its next backup.
+    let (_, reach_damage) = hookvault::repair::affected(&store, &report, options.repo.as_ref())?;
+    if !reach_damage.is_empty()
+        && let Err(e) = hookvault::repair::mark(&config.store.path, &reach_damage)
+    {
+        note!("hookvault: cannot note the damaged repositories for serve: {e}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -1366,6 +1373,14 @@ fn run_repair(
     let store = serve::open_vault(config, Create::Never)?;
     let deps = serve::backup_deps(config, store)?;
     let report = hookvault::repair::repair(&deps, repo.as_ref(), dry_run, &progress_bar(json))?;
+    if !dry_run {
+        // Repaired (or found sound): no longer for `serve` to repair.
+        for noted in hookvault::repair::marked(&config.store.path) {
+            if repo.as_ref().is_none_or(|r| r == &noted) {
+                hookvault::repair::unmark(&config.store.path, &noted)?;
+            }
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.damaged == 0 {

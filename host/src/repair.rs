@@ -8,6 +8,7 @@
 //! only in the vault: repair reports them, it cannot fetch them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -15,7 +16,7 @@ use crate::git::{Remote, Workspace};
 use crate::ids::{GitOid, RecordId, RepoName};
 use crate::plugins::BackupDeps;
 use crate::progress::Progress;
-use crate::vault::VaultError;
+use crate::vault::{Vault, VaultError};
 use crate::verify::{self, ProblemKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +51,7 @@ pub struct RepairReport {
 /// What one `verify --read-data` found to get back: objects, and the
 /// repositories whose snapshots reach them.
 fn damage(
-    vault: &crate::vault::Vault,
+    vault: &Vault,
     only: Option<&RepoName>,
     progress: &dyn Fn(Progress),
 ) -> Result<(BTreeSet<GitOid>, BTreeSet<RepoName>), RepairError> {
@@ -59,6 +60,17 @@ fn damage(
         repo: only.cloned(),
     };
     let found = verify::verify(vault, &options, progress)?;
+    Ok(affected(vault, &found, only)?)
+}
+
+/// The objects a verify report finds damaged or missing, and the
+/// repositories whose snapshots reach them (every repository when a
+/// damaged record was found that no snapshot walk met).
+pub fn affected(
+    vault: &Vault,
+    found: &verify::Report,
+    only: Option<&RepoName>,
+) -> Result<(BTreeSet<GitOid>, BTreeSet<RepoName>), VaultError> {
     let mut bad: BTreeSet<GitOid> = BTreeSet::new();
     let mut repos: BTreeSet<RepoName> = BTreeSet::new();
     for problem in &found.problems {
@@ -90,13 +102,96 @@ fn damage(
             repos.insert(snapshot.body.repository.clone());
         }
     }
-    // A damaged record that the read of every record found and no
-    // snapshot walk met could belong to any repository.
     if repos.is_empty() && !bad.is_empty() {
         repos.extend(vault.repositories()?);
     }
     repos.retain(|r| only.is_none_or(|o| o == r));
     Ok((bad, repos))
+}
+
+/// Where `verify` notes the repositories whose snapshots reach damage, so
+/// that `serve` repairs each after its next backup.
+fn marker(store_dir: &Path) -> PathBuf {
+    store_dir.join("damaged.json")
+}
+
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+struct Marked {
+    repositories: BTreeSet<RepoName>,
+}
+
+/// The repositories noted as reaching damage.
+pub fn marked(store_dir: &Path) -> BTreeSet<RepoName> {
+    std::fs::read(marker(store_dir))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Marked>(&bytes).ok())
+        .map(|m| m.repositories)
+        .unwrap_or_default()
+}
+
+fn write_marked(store_dir: &Path, repositories: BTreeSet<RepoName>) -> std::io::Result<()> {
+    let path = marker(store_dir);
+    if repositories.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let bytes =
+        serde_json::to_vec_pretty(&Marked { repositories }).map_err(std::io::Error::other)?;
+    let mut file = tempfile::NamedTempFile::new_in(store_dir)?;
+    std::io::Write::write_all(&mut file, &bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(&path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Note `repos` as reaching damage (beside those noted already).
+pub fn mark(store_dir: &Path, repos: &BTreeSet<RepoName>) -> std::io::Result<()> {
+    let mut all = marked(store_dir);
+    all.extend(repos.iter().cloned());
+    write_marked(store_dir, all)
+}
+
+/// Forget the note for `repo`.
+pub fn unmark(store_dir: &Path, repo: &RepoName) -> std::io::Result<()> {
+    let mut all = marked(store_dir);
+    if all.remove(repo) {
+        write_marked(store_dir, all)?;
+    }
+    Ok(())
+}
+
+/// After a backup of `repo` in `serve`: when `verify` noted that its
+/// snapshots reach damage, repair it from the source now, and drop the
+/// note once a repair ran (what it could not get back is logged: the
+/// source will not have it later either).
+pub fn after_backup(deps: &BackupDeps, repo: &RepoName) {
+    if !marked(&deps.store_dir).contains(repo) {
+        return;
+    }
+    match repair(deps, Some(repo), false, &crate::progress::quiet) {
+        Ok(report) => {
+            if report.lost.is_empty() {
+                tracing::info!(
+                    repaired = report.repaired.len(),
+                    "damage verify found was repaired from the source"
+                );
+            } else {
+                tracing::error!(
+                    repaired = report.repaired.len(),
+                    lost = report.lost.len(),
+                    "damage verify found was repaired where the source still has it; the rest is lost (see `hookvault verify`)"
+                );
+            }
+            if let Err(e) = unmark(&deps.store_dir, repo) {
+                tracing::warn!(error = %e, "cannot update the note of damaged repositories");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "repair after backup failed; trying again after the next one")
+        }
+    }
 }
 
 /// Fetch `repo` whole from its source into a new workspace.

@@ -113,6 +113,7 @@ pub fn backup_deps(config: &Config, store: Vault) -> Result<BackupDeps, ConfigEr
         );
     }
     Ok(BackupDeps {
+        store_dir: config.store.path.clone(),
         work_dir: work_dir(config),
         store,
         sources,

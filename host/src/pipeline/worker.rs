@@ -300,7 +300,12 @@ impl Worker {
         let _backup = self.gate.backup().await;
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            run_pipeline(&plugins, deps, &event, &ids)
+            let outcome = run_pipeline(&plugins, deps.clone(), &event, &ids);
+            // Also after a failure: damage can be why it failed.
+            if !matches!(outcome, Ok(Outcome::Skipped(_))) {
+                crate::repair::after_backup(&deps, &event.repository);
+            }
+            outcome
         })
         .await
         .map_err(|e| Failure::transient(format!("backup task panicked: {e}")))?

@@ -48,6 +48,8 @@ pub struct SourceGit {
 #[derive(Debug)]
 pub struct BackupDeps {
     pub store: Vault,
+    /// `store.path`: the queue, caches and notes beside the vault.
+    pub store_dir: PathBuf,
     /// Where each backup's temporary fetch workspace is made.
     pub work_dir: PathBuf,
     pub sources: HashMap<String, SourceGit>,
