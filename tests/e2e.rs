@@ -591,6 +591,10 @@ fn read_commands_work_while_serve_runs_and_never_create_a_store() {
         vec!["snapshots", "--repo", REPO],
         vec!["stats"],
         vec!["restore", "--repo", REPO, "--to", never],
+        vec!["verify"],
+        vec!["forget", "--keep-last", "1"],
+        vec!["prune"],
+        vec!["repair", "objects"],
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookvault"))
             .arg("--config")
@@ -604,7 +608,7 @@ fn read_commands_work_while_serve_runs_and_never_create_a_store() {
     }
     assert!(
         !wrong.exists(),
-        "a read command created {}",
+        "a command created {}",
         wrong.display()
     );
     assert!(!Path::new(never).exists());

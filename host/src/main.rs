@@ -1283,10 +1283,18 @@ fn run_verify(
 /// runs) for a command that deletes from the vault.
 fn exclusive(config: &Config, what: &str) -> anyhow::Result<hookvault::pipeline::queue::Queue> {
     let dir = config.store.path.join("queue");
+    // A local vault lives in store.path: without it there is nothing to
+    // lock, and nothing is created. A bucket's store.path may be new here.
+    if config.store.url.is_none() && !config.store.path.join("vault").is_dir() {
+        anyhow::bail!(
+            "no vault at {} (store.path in the config): nothing to {what}",
+            config.store.path.join("vault").display()
+        );
+    }
     std::fs::create_dir_all(&config.store.path)
         .with_context(|| format!("creating {}", config.store.path.display()))?;
     hookvault::pipeline::queue::Queue::open_dir(&dir).with_context(|| {
-        format!("{what} needs the store to itself: stop `hookvault serve` (or the other forget or prune) first")
+        format!("{what} needs the store to itself: stop `hookvault serve` (or the other forget, prune or repair) first")
     })
 }
 
