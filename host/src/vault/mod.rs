@@ -21,6 +21,7 @@
 
 pub mod backend;
 pub mod cache;
+pub mod crypto;
 pub mod documents;
 pub mod format;
 pub mod index;
