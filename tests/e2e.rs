@@ -606,11 +606,7 @@ fn read_commands_work_while_serve_runs_and_never_create_a_store() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains("no vault at"), "{args:?}: {stderr}");
     }
-    assert!(
-        !wrong.exists(),
-        "a command created {}",
-        wrong.display()
-    );
+    assert!(!wrong.exists(), "a command created {}", wrong.display());
     assert!(!Path::new(never).exists());
     service.stop();
 }

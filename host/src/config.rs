@@ -155,6 +155,12 @@ pub struct StoreConfig {
     /// zstd level for new records (1–22; higher is smaller and slower).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
+    /// Encrypt the vault (FORMAT.md, "Encryption"): a vault created with a
+    /// passphrase is encrypted, and opens only with one of its keys' (a
+    /// literal, `{ env = "VAR" }` or `{ file = "PATH" }`, whose contents are
+    /// the passphrase: a key file).
+    #[serde(default)]
+    pub passphrase: Option<Secret>,
 }
 
 /// `[store.s3]`: credentials are secrets like the others (literal, env or
@@ -186,6 +192,7 @@ impl Default for StoreConfig {
             url: None,
             s3: S3Config::default(),
             zstd_level: default_zstd_level(),
+            passphrase: None,
         }
     }
 }

@@ -119,6 +119,31 @@ enum RepairCommand {
 }
 
 #[derive(Subcommand)]
+enum KeyCommand {
+    /// Every key: id, label, when it was added, and which one opened it.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a key for another passphrase, read from an environment variable
+    /// or a file (never from the command line).
+    Add {
+        /// Environment variable holding the new passphrase.
+        #[arg(long, value_name = "VAR", conflicts_with = "new_passphrase_file")]
+        new_passphrase_env: Option<String>,
+        /// File whose contents are the new passphrase (a key file).
+        #[arg(long, value_name = "PATH")]
+        new_passphrase_file: Option<PathBuf>,
+        /// What the key is for, shown by `key list`.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Remove a key (by id or a unique prefix): never the one that opened
+    /// the vault, never the last.
+    Remove { id: String },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Receive webhooks and back up every push.
     Serve,
@@ -282,6 +307,12 @@ enum Command {
     Repair {
         #[command(subcommand)]
         what: RepairCommand,
+    },
+    /// The keys of an encrypted vault (store.passphrase opens it): each is
+    /// the master key wrapped under one passphrase.
+    Key {
+        #[command(subcommand)]
+        action: KeyCommand,
     },
     /// Vault-wide counters, and deliveries by state (failed ones too).
     Stats {
@@ -855,6 +886,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             repo,
             json,
         } => run_events(&config, action, failed, repo, json)?,
+        Command::Key { action } => run_key(&config, action)?,
         Command::Stats { json } => {
             let store = serve::open_vault(&config, Create::Never)?;
             let stats = store.stats()?;
@@ -1367,6 +1399,52 @@ fn run_forget(
             ""
         }
     );
+    Ok(())
+}
+
+fn run_key(config: &Config, action: KeyCommand) -> anyhow::Result<()> {
+    let store = serve::open_vault(config, Create::Never)?;
+    match action {
+        KeyCommand::List { json } => {
+            let keys = store.keys()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                for k in &keys {
+                    out!(
+                        "{}  {}  {}{}",
+                        &k.id[..12],
+                        format_time(k.created_ms),
+                        k.label,
+                        if k.in_use { "  (in use)" } else { "" }
+                    );
+                }
+            }
+        }
+        KeyCommand::Add {
+            new_passphrase_env,
+            new_passphrase_file,
+            label,
+        } => {
+            let secret = match (new_passphrase_env, new_passphrase_file) {
+                (Some(var), None) => std::env::var(&var)
+                    .with_context(|| format!("the new passphrase: environment variable {var}"))?
+                    .into_bytes(),
+                (None, Some(path)) => std::fs::read(&path)
+                    .with_context(|| format!("the new passphrase: {}", path.display()))?,
+                _ => anyhow::bail!("give --new-passphrase-env VAR or --new-passphrase-file PATH"),
+            };
+            if secret.is_empty() {
+                anyhow::bail!("the new passphrase is empty");
+            }
+            let id = store.add_key(&hookvault::vault::crypto::Passphrase::new(secret), &label)?;
+            note!("key {} added", &id[..12]);
+        }
+        KeyCommand::Remove { id } => {
+            let removed = store.remove_key(&id)?;
+            note!("key {} removed", &removed[..12]);
+        }
+    }
     Ok(())
 }
 

@@ -275,14 +275,14 @@ proptest! {
         bytes in prop::collection::vec(any::<u8>(), 0..512),
         body in prop::collection::vec(any::<u8>(), 0..512),
     ) {
-        let _ = index::decode_index_file(&bytes);
+        let _ = index::decode_index_file(&bytes, None);
         let _ = refs::decode_chunk(&bytes, &mut std::collections::BTreeMap::new());
         let name = crate::vault::backend::FileName::from_hash(blake3::hash(&bytes).as_bytes());
-        let _ = snapshot::Snapshot::open(&name, &bytes);
+        let _ = snapshot::Snapshot::open(&name, &bytes, None);
         // A well-formed envelope around any body.
         let sealed = format::seal(format::INDEX_MAGIC, &body, 3).expect("seal");
         prop_assert_eq!(format::open_envelope(format::INDEX_MAGIC, &sealed).expect("open"), body.clone());
-        let _ = index::decode_index_file(&sealed);
-        let _ = snapshot::Snapshot::open(&name, &sealed);
+        let _ = index::decode_index_file(&sealed, None);
+        let _ = snapshot::Snapshot::open(&name, &sealed, None);
     }
 }

@@ -54,8 +54,16 @@ pub fn cache_dir(config: &Config) -> std::path::PathBuf {
 /// local cache of a bucket's small files; read commands never create a
 /// vault and never lock anything.
 pub fn open_vault(config: &Config, create: Create) -> Result<Vault, ServeError> {
+    let passphrase = config
+        .store
+        .passphrase
+        .as_ref()
+        .map(|s| s.resolve("store.passphrase"))
+        .transpose()?
+        .map(|s| crate::vault::crypto::Passphrase::new(s.expose().as_bytes().to_vec()));
     let options = WriteOptions {
         zstd_level: config.store.zstd_level,
+        passphrase,
     };
     let Some(url) = &config.store.url else {
         return Ok(Vault::open_local(

@@ -237,22 +237,41 @@ mod tests {
         let other = MasterKey::generate().expect("key");
         let sealed = key.seal(Purpose::Record, b"secret bytes").expect("seal");
         assert_eq!(sealed.len(), NONCE_LEN + 12 + TAG_LEN);
-        assert_eq!(key.open(Purpose::Record, &sealed).expect("open"), b"secret bytes");
-        assert!(matches!(other.open(Purpose::Record, &sealed), Err(CryptoError::Unauthentic)));
-        assert!(matches!(key.open(Purpose::File, &sealed), Err(CryptoError::Unauthentic)));
+        assert_eq!(
+            key.open(Purpose::Record, &sealed).expect("open"),
+            b"secret bytes"
+        );
+        assert!(matches!(
+            other.open(Purpose::Record, &sealed),
+            Err(CryptoError::Unauthentic)
+        ));
+        assert!(matches!(
+            key.open(Purpose::File, &sealed),
+            Err(CryptoError::Unauthentic)
+        ));
         let mut flipped = sealed.clone();
         flipped[NONCE_LEN + 3] ^= 1;
-        assert!(matches!(key.open(Purpose::Record, &flipped), Err(CryptoError::Unauthentic)));
+        assert!(matches!(
+            key.open(Purpose::Record, &flipped),
+            Err(CryptoError::Unauthentic)
+        ));
         assert!(key.open(Purpose::Record, &sealed[..10]).is_err());
         // A fresh nonce each time.
-        assert_ne!(sealed, key.seal(Purpose::Record, b"secret bytes").expect("seal"));
+        assert_ne!(
+            sealed,
+            key.seal(Purpose::Record, b"secret bytes").expect("seal")
+        );
     }
 
     #[test]
     fn a_key_file_opens_with_its_passphrase_only() {
         let key = MasterKey::generate().expect("key");
-        let file = key.wrap(&Passphrase::new("correct horse"), "ops", 1).expect("wrap");
-        let again = file.unwrap_key(&Passphrase::new("correct horse")).expect("unwrap");
+        let file = key
+            .wrap(&Passphrase::new("correct horse"), "ops", 1)
+            .expect("wrap");
+        let again = file
+            .unwrap_key(&Passphrase::new("correct horse"))
+            .expect("unwrap");
         let sealed = key.seal(Purpose::File, b"x").expect("seal");
         assert_eq!(again.open(Purpose::File, &sealed).expect("open"), b"x");
         assert!(matches!(

@@ -3,6 +3,7 @@
 //! versions of one document a line of deltas; each changed `put` adds one
 //! document file, so any document can be read as it was at any past moment.
 
+use super::crypto::MasterKey;
 use serde::{Deserialize, Serialize};
 
 use super::backend::FileName;
@@ -24,19 +25,23 @@ pub struct DocumentVersion {
 }
 
 impl DocumentVersion {
-    pub fn seal(&self) -> Result<(FileName, Vec<u8>), FormatError> {
+    pub fn seal(&self, key: Option<&MasterKey>) -> Result<(FileName, Vec<u8>), FormatError> {
         let json = serde_json::to_vec(self).map_err(|e| FormatError(e.to_string()))?;
-        let bytes = format::seal(DOCUMENT_MAGIC, &json, 3)?;
+        let bytes = format::seal_keyed(DOCUMENT_MAGIC, &json, 3, key)?;
         Ok((FileName::from_hash(blake3::hash(&bytes).as_bytes()), bytes))
     }
 
-    pub fn open(name: &FileName, bytes: &[u8]) -> Result<Self, FormatError> {
+    pub fn open(
+        name: &FileName,
+        bytes: &[u8],
+        key: Option<&MasterKey>,
+    ) -> Result<Self, FormatError> {
         if name.hash() != Some(*blake3::hash(bytes).as_bytes()) {
             return Err(FormatError(
                 "content does not match the file name (damaged or altered)".into(),
             ));
         }
-        let json = format::open_envelope(DOCUMENT_MAGIC, bytes)?;
+        let json = format::open_envelope_keyed(DOCUMENT_MAGIC, bytes, key)?;
         serde_json::from_slice(&json).map_err(|e| FormatError(e.to_string()))
     }
 

@@ -6,6 +6,7 @@
 use integer_encoding::VarInt;
 use serde::{Deserialize, Serialize};
 
+use super::crypto::{MasterKey, Purpose};
 use crate::ids::{ObjectKind, RecordId};
 
 pub const FORMAT_VERSION: u32 = 2;
@@ -159,10 +160,99 @@ pub fn read_bytes<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [
 
 /// Wrap a body in the envelope of `magic` (zstd frame).
 pub fn seal(magic: &[u8; 8], body: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
+    seal_keyed(magic, body, level, None)
+}
+
+/// Envelope kind byte (the seventh) of an encrypted file.
+const ENVELOPE_SEALED: u8 = 1;
+
+/// [`seal`], and with `key` the zstd frame encrypted: kind 1, then
+/// `nonce ‖ AEAD(frame) ‖ tag`.
+pub fn seal_keyed(
+    magic: &[u8; 8],
+    body: &[u8],
+    level: i32,
+    key: Option<&MasterKey>,
+) -> Result<Vec<u8>, FormatError> {
     let mut out = magic.to_vec();
     let frame = zstd::bulk::compress(body, level).map_err(|e| bad(format!("zstd: {e}")))?;
-    out.extend_from_slice(&frame);
+    match key {
+        None => out.extend_from_slice(&frame),
+        Some(key) => {
+            out[6] = ENVELOPE_SEALED;
+            out.extend_from_slice(
+                &key.seal(Purpose::File, &frame)
+                    .map_err(|e| bad(e.to_string()))?,
+            );
+        }
+    }
     Ok(out)
+}
+
+/// [`open_envelope`] of a file of a vault that `key` encrypts (or that is
+/// not encrypted, with `None`). A plain file in an encrypted vault is
+/// refused: it can only have been put there by someone without the key.
+pub fn open_envelope_keyed(
+    magic: &[u8; 8],
+    bytes: &[u8],
+    key: Option<&MasterKey>,
+) -> Result<Vec<u8>, FormatError> {
+    let (Some(key), Some(head)) = (key, bytes.get(..8)) else {
+        return open_envelope(magic, bytes);
+    };
+    if head[..6] != magic[..6] {
+        return Err(bad("wrong magic: not a file of this type"));
+    }
+    if head[6] != ENVELOPE_SEALED {
+        return Err(bad(
+            "not encrypted, in an encrypted vault (not written by this vault's writers)",
+        ));
+    }
+    let frame = key
+        .open(Purpose::File, &bytes[8..])
+        .map_err(|e| bad(e.to_string()))?;
+    let mut plain = magic.to_vec();
+    plain[7] = head[7];
+    plain.extend_from_slice(&frame);
+    open_envelope(magic, &plain)
+}
+
+/// A record as the data file holds it: `header ‖ frame`, sealed with
+/// `key` (see [`seal_record`]).
+pub fn encode_record(
+    header: RecordHeader,
+    frame: &[u8],
+    key: Option<&MasterKey>,
+) -> Result<Vec<u8>, FormatError> {
+    let mut record = Vec::with_capacity(frame.len() + 24);
+    header.encode(&mut record);
+    record.extend_from_slice(frame);
+    seal_record(record, key)
+}
+
+/// A record (header and frame) as the data file holds it: with `key`,
+/// `nonce ‖ AEAD(header ‖ frame) ‖ tag`, so not even kinds and sizes show.
+pub fn seal_record(record: Vec<u8>, key: Option<&MasterKey>) -> Result<Vec<u8>, FormatError> {
+    match key {
+        None => Ok(record),
+        Some(key) => key
+            .seal(Purpose::Record, &record)
+            .map_err(|e| bad(e.to_string())),
+    }
+}
+
+/// The header and frame of a record as the data file holds it.
+pub fn open_record<'a>(
+    bytes: &'a [u8],
+    key: Option<&MasterKey>,
+) -> Result<std::borrow::Cow<'a, [u8]>, FormatError> {
+    match key {
+        None => Ok(std::borrow::Cow::Borrowed(bytes)),
+        Some(key) => key
+            .open(Purpose::Record, bytes)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|e| bad(e.to_string())),
+    }
 }
 
 /// Largest body an envelope may claim (index files of very large vaults

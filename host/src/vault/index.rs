@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::backend::FileName;
+use super::crypto::MasterKey;
 use super::format::{self, FormatError, INDEX_MAGIC, push_varint, read_bytes, read_varint};
 use crate::ids::{ObjectKind, RecordId};
 
@@ -22,7 +23,10 @@ pub struct Entry {
 }
 
 /// Encode the body of an index file and seal it.
-pub fn encode_index_file(entries: &[(RecordId, Entry)]) -> Result<Vec<u8>, FormatError> {
+pub fn encode_index_file(
+    entries: &[(RecordId, Entry)],
+    key: Option<&MasterKey>,
+) -> Result<Vec<u8>, FormatError> {
     let mut files: Vec<&FileName> = Vec::new();
     let mut file_ord: HashMap<&FileName, u64> = HashMap::new();
     let mut paths: Vec<u64> = Vec::new();
@@ -67,12 +71,15 @@ pub fn encode_index_file(entries: &[(RecordId, Entry)]) -> Result<Vec<u8>, Forma
             }
         }
     }
-    format::seal(INDEX_MAGIC, &body, 3)
+    format::seal_keyed(INDEX_MAGIC, &body, 3, key)
 }
 
 /// Decode an index file (whole, as stored).
-pub fn decode_index_file(bytes: &[u8]) -> Result<Vec<(RecordId, Entry)>, FormatError> {
-    let body = format::open_envelope(INDEX_MAGIC, bytes)?;
+pub fn decode_index_file(
+    bytes: &[u8],
+    key: Option<&MasterKey>,
+) -> Result<Vec<(RecordId, Entry)>, FormatError> {
+    let body = format::open_envelope_keyed(INDEX_MAGIC, bytes, key)?;
     let mut at = 0;
     let count = |at: &mut usize, what: &str| -> Result<usize, FormatError> {
         let n = read_varint(&body, at)?;
@@ -253,13 +260,13 @@ mod tests {
                 },
             ),
         ];
-        let bytes = encode_index_file(&entries).expect("encode");
-        assert_eq!(decode_index_file(&bytes).expect("decode"), entries);
+        let bytes = encode_index_file(&entries, None).expect("encode");
+        assert_eq!(decode_index_file(&bytes, None).expect("decode"), entries);
         let mut index = MemIndex::default();
         index.insert_file(f1, entries);
         assert_eq!(index.version(42, 7), Some(RecordId([9; 20])));
         assert_eq!(index.next_version(42), 8);
         assert_eq!(index.next_version(41), 0);
-        assert!(decode_index_file(&bytes[..bytes.len() - 3]).is_err());
+        assert!(decode_index_file(&bytes[..bytes.len() - 3], None).is_err());
     }
 }

@@ -60,6 +60,16 @@ pub enum VaultError {
     )]
     NoVault { location: String },
     #[error(
+        "the vault at {location} is encrypted: set store.passphrase in the config (a literal, {{ env = \"VAR\" }} or {{ file = \"PATH\" }})"
+    )]
+    NeedsPassphrase { location: String },
+    #[error("wrong passphrase for the vault at {location}: none of its keys opens with it")]
+    WrongPassphrase { location: String },
+    #[error(
+        "the vault at {location} is not encrypted, but store.passphrase is set: remove it, or back up into a new, encrypted vault"
+    )]
+    NotEncrypted { location: String },
+    #[error(
         "the vault at {location} has format {found}; this hookvault reads format {}",
         format::FORMAT_VERSION
     )]
@@ -133,16 +143,22 @@ pub struct VaultStats {
     pub document_versions: u64,
 }
 
-/// How the vault writes.
-#[derive(Debug, Clone, Copy)]
+/// How the vault writes, and what opens it.
+#[derive(Debug, Clone)]
 pub struct WriteOptions {
     /// zstd level for records.
     pub zstd_level: i32,
+    /// The passphrase of an encrypted vault; a vault created with one is
+    /// encrypted (FORMAT.md, "Encryption").
+    pub passphrase: Option<crypto::Passphrase>,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        Self { zstd_level: 3 }
+        Self {
+            zstd_level: 3,
+            passphrase: None,
+        }
     }
 }
 
@@ -342,6 +358,10 @@ struct Inner {
     options: WriteOptions,
     /// `serve`'s local copy of the small files; read commands have none.
     files: Option<cache::FileCache>,
+    /// The master key of an encrypted vault.
+    key: Option<crypto::MasterKey>,
+    /// The key file it was unlocked with.
+    key_file: Option<FileName>,
 }
 
 /// A handle to the vault; cheap to clone.
@@ -386,6 +406,7 @@ fn file_type_name(file_type: FileType) -> &'static str {
         FileType::Index => "index",
         FileType::Snapshot => "snapshot",
         FileType::Document => "document",
+        FileType::Key => "key",
     }
 }
 
@@ -430,19 +451,43 @@ impl Vault {
         files: Option<cache::FileCache>,
     ) -> Result<Self, VaultError> {
         let location = backend.location();
-        let config = match backend.read(FileType::Config, &FileName::config()) {
-            Ok(bytes) => bytes,
+        let (config, created_key) = match backend.read(FileType::Config, &FileName::config()) {
+            Ok(bytes) => (bytes, None),
             Err(e) if e.is_not_found() && create == Create::IfMissing => {
-                let config = new_config()?;
+                let mut config = new_config()?;
+                // The key file first: a config that names encryption is
+                // never without a key that opens it.
+                let created_key = match &options.passphrase {
+                    Some(passphrase) => {
+                        let key = crypto::MasterKey::generate().map_err(encrypt_err)?;
+                        let name = write_key_file(&*backend, &key, passphrase, "first")?;
+                        config.encryption = Some(serde_json::json!({
+                            "aead": "xchacha20poly1305",
+                            "kdf": "argon2id",
+                        }));
+                        Some((key, name))
+                    }
+                    None => None,
+                };
                 let bytes = serde_json::to_vec_pretty(&config)
                     .map_err(|e| VaultError::Encode(FormatError(e.to_string())))?;
                 backend.write(FileType::Config, &FileName::config(), &bytes)?;
-                bytes
+                (bytes, created_key)
             }
             Err(e) if e.is_not_found() => return Err(VaultError::NoVault { location }),
             Err(e) => return Err(e.into()),
         };
-        check_config(&location, &config)?;
+        let encrypted = check_config(&location, &config)?;
+        let (key, key_file) = match (created_key, encrypted, &options.passphrase) {
+            (Some((key, name)), _, _) => (Some(key), Some(name)),
+            (None, true, Some(passphrase)) => {
+                let (key, name) = unlock(&*backend, &location, passphrase)?;
+                (Some(key), Some(name))
+            }
+            (None, true, None) => return Err(VaultError::NeedsPassphrase { location }),
+            (None, false, Some(_)) => return Err(VaultError::NotEncrypted { location }),
+            (None, false, None) => (None, None),
+        };
         let vault = Self {
             inner: Arc::new(Inner {
                 backend,
@@ -455,6 +500,8 @@ impl Vault {
                 decoded: Mutex::new(DecodedCache::default()),
                 options,
                 files,
+                key,
+                key_file,
             }),
         };
         vault.refresh()?;
@@ -463,6 +510,81 @@ impl Vault {
 
     pub fn location(&self) -> &str {
         &self.inner.location
+    }
+
+    /// The master key, in an encrypted vault.
+    pub(crate) fn key(&self) -> Option<&crypto::MasterKey> {
+        self.inner.key.as_ref()
+    }
+
+    fn need_key(&self) -> Result<&crypto::MasterKey, VaultError> {
+        self.key().ok_or_else(|| VaultError::BadDocument {
+            message: format!(
+                "the vault at {} is not encrypted: it has no keys",
+                self.inner.location
+            ),
+        })
+    }
+
+    /// The key files of an encrypted vault.
+    pub fn keys(&self) -> Result<Vec<KeyInfo>, VaultError> {
+        self.need_key()?;
+        let mut out: Vec<KeyInfo> = key_files(&*self.inner.backend, &self.inner.location)?
+            .into_iter()
+            .map(|(name, file)| KeyInfo {
+                in_use: self.inner.key_file.as_ref() == Some(&name),
+                id: name.to_string(),
+                label: file.label,
+                created_ms: file.created_ms,
+            })
+            .collect();
+        out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(out)
+    }
+
+    /// Add a key file that `passphrase` opens; returns its id.
+    pub fn add_key(
+        &self,
+        passphrase: &crypto::Passphrase,
+        label: &str,
+    ) -> Result<String, VaultError> {
+        let key = self.need_key()?;
+        Ok(write_key_file(&*self.inner.backend, key, passphrase, label)?.to_string())
+    }
+
+    /// Remove the key file whose id starts with `prefix`: never the one this
+    /// handle was opened with, and never the last.
+    pub fn remove_key(&self, prefix: &str) -> Result<String, VaultError> {
+        let keys = self.keys()?;
+        let refuse = |message: String| VaultError::BadDocument { message };
+        let matching: Vec<&KeyInfo> = keys
+            .iter()
+            .filter(|k| !prefix.is_empty() && k.id.starts_with(prefix))
+            .collect();
+        let key = match matching.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(refuse(format!(
+                    "no key {prefix:?} (see `hookvault key list`)"
+                )));
+            }
+            _ => return Err(refuse(format!("{prefix:?} names more than one key"))),
+        };
+        if key.in_use {
+            return Err(refuse(format!(
+                "key {} is the one store.passphrase opens: remove another, or open with another passphrase first",
+                &key.id[..12]
+            )));
+        }
+        if keys.len() == 1 {
+            return Err(refuse(
+                "the last key is never removed: the vault would be unreadable".into(),
+            ));
+        }
+        let name =
+            FileName::parse(&key.id).ok_or_else(|| refuse(format!("bad key id {}", key.id)))?;
+        self.inner.backend.remove(FileType::Key, &name)?;
+        Ok(key.id.clone())
     }
 
     fn bad_file(&self, file_type: FileType, name: &FileName, e: FormatError) -> VaultError {
@@ -537,7 +659,7 @@ impl Vault {
                         FormatError("content does not match the file name".into()),
                     ));
                 }
-                index::decode_index_file(&bytes)
+                index::decode_index_file(&bytes, self.key())
                     .map_err(|e| self.bad_file(FileType::Index, &name, e))
             });
             match decoded {
@@ -563,7 +685,7 @@ impl Vault {
             let opened = self
                 .read_small(FileType::Snapshot, &name)
                 .and_then(|bytes| {
-                    Snapshot::open(&name, &bytes)
+                    Snapshot::open(&name, &bytes, self.key())
                         .map_err(|e| self.bad_file(FileType::Snapshot, &name, e))
                 });
             match opened {
@@ -601,7 +723,7 @@ impl Vault {
                 let opened = self
                     .read_small(FileType::Document, &name)
                     .and_then(|bytes| {
-                        DocumentVersion::open(&name, &bytes)
+                        DocumentVersion::open(&name, &bytes, self.key())
                             .map_err(|e| self.bad_file(FileType::Document, &name, e))
                     });
                 match opened {
@@ -940,14 +1062,15 @@ impl Vault {
             pending.buf.extend_from_slice(format::DATA_MAGIC);
         }
         let offset = pending.buf.len() as u64;
-        RecordHeader {
+        let header = RecordHeader {
             kind,
             delta: depth > 0,
             raw_size: data.len() as u64,
             frame_len: frame.len() as u64,
-        }
-        .encode(&mut pending.buf);
-        pending.buf.extend_from_slice(&frame);
+        };
+        let record =
+            format::encode_record(header, &frame, self.key()).map_err(VaultError::Encode)?;
+        pending.buf.extend_from_slice(&record);
         let len = pending.buf.len() as u64 - offset;
         pending.stored_bytes += len;
         pending.entries.insert(
@@ -1001,7 +1124,7 @@ impl Vault {
             .iter()
             .filter_map(|id| pending.entries.get(id).map(|(_, e)| (*id, e.clone())))
             .collect();
-        let bytes = index::encode_index_file(&entries).map_err(VaultError::Encode)?;
+        let bytes = index::encode_index_file(&entries, self.key()).map_err(VaultError::Encode)?;
         let name = FileName::from_hash(blake3::hash(&bytes).as_bytes());
         self.write_small(FileType::Index, &name, &bytes)?;
         pending.stored_bytes += bytes.len() as u64;
@@ -1082,6 +1205,8 @@ impl Vault {
                     other => VaultError::Backend(other),
                 })?,
         };
+        let bytes =
+            format::open_record(&bytes, self.key()).map_err(|e| self.damaged(id, &entry, e.0))?;
         let (header, at) =
             RecordHeader::decode(&bytes).map_err(|e| self.damaged(id, &entry, e.0))?;
         if header.kind != entry.kind {
@@ -1203,7 +1328,7 @@ impl Vault {
                 ..new.stats
             },
         };
-        let (snapshot, bytes) = Snapshot::seal(body).map_err(VaultError::Encode)?;
+        let (snapshot, bytes) = Snapshot::seal(body, self.key()).map_err(VaultError::Encode)?;
         self.write_small(
             FileType::Snapshot,
             &FileName::from_hash(&snapshot.id.0),
@@ -1396,7 +1521,7 @@ impl Vault {
             time_ms,
             delivery_id: delivery_id.to_string(),
         };
-        let (name, bytes) = version.seal().map_err(VaultError::Encode)?;
+        let (name, bytes) = version.seal(self.key()).map_err(VaultError::Encode)?;
         self.inner
             .backend
             .write(FileType::Document, &name, &bytes)?;
@@ -1542,6 +1667,16 @@ impl Vault {
     }
 }
 
+/// One key file of an encrypted vault (`hookvault key list`).
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub label: String,
+    pub created_ms: u64,
+    /// The key this handle was opened with.
+    pub in_use: bool,
+}
+
 /// Where a record is (`verify`).
 #[derive(Clone, Debug)]
 pub struct RecordLocation {
@@ -1588,7 +1723,8 @@ fn new_config() -> Result<VaultConfig, VaultError> {
     })
 }
 
-fn check_config(location: &str, bytes: &[u8]) -> Result<(), VaultError> {
+/// Check the config; returns whether the vault is encrypted.
+fn check_config(location: &str, bytes: &[u8]) -> Result<bool, VaultError> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| VaultError::BadFile {
             location: location.to_string(),
@@ -1606,13 +1742,92 @@ fn check_config(location: &str, bytes: &[u8]) -> Result<(), VaultError> {
             found: found.to_string(),
         });
     }
-    serde_json::from_value::<VaultConfig>(value).map_err(|e| VaultError::BadFile {
+    let config = serde_json::from_value::<VaultConfig>(value).map_err(|e| VaultError::BadFile {
         location: location.to_string(),
         file_type: "config",
         name: "config".into(),
         message: e.to_string(),
     })?;
-    Ok(())
+    match &config.encryption {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(e)
+            if e.get("aead").and_then(|v| v.as_str()) == Some("xchacha20poly1305")
+                && e.get("kdf").and_then(|v| v.as_str()) == Some("argon2id") =>
+        {
+            Ok(true)
+        }
+        Some(other) => Err(VaultError::BadFile {
+            location: location.to_string(),
+            file_type: "config",
+            name: "config".into(),
+            message: format!("encryption {other} is not one this hookvault knows"),
+        }),
+    }
+}
+
+fn encrypt_err(e: crypto::CryptoError) -> VaultError {
+    VaultError::Encode(FormatError(e.to_string()))
+}
+
+/// Write a new key file for `key`, opened by `passphrase`.
+fn write_key_file(
+    backend: &dyn Backend,
+    key: &crypto::MasterKey,
+    passphrase: &crypto::Passphrase,
+    label: &str,
+) -> Result<FileName, VaultError> {
+    let file = key
+        .wrap(passphrase, label, crate::event::now_ms())
+        .map_err(encrypt_err)?;
+    let bytes = serde_json::to_vec_pretty(&file)
+        .map_err(|e| VaultError::Encode(FormatError(e.to_string())))?;
+    let name = FileName::from_hash(blake3::hash(&bytes).as_bytes());
+    backend.write(FileType::Key, &name, &bytes)?;
+    Ok(name)
+}
+
+/// Every key file of the vault, parsed.
+fn key_files(
+    backend: &dyn Backend,
+    location: &str,
+) -> Result<Vec<(FileName, crypto::KeyFile)>, VaultError> {
+    let mut out = Vec::new();
+    for (name, _) in backend.list(FileType::Key)? {
+        let bytes = backend.read(FileType::Key, &name)?;
+        let file = serde_json::from_slice(&bytes).map_err(|e| VaultError::BadFile {
+            location: location.to_string(),
+            file_type: "key",
+            name: name.to_string(),
+            message: e.to_string(),
+        })?;
+        out.push((name, file));
+    }
+    Ok(out)
+}
+
+/// The master key, from the first key file `passphrase` opens.
+fn unlock(
+    backend: &dyn Backend,
+    location: &str,
+    passphrase: &crypto::Passphrase,
+) -> Result<(crypto::MasterKey, FileName), VaultError> {
+    for (name, file) in key_files(backend, location)? {
+        match file.unwrap_key(passphrase) {
+            Ok(key) => return Ok((key, name)),
+            Err(crypto::CryptoError::WrongKey) => continue,
+            Err(e) => {
+                return Err(VaultError::BadFile {
+                    location: location.to_string(),
+                    file_type: "key",
+                    name: name.to_string(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    Err(VaultError::WrongPassphrase {
+        location: location.to_string(),
+    })
 }
 
 impl VaultError {

@@ -349,9 +349,11 @@ impl Vault {
                         .zip(usize::try_from(entry.len).ok())
                         .and_then(|(at, len)| bytes.get(at..at.checked_add(len)?))
                         .ok_or_else(|| self.damaged(&id, &entry, "outside its data file"))?;
+                    let plain = format::open_record(record, self.key())
+                        .map_err(|e| self.damaged(&id, &entry, e.0))?;
                     let (header, at) =
-                        RecordHeader::decode(record).map_err(|e| self.damaged(&id, &entry, e.0))?;
-                    if header.kind != entry.kind || (record.len() - at) as u64 != header.frame_len {
+                        RecordHeader::decode(&plain).map_err(|e| self.damaged(&id, &entry, e.0))?;
+                    if header.kind != entry.kind || (plain.len() - at) as u64 != header.frame_len {
                         return Err(self.damaged(
                             &id,
                             &entry,
@@ -368,14 +370,16 @@ impl Vault {
                     let frame = compressor
                         .compress(&content, None)
                         .map_err(VaultError::Encode)?;
-                    RecordHeader {
+                    let header = RecordHeader {
                         kind,
                         delta: false,
                         raw_size: content.len() as u64,
                         frame_len: frame.len() as u64,
-                    }
-                    .encode(&mut buf);
-                    buf.extend_from_slice(&frame);
+                    };
+                    buf.extend_from_slice(
+                        &format::encode_record(header, &frame, self.key())
+                            .map_err(VaultError::Encode)?,
+                    );
                     let len = buf.len() as u64 - offset;
                     pending.push((
                         id,
@@ -406,7 +410,7 @@ impl Vault {
         entries.extend(moved);
         recompute_depths(&mut entries);
         entries.sort_by_key(|(id, _)| *id);
-        let bytes = index::encode_index_file(&entries).map_err(VaultError::Encode)?;
+        let bytes = index::encode_index_file(&entries, self.key()).map_err(VaultError::Encode)?;
         let new_index = FileName::from_hash(blake3::hash(&bytes).as_bytes());
         self.write_small(FileType::Index, &new_index, &bytes)?;
         tracing::debug!(file = %new_index, entries = entries.len(), "prune: index file written");

@@ -61,14 +61,16 @@ impl Vault {
                     .compress(content, None)
                     .map_err(VaultError::Encode)?;
                 let offset = buf.len() as u64;
-                RecordHeader {
+                let header = RecordHeader {
                     kind: *kind,
                     delta: false,
                     raw_size: content.len() as u64,
                     frame_len: frame.len() as u64,
-                }
-                .encode(&mut buf);
-                buf.extend_from_slice(&frame);
+                };
+                buf.extend_from_slice(
+                    &format::encode_record(header, &frame, self.key())
+                        .map_err(VaultError::Encode)?,
+                );
                 let len = buf.len() as u64 - offset;
                 let path = index.get(id).and_then(|e| e.path);
                 placed.push((
@@ -106,7 +108,7 @@ impl Vault {
             let Ok(bytes) = self.read_small(FileType::Index, &name) else {
                 continue;
             };
-            let Ok(decoded) = index::decode_index_file(&bytes) else {
+            let Ok(decoded) = index::decode_index_file(&bytes, self.key()) else {
                 continue;
             };
             if decoded.iter().any(|(id, _)| replaced.contains(id)) {
@@ -116,7 +118,7 @@ impl Vault {
         }
         entries.sort_by_key(|(id, _)| *id);
         entries.dedup_by_key(|(id, _)| *id);
-        let bytes = index::encode_index_file(&entries).map_err(VaultError::Encode)?;
+        let bytes = index::encode_index_file(&entries, self.key()).map_err(VaultError::Encode)?;
         let new_index = FileName::from_hash(blake3::hash(&bytes).as_bytes());
         self.write_small(FileType::Index, &new_index, &bytes)?;
         tracing::debug!(file = %new_index, entries = entries.len(), "repair: index file written");

@@ -2,6 +2,7 @@
 //! one file each, named by the BLAKE3 of its bytes (FORMAT.md, "Snapshot
 //! files").
 
+use super::crypto::MasterKey;
 use serde::{Deserialize, Serialize};
 
 use super::backend::FileName;
@@ -66,22 +67,29 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The file bytes of a body, and the id they give it.
-    pub fn seal(body: SnapshotBody) -> Result<(Self, Vec<u8>), FormatError> {
+    pub fn seal(
+        body: SnapshotBody,
+        key: Option<&MasterKey>,
+    ) -> Result<(Self, Vec<u8>), FormatError> {
         let json = serde_json::to_vec(&body).map_err(|e| FormatError(e.to_string()))?;
-        let bytes = format::seal(SNAPSHOT_MAGIC, &json, 3)?;
+        let bytes = format::seal_keyed(SNAPSHOT_MAGIC, &json, 3, key)?;
         let id = SnapshotId(*blake3::hash(&bytes).as_bytes());
         Ok((Self { id, body }, bytes))
     }
 
     /// Decode a snapshot file, checking that its bytes hash to its name.
-    pub fn open(name: &FileName, bytes: &[u8]) -> Result<Self, FormatError> {
+    pub fn open(
+        name: &FileName,
+        bytes: &[u8],
+        key: Option<&MasterKey>,
+    ) -> Result<Self, FormatError> {
         let hash = *blake3::hash(bytes).as_bytes();
         if name.hash() != Some(hash) {
             return Err(FormatError(
                 "content does not match the file name (damaged or altered)".into(),
             ));
         }
-        let json = format::open_envelope(SNAPSHOT_MAGIC, bytes)?;
+        let json = format::open_envelope_keyed(SNAPSHOT_MAGIC, bytes, key)?;
         let body: SnapshotBody =
             serde_json::from_slice(&json).map_err(|e| FormatError(e.to_string()))?;
         Ok(Self {

@@ -506,15 +506,15 @@ fn mangled_vault_bytes_give_errors_never_panics_or_wrong_content() {
     // The data file holding the blob (the ref chunk has one of its own).
     let data_path = dir.path().join(FileType::Data.path_of(&blob_file));
     let data_bytes = std::fs::read(&data_path).expect("read");
-    assert!(index::decode_index_file(&index_bytes).is_ok());
-    assert!(snapshot::Snapshot::open(&snapshot_name, &snapshot_bytes).is_ok());
+    assert!(index::decode_index_file(&index_bytes, None).is_ok());
+    assert!(snapshot::Snapshot::open(&snapshot_name, &snapshot_bytes, None).is_ok());
 
     for _ in 0..2000 {
         let _ = format::RecordHeader::decode(&noise.mangle(&header));
         let _ = format::decompress(&noise.mangle(&frame), Some(&base), content.len() as u64);
         let _ = format::open_envelope(format::INDEX_MAGIC, &noise.mangle(&envelope));
-        let _ = index::decode_index_file(&noise.mangle(&index_bytes));
-        let _ = snapshot::Snapshot::open(&snapshot_name, &noise.mangle(&snapshot_bytes));
+        let _ = index::decode_index_file(&noise.mangle(&index_bytes), None);
+        let _ = snapshot::Snapshot::open(&snapshot_name, &noise.mangle(&snapshot_bytes), None);
         let (chunk, _) = &chunks[noise.below(chunks.len())];
         let _ = refs::decode_chunk(&noise.mangle(chunk), &mut BTreeMap::new());
     }

@@ -28,15 +28,19 @@ pub enum FileType {
     Snapshot,
     /// `documents/<64 hex>`: one version of one document.
     Document,
+    /// `keys/<64 hex>`: the master key of an encrypted vault, wrapped under
+    /// one passphrase.
+    Key,
 }
 
 impl FileType {
-    pub const ALL: [FileType; 5] = [
+    pub const ALL: [FileType; 6] = [
         FileType::Config,
         FileType::Data,
         FileType::Index,
         FileType::Snapshot,
         FileType::Document,
+        FileType::Key,
     ];
 
     /// The prefix (directory) of this type.
@@ -47,6 +51,7 @@ impl FileType {
             FileType::Index => "index",
             FileType::Snapshot => "snapshots",
             FileType::Document => "documents",
+            FileType::Key => "keys",
         }
     }
 
