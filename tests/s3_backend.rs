@@ -706,3 +706,87 @@ credentials = {{ kind = "access-token", token = "{TOKEN}" }}
     }
     service.stop();
 }
+
+#[test]
+fn an_encrypted_vault_in_a_bucket_keeps_its_keys_there_and_restores() {
+    const REPO: &str = "acme/sealed-bucket";
+    let moto = Moto::start();
+    moto.create_bucket("hookvault");
+    let support::OneCommitRepo {
+        tmp, server, head, ..
+    } = one_commit_repo(REPO);
+    let dir = tmp.path().join("hv");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_token = "{ADMIN}"
+
+[store]
+path = "{store}"
+url = "s3://hookvault/vaults/sealed"
+passphrase = "a passphrase for the bucket"
+
+[store.s3]
+access_key_id = "moto-access-key"
+secret_access_key = "{SECRET}"
+region = "us-east-1"
+endpoint = "{endpoint}"
+allow_http = true
+
+[[sources]]
+name = "cloud"
+kind = "cloud"
+secrets = ["{WEBHOOK_SECRET}"]
+git_url = "http://{addr}/{{repo}}.git"
+credentials = {{ kind = "access-token", token = "{TOKEN}" }}
+"#,
+        store = dir.join("data").display(),
+        endpoint = moto.endpoint(),
+        addr = server.addr,
+    );
+    let service = Service::start_config(&dir, &config);
+    service.push("sealed-1", &branch_push(REPO, "main", None, &head));
+    let outcome = service.outcome("sealed-1");
+    assert_eq!(outcome["status"], "done", "{outcome}\n{}", service.log());
+    let keys = moto.keys("hookvault", "vaults/sealed/");
+    assert_eq!(
+        keys.iter()
+            .filter(|(k, _)| k.starts_with("vaults/sealed/keys/"))
+            .count(),
+        1,
+        "{keys:?}"
+    );
+    assert!(
+        !service.log().contains("a passphrase for the bucket"),
+        "the passphrase reached the log"
+    );
+    let restored = tmp.path().join("restored.git");
+    let out = restore(&service.config, REPO, None, &restored);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_fsck_clean(&restored);
+    assert_eq!(refs_of(&restored)["refs/heads/main"], head);
+    service.stop();
+    // Another passphrase: one line, nothing changed in the bucket.
+    let wrong = dir.join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        config.replace("a passphrase for the bucket", "not the passphrase"),
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookvault"))
+        .arg("--config")
+        .arg(&wrong)
+        .args(["snapshots", "--repo", REPO])
+        .output()
+        .expect("cli");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("wrong passphrase"), "{stderr}");
+    assert_eq!(moto.keys("hookvault", "vaults/sealed/"), keys);
+}
