@@ -21,6 +21,8 @@
 //! log. `HOOKVAULT_BENCH_ONLY=large` runs instead a synthetic repository of
 //! `HOOKVAULT_BENCH_LARGE_MIB` (default 1024) MiB of incompressible files,
 //! for peak memory on a large first backup (at most 3 pushes);
+//! `HOOKVAULT_BENCH_PASSPHRASE` encrypts the vault with it (run once
+//! with and once without for the cost of encryption);
 //! `HOOKVAULT_BENCH_ONLY=prune` runs instead forget and prune on ripgrep
 //! after `HOOKVAULT_BENCH_PRUNE_PUSHES` (default 200) pushes, half of them
 //! force-pushed away.
@@ -226,7 +228,19 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
         restic.backup(&mirror);
     }
 
-    let service = Service::start(&tmp.path().join("hv"), &server, "");
+    // `HOOKVAULT_BENCH_PASSPHRASE`: the vault is encrypted with it.
+    let service = match std::env::var("HOOKVAULT_BENCH_PASSPHRASE") {
+        Ok(passphrase) => {
+            let dir = tmp.path().join("hv");
+            let text = config_text(&dir.join("data"), &server, 2, 50, "").replacen(
+                "[store]\n",
+                &format!("[store]\npassphrase = {passphrase:?}\n"),
+                1,
+            );
+            Service::start_config(&dir, &text)
+        }
+        Err(_) => Service::start(&tmp.path().join("hv"), &server, ""),
+    };
     let body = branch_push(repo, &default_branch, None, &head);
     let sampler = service.pid().map(AnonSampler::start);
     let start = Instant::now();
@@ -357,12 +371,16 @@ fn bench_repo(name: &str, repo: &str, make_upstream: impl FnOnce(&Path), pushes:
 
     // The object at the end of the deepest chain, from a cold handle.
     let vault_dir = data.join("vault");
-    let vault =
-        Vault::open_local(&vault_dir, Create::Never, WriteOptions::default()).expect("vault");
+    let options = || WriteOptions {
+        passphrase: std::env::var("HOOKVAULT_BENCH_PASSPHRASE")
+            .ok()
+            .map(hookvault::vault::crypto::Passphrase::new),
+        ..WriteOptions::default()
+    };
+    let vault = Vault::open_local(&vault_dir, Create::Never, options()).expect("vault");
     let deepest = vault.deepest_record().expect("records");
     let start = Instant::now();
-    let cold =
-        Vault::open_local(&vault_dir, Create::Never, WriteOptions::default()).expect("vault");
+    let cold = Vault::open_local(&vault_dir, Create::Never, options()).expect("vault");
     let open_time = start.elapsed();
     let start = Instant::now();
     let (_, bytes) = cold.read_object(&GitOid::from(deepest.0)).expect("read");
