@@ -42,7 +42,7 @@ pub struct VaultConfig {
     /// Random, 64 hex digits: tells vaults apart.
     pub id: String,
     pub created_ms: u64,
-    /// Always `null` in format 2 (FORMAT.md, "Room for encryption").
+    /// `null`, or the cipher of an encrypted vault (FORMAT.md, "Encryption").
     pub encryption: Option<serde_json::Value>,
 }
 
