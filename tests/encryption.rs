@@ -239,6 +239,41 @@ fn an_encrypted_vault_reveals_nothing_and_opens_only_with_its_keys() {
         "{stderr}"
     );
 
+    // Forget and prune work on sealed records as on plain ones (the
+    // first snapshot's ref table goes; records are copied sealed).
+    let out = run(&second, &["forget", "--keep-last", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&second, &["prune", "--max-unused-percent", "0", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pruned: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        pruned["report"]["data_files_rewritten"]
+            .as_u64()
+            .expect("n")
+            + pruned["report"]["data_files_removed"].as_u64().expect("n")
+            > 0,
+        "{pruned}"
+    );
+    let (ok, report) = verify(&second, &["--read-data"]);
+    assert!(ok, "{report}");
+    let restored = tmp.path().join("after-prune");
+    let out = restore(&second, REPO, None, &restored);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_fsck_clean(&restored);
+    assert_eq!(refs_of(&restored)["refs/heads/copy"], tip);
+
     // A flipped byte in an encrypted record fails its authentication, and
     // verify names it.
     let data = files(&sealed_vault.join("data"));
