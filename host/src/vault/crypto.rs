@@ -134,6 +134,12 @@ impl MasterKey {
         }
     }
 
+    /// The key of record ids and path keys (keyed BLAKE3), derived from
+    /// the master key.
+    pub fn id_key(&self) -> [u8; 32] {
+        blake3::derive_key("hookvault 2026 record ids and path keys", &self.raw)
+    }
+
     /// `nonce ‖ ciphertext ‖ tag`.
     pub fn seal(&self, purpose: Purpose, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         seal_with(&self.aead, purpose, plaintext)

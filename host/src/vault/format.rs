@@ -54,7 +54,16 @@ fn canonical_header(kind: ObjectKind, size: usize) -> String {
 /// The id of a record that is not a git object: BLAKE3-160 of its canonical
 /// encoding.
 pub fn record_id(kind: ObjectKind, content: &[u8]) -> RecordId {
-    let mut hasher = blake3::Hasher::new();
+    record_id_keyed(kind, content, None)
+}
+
+/// [`record_id`], keyed in an encrypted vault (`id_key`, derived from the
+/// master key), so an id tells nothing about content to whoever lacks it.
+pub fn record_id_keyed(kind: ObjectKind, content: &[u8], id_key: Option<&[u8; 32]>) -> RecordId {
+    let mut hasher = match id_key {
+        Some(key) => blake3::Hasher::new_keyed(key),
+        None => blake3::Hasher::new(),
+    };
     hasher.update(canonical_header(kind, content.len()).as_bytes());
     hasher.update(content);
     let mut id = [0u8; 20];
@@ -67,16 +76,34 @@ pub fn record_id(kind: ObjectKind, content: &[u8]) -> RecordId {
 /// of it, so every record is checked against its own id and no separate
 /// check is stored.
 pub fn matches_id(id: &RecordId, kind: ObjectKind, content: &[u8]) -> bool {
+    matches_id_keyed(id, kind, content, None)
+}
+
+/// [`matches_id`] with the vault's id key (see [`record_id_keyed`]).
+pub fn matches_id_keyed(
+    id: &RecordId,
+    kind: ObjectKind,
+    content: &[u8],
+    id_key: Option<&[u8; 32]>,
+) -> bool {
     match crate::git::from_kind(kind) {
         Some(git_kind) => gix::objs::compute_hash(gix::hash::Kind::Sha1, git_kind, content)
             .is_ok_and(|computed| computed.as_bytes() == id.0.as_slice()),
-        None => record_id(kind, content) == *id,
+        None => record_id_keyed(kind, content, id_key) == *id,
     }
 }
 
 /// The path key of `path` for records of `kind` (FORMAT.md, Terms).
 pub fn path_key(kind: ObjectKind, path: &str) -> u64 {
-    let mut hasher = blake3::Hasher::new();
+    path_key_keyed(kind, path, None)
+}
+
+/// [`path_key`], keyed in an encrypted vault.
+pub fn path_key_keyed(kind: ObjectKind, path: &str, id_key: Option<&[u8; 32]>) -> u64 {
+    let mut hasher = match id_key {
+        Some(key) => blake3::Hasher::new_keyed(key),
+        None => blake3::Hasher::new(),
+    };
     hasher.update(kind.as_str().as_bytes());
     hasher.update(b":");
     hasher.update(path.as_bytes());

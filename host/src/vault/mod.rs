@@ -517,6 +517,11 @@ impl Vault {
         self.inner.key.as_ref()
     }
 
+    /// The key of record ids and path keys, in an encrypted vault.
+    pub(crate) fn id_key(&self) -> Option<[u8; 32]> {
+        self.key().map(crypto::MasterKey::id_key)
+    }
+
     fn need_key(&self) -> Result<&crypto::MasterKey, VaultError> {
         self.key().ok_or_else(|| VaultError::BadDocument {
             message: format!(
@@ -863,9 +868,12 @@ impl Vault {
                 let read_started = std::time::Instant::now();
                 let (kind, data) = read(oid).map_err(PutError::Source)?;
                 reading += read_started.elapsed();
+                let id_key = self.id_key();
                 let path_key = match kind {
-                    ObjectKind::Commit => Some(format::path_key(kind, "")),
-                    ObjectKind::Tree | ObjectKind::Blob => path.map(|p| format::path_key(kind, p)),
+                    ObjectKind::Commit => Some(format::path_key_keyed(kind, "", id_key.as_ref())),
+                    ObjectKind::Tree | ObjectKind::Blob => {
+                        path.map(|p| format::path_key_keyed(kind, p, id_key.as_ref()))
+                    }
                     _ => None,
                 };
                 self.prepare(
@@ -921,10 +929,11 @@ impl Vault {
         path: Option<&str>,
         content: Vec<u8>,
     ) -> Result<RecordId, VaultError> {
-        let id = format::record_id(kind, &content);
+        let id_key = self.id_key();
+        let id = format::record_id_keyed(kind, &content, id_key.as_ref());
         let known = pending.entries.contains_key(&id) || read(&self.inner.index)?.contains(&id);
         if !known {
-            let path_key = path.map(|p| format::path_key(kind, p));
+            let path_key = path.map(|p| format::path_key_keyed(kind, p, id_key.as_ref()));
             let mut batch = Batch::default();
             let mut in_flight = InFlight::new();
             self.prepare(
@@ -1238,7 +1247,7 @@ impl Vault {
         let content =
             format::decompress(frame, base.as_deref().map(Vec::as_slice), header.raw_size)
                 .map_err(|e| self.damaged(id, &entry, e.0))?;
-        if !format::matches_id(id, header.kind, &content) {
+        if !format::matches_id_keyed(id, header.kind, &content, self.id_key().as_ref()) {
             return Err(self.damaged(id, &entry, "content does not match its id"));
         }
         let content = Arc::new(content);
@@ -1497,7 +1506,7 @@ impl Vault {
             message: format!("{collection}/{key} is not valid JSON: {e}"),
         })?;
         let _writer = lock(&self.inner.writer)?;
-        let content = format::record_id(ObjectKind::Document, json);
+        let content = format::record_id_keyed(ObjectKind::Document, json, self.id_key().as_ref());
         if let Some(latest) = self.document_at(repo, collection, key, None)?
             && latest.content == content
         {

@@ -52,7 +52,7 @@ impl Vault {
         {
             let index = read(&self.inner.index)?;
             for (id, kind, content) in objects {
-                if !format::matches_id(id, *kind, content) {
+                if !format::matches_id_keyed(id, *kind, content, self.id_key().as_ref()) {
                     return Err(VaultError::BadDocument {
                         message: format!("the copy of {id} given to repair does not match its id"),
                     });

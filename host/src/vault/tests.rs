@@ -693,3 +693,51 @@ fn prune_re_encodes_deltas_whose_base_goes_and_writers_go_on_after_it() {
         }
     }
 }
+
+#[test]
+fn an_encrypted_vault_keys_its_ids_and_reads_back_after_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = || WriteOptions {
+        passphrase: Some(crypto::Passphrase::new("pw")),
+        ..WriteOptions::default()
+    };
+    let vault = Vault::open_local(dir.path(), Create::IfMissing, options()).expect("create");
+    let repo = RepoName::parse("acme/app").expect("name");
+    let json = br#"{"title":"a pull request"}"#;
+    let id = vault
+        .put_document(&repo, "pull-requests", "1", json, "d1", 100)
+        .expect("put");
+    // Keyed: not the id a plain vault gives the same bytes.
+    assert_ne!(id, format::record_id(ObjectKind::Document, json));
+    let texts: Vec<Vec<u8>> = (0..20).map(|v| version_text(300, v)).collect();
+    let ids: Vec<GitOid> = texts.iter().map(|t| blob_id(t)).collect();
+    let contents: HashMap<GitOid, Vec<u8>> = ids.iter().copied().zip(texts).collect();
+    for id in &ids {
+        vault
+            .put_objects(&[(*id, Some("src/lib.rs"))], |o: &GitOid| {
+                Ok::<_, std::io::Error>((ObjectKind::Blob, contents[o].clone()))
+            })
+            .expect("put");
+    }
+    drop(vault);
+    let vault = Vault::open_local(dir.path(), Create::Never, options()).expect("reopen");
+    let version = vault
+        .document_at(&repo, "pull-requests", "1", None)
+        .expect("documents")
+        .expect("the document");
+    assert_eq!(vault.read_document(&version).expect("read"), json);
+    for id in &ids {
+        assert_eq!(*vault.read_object(id).expect("read").1, contents[id]);
+    }
+    let deepest = vault.deepest_record().expect("records");
+    assert!(
+        deepest.1 > 1,
+        "deltas along the keyed path: depth {}",
+        deepest.1
+    );
+    drop(vault);
+    assert!(matches!(
+        Vault::open_local(dir.path(), Create::Never, WriteOptions::default()),
+        Err(VaultError::NeedsPassphrase { .. })
+    ));
+}
