@@ -1132,3 +1132,54 @@ fn workers_answer_queued_pushes_of_one_repository_with_one_backup() {
     );
     service.stop();
 }
+
+/// A backup that copies many objects draws a bar per repository when
+/// `serve` has a terminal, between its log lines; with its output piped
+/// (a service manager, a file) the log has no bar.
+#[test]
+fn a_large_backup_draws_a_progress_bar_only_on_a_terminal() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let upstream = server.create(REPO);
+    let work = WorkTree::new(&tmp.path().join("work"), &upstream);
+    for i in 0..600 {
+        let path = work.dir.join(format!("files/{:02}/f{i}.txt", i % 40));
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, format!("file {i}\n")).expect("write");
+    }
+    let tip = work.commit("README.md", "many files\n", "Many");
+    work.git(&["push", "-q", "origin", "main"]);
+    let body = branch_push(REPO, "main", None, &tip);
+
+    let dir = tmp.path().join("terminal");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let config = dir.join("hookvault.toml");
+    std::fs::write(&config, config_text(&dir.join("data"), &server, 2, 50, "")).expect("config");
+    let on_terminal = Service::launch_on_terminal(&dir, config);
+    on_terminal.push("{99999999-aaaa-4bbb-8ccc-000000000001}", &body);
+    let outcome = on_terminal.outcome("{99999999-aaaa-4bbb-8ccc-000000000001}");
+    assert_eq!(
+        outcome["status"],
+        "done",
+        "{outcome}\n{}",
+        on_terminal.log()
+    );
+    let drawn = on_terminal.log();
+    assert!(drawn.contains("copying objects"), "{drawn}");
+    assert!(
+        drawn.contains("backup done"),
+        "log lines still shown: {drawn}"
+    );
+    drop(on_terminal);
+
+    let piped = Service::start(&tmp.path().join("piped"), &server, "");
+    piped.push("{99999999-aaaa-4bbb-8ccc-000000000002}", &body);
+    let outcome = piped.outcome("{99999999-aaaa-4bbb-8ccc-000000000002}");
+    assert_eq!(outcome["status"], "done", "{outcome}");
+    let log = piped.log();
+    assert!(
+        log.contains("backup done") && !log.contains("copying objects"),
+        "{log}"
+    );
+    piped.stop();
+}

@@ -589,17 +589,81 @@ fn run_hooks(config: &Config, action: HooksAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Log lines to stderr, drawn around the progress bars when there are any
+/// (a bar is cleared, the line written, the bar drawn again).
+#[derive(Clone)]
+struct LogWriter(Option<indicatif::MultiProgress>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &self.0 {
+            Some(bars) => bars.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// A bar per repository whose backup copies many objects, on a terminal.
+fn backup_bars(bars: indicatif::MultiProgress) -> hookvault::progress::BackupProgress {
+    use hookvault::progress::Progress;
+    let shown =
+        std::sync::Mutex::new(std::collections::HashMap::<String, indicatif::ProgressBar>::new());
+    std::sync::Arc::new(move |repo: &RepoName, step: Progress| {
+        let Ok(mut shown) = shown.lock() else { return };
+        let name = repo.to_string();
+        match step {
+            Progress::Start(what, total) => {
+                let bar = bars.add(indicatif::ProgressBar::new(total));
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{prefix} {msg} {bar:30} {pos}/{len} ({eta} left)",
+                ) {
+                    bar.set_style(style);
+                }
+                bar.set_prefix(terminal::escape(&name).into_owned());
+                bar.set_message(what);
+                bar.tick();
+                shown.insert(name, bar);
+            }
+            Progress::At(n) => {
+                if let Some(bar) = shown.get(&name) {
+                    bar.set_position(n);
+                }
+            }
+            Progress::Done => {
+                if let Some(bar) = shown.remove(&name) {
+                    bar.finish_and_clear();
+                    bars.remove(&bar);
+                }
+            }
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let bars =
+        std::io::IsTerminal::is_terminal(&std::io::stderr()).then(indicatif::MultiProgress::new);
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(LogWriter(bars.clone()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match run(cli) {
+    match run(cli, bars) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             note!("hookvault: {error:#}");
@@ -619,11 +683,13 @@ fn format_time(ms: u64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// `bars`: where `serve` draws progress, when stderr is a terminal.
+fn run(cli: Cli, bars: Option<indicatif::MultiProgress>) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Serve => {
-            runtime()?.block_on(serve::serve(config))?;
+            let progress = bars.map(backup_bars);
+            runtime()?.block_on(serve::serve_with_progress(config, progress))?;
         }
         Command::Snapshots { repo, json } => {
             let repo = RepoName::parse(&repo)?;

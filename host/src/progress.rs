@@ -15,3 +15,11 @@ pub enum Progress {
 
 /// Shows nothing.
 pub fn quiet(_: Progress) {}
+
+/// Where `serve` tells how far each backup's copy is (a bar per
+/// repository on a terminal).
+pub type BackupProgress = std::sync::Arc<dyn Fn(&crate::ids::RepoName, Progress) + Send + Sync>;
+
+/// A copy of at least this many objects (a first backup, a big push)
+/// shows progress.
+pub const BACKUP_PROGRESS_FROM: usize = 500;

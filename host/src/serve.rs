@@ -121,6 +121,7 @@ pub fn backup_deps(config: &Config, store: Vault) -> Result<BackupDeps, ConfigEr
         );
     }
     Ok(BackupDeps {
+        progress: None,
         store_dir: config.store.path.clone(),
         work_dir: work_dir(config),
         store,
@@ -138,6 +139,14 @@ fn report_cleanup(what: &str, removed: Result<usize, String>) {
 }
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
+    serve_with_progress(config, None).await
+}
+
+/// [`serve`], telling `progress` how far large backups are.
+pub async fn serve_with_progress(
+    config: Config,
+    progress: Option<crate::progress::BackupProgress>,
+) -> Result<(), ServeError> {
     let queue = Queue::open_dir(&config.store.path.join("queue"))?;
     // The queue's lock makes this the only `serve` of the store, so no
     // backup or vault write is running: any fetch workspace or `.tmp` vault
@@ -165,7 +174,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             removed.map(|(files, _)| files).map_err(|e| e.to_string()),
         );
     }
-    let deps = Arc::new(backup_deps(&config, store.clone())?);
+    let deps = Arc::new(BackupDeps {
+        progress,
+        ..backup_deps(&config, store.clone())?
+    });
     let plugins = Arc::new(tokio::task::block_in_place(|| PluginHost::load(&config))?);
     info!(
         filters = plugins.filters.len(),

@@ -533,6 +533,43 @@ impl Service {
         }
     }
 
+    /// Start `serve` on `config` with a terminal for its stdout and stderr
+    /// (util-linux `script`), whose transcript is the log. Stopping it is
+    /// only a kill: `script` ends the service with the terminal.
+    pub fn launch_on_terminal(dir: &Path, config: PathBuf) -> Self {
+        let log = dir.join("hookvault.log");
+        let command = format!(
+            "{} --config {} serve",
+            env!("CARGO_BIN_EXE_hookvault"),
+            config.display()
+        );
+        let child = Command::new("script")
+            .arg("-qfec")
+            .arg(&command)
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script starts");
+        let addr = wait_until("serve to listen", Duration::from_secs(60), || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let at = text.find("\"listening\":\"")? + 13;
+            let end = text[at..].find('"')? + at;
+            text[at..end].parse().ok()
+        });
+        Self {
+            dir: dir.to_path_buf(),
+            config,
+            addr,
+            child: Some(child),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("hookvault.log")).unwrap_or_default()
     }

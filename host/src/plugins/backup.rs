@@ -45,7 +45,6 @@ pub struct SourceGit {
 }
 
 /// What backup plugins may reach, through the host.
-#[derive(Debug)]
 pub struct BackupDeps {
     pub store: Vault,
     /// `store.path`: the queue, caches and notes beside the vault.
@@ -53,6 +52,17 @@ pub struct BackupDeps {
     /// Where each backup's temporary fetch workspace is made.
     pub work_dir: PathBuf,
     pub sources: HashMap<String, SourceGit>,
+    /// Told how far large copies are (`serve` on a terminal).
+    pub progress: Option<crate::progress::BackupProgress>,
+}
+
+impl std::fmt::Debug for BackupDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupDeps")
+            .field("store", &self.store.location())
+            .field("work_dir", &self.work_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Per-call state of a backup plugin.
@@ -270,7 +280,31 @@ impl store::Host for PluginState<BackupCtx> {
             .map(|oid| (*oid, paths.get(oid).map(String::as_str)))
             .collect();
         let workspace = self.extra.workspace()?;
-        let result = store.put_objects(&objects, |oid| workspace.read(oid));
+        let progress = self
+            .extra
+            .deps
+            .progress
+            .clone()
+            .filter(|_| objects.len() >= crate::progress::BACKUP_PROGRESS_FROM);
+        let repo = self.extra.event.repository.clone();
+        let tell = |step| {
+            if let Some(progress) = &progress {
+                progress(&repo, step);
+            }
+        };
+        tell(crate::progress::Progress::Start(
+            "copying objects",
+            objects.len() as u64,
+        ));
+        let mut read = 0u64;
+        let result = store.put_objects(&objects, |oid| {
+            read += 1;
+            if read.is_multiple_of(64) {
+                tell(crate::progress::Progress::At(read));
+            }
+            workspace.read(oid)
+        });
+        tell(crate::progress::Progress::Done);
         drop(objects);
         self.extra.paths = paths;
         let stats = noted(&mut self.extra.failure, result)?;
