@@ -204,6 +204,47 @@ impl Drop for Moto {
     }
 }
 
+/// A service config with its vault at `url` on `moto`, `store` lines
+/// added to `[store]` and `tables` before the source.
+fn bucket_config(
+    dir: &std::path::Path,
+    moto: &Moto,
+    server: &support::GitServer,
+    url: &str,
+    store: &str,
+    tables: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_token = "{ADMIN}"
+
+[store]
+path = "{path}"
+url = "{url}"
+{store}
+[store.s3]
+access_key_id = "moto-access-key"
+secret_access_key = "{SECRET}"
+region = "us-east-1"
+endpoint = "{endpoint}"
+allow_http = true
+
+{tables}
+[[sources]]
+name = "cloud"
+kind = "cloud"
+secrets = ["{WEBHOOK_SECRET}"]
+git_url = "http://{addr}/{{repo}}.git"
+credentials = {{ kind = "access-token", token = "{TOKEN}" }}
+"#,
+        path = dir.join("data").display(),
+        endpoint = moto.endpoint(),
+        addr = server.addr,
+    )
+}
+
 fn name(byte: u8) -> FileName {
     FileName::from_hash(&[byte; 32])
 }
@@ -593,37 +634,13 @@ fn the_spine_runs_with_the_vault_in_a_bucket_and_survives_a_stalled_store() {
     } = one_commit_repo(REPO);
     let dir = tmp.path().join("hv");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_token = "{ADMIN}"
-
-[store]
-path = "{store}"
-url = "s3://hookvault/vaults/main"
-
-[store.s3]
-access_key_id = "moto-access-key"
-secret_access_key = "{SECRET}"
-region = "us-east-1"
-endpoint = "{endpoint}"
-allow_http = true
-
-[worker]
-max_attempts = 6
-retry_base_ms = 200
-
-[[sources]]
-name = "cloud"
-kind = "cloud"
-secrets = ["{WEBHOOK_SECRET}"]
-git_url = "http://{addr}/{{repo}}.git"
-credentials = {{ kind = "access-token", token = "{TOKEN}" }}
-"#,
-        store = dir.join("data").display(),
-        endpoint = moto.endpoint(),
-        addr = server.addr,
+    let config = bucket_config(
+        &dir,
+        &moto,
+        &server,
+        "s3://hookvault/vaults/main",
+        "",
+        "[worker]\nmax_attempts = 6\nretry_base_ms = 200\n",
     );
     let service = Service::start_config(&dir, &config);
     service.push("s3-1", &branch_push(REPO, "main", None, &first));
@@ -717,34 +734,13 @@ fn an_encrypted_vault_in_a_bucket_keeps_its_keys_there_and_restores() {
     } = one_commit_repo(REPO);
     let dir = tmp.path().join("hv");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_token = "{ADMIN}"
-
-[store]
-path = "{store}"
-url = "s3://hookvault/vaults/sealed"
-passphrase = "a passphrase for the bucket"
-
-[store.s3]
-access_key_id = "moto-access-key"
-secret_access_key = "{SECRET}"
-region = "us-east-1"
-endpoint = "{endpoint}"
-allow_http = true
-
-[[sources]]
-name = "cloud"
-kind = "cloud"
-secrets = ["{WEBHOOK_SECRET}"]
-git_url = "http://{addr}/{{repo}}.git"
-credentials = {{ kind = "access-token", token = "{TOKEN}" }}
-"#,
-        store = dir.join("data").display(),
-        endpoint = moto.endpoint(),
-        addr = server.addr,
+    let config = bucket_config(
+        &dir,
+        &moto,
+        &server,
+        "s3://hookvault/vaults/sealed",
+        "passphrase = \"a passphrase for the bucket\"\n",
+        "",
     );
     let service = Service::start_config(&dir, &config);
     service.push("sealed-1", &branch_push(REPO, "main", None, &head));

@@ -246,7 +246,7 @@ impl Default for WorkerConfig {
 /// when given no `--keep-*` flag, and what `serve` applies on its own every
 /// `interval_secs` (forget, then prune), with restic's rules. Without any
 /// `keep_*` rule nothing is ever forgotten.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
     #[serde(default)]
@@ -275,6 +275,25 @@ pub struct RetentionConfig {
     /// As `prune --max-unused-percent`.
     #[serde(default = "default_max_unused_percent")]
     pub max_unused_percent: u8,
+}
+
+impl Default for RetentionConfig {
+    /// What a config without `[retention]` means: the same defaults as
+    /// each key left out of one.
+    fn default() -> Self {
+        Self {
+            keep_last: 0,
+            keep_hourly: 0,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            keep_yearly: 0,
+            keep_within: None,
+            interval_secs: 0,
+            prune: default_true(),
+            max_unused_percent: default_max_unused_percent(),
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -782,6 +801,11 @@ mod tests {
         let config = Config::from_toml(MINIMAL, Path::new("t.toml")).expect("valid");
         assert!(config.retention.policy().is_empty());
         assert_eq!(config.retention.interval_secs, 0);
+        let empty = Config::from_toml(&format!("[retention]\n{MINIMAL}"), Path::new("t.toml"))
+            .expect("valid");
+        for r in [&config.retention, &empty.retention] {
+            assert_eq!((r.prune, r.max_unused_percent), (true, 20));
+        }
         // The example's commented-out block, turned on.
         let example = include_str!("../../examples/hookvault.toml");
         let block: String = example

@@ -367,19 +367,7 @@ impl Vault {
                     // Decoded through its old chain, which is all still
                     // there: nothing is removed before the index is written.
                     let (kind, content) = self.load(None, &id)?;
-                    let frame = compressor
-                        .compress(&content, None)
-                        .map_err(VaultError::Encode)?;
-                    let header = RecordHeader {
-                        kind,
-                        delta: false,
-                        raw_size: content.len() as u64,
-                        frame_len: frame.len() as u64,
-                    };
-                    buf.extend_from_slice(
-                        &format::encode_record(header, &frame, self.key())
-                            .map_err(VaultError::Encode)?,
-                    );
+                    buf.extend_from_slice(&self.whole_record(&mut compressor, kind, &content)?);
                     let len = buf.len() as u64 - offset;
                     pending.push((
                         id,
@@ -441,6 +429,29 @@ impl Vault {
             tracing::debug!(file = %name, "prune: data file removed");
         }
         Ok(report)
+    }
+}
+
+impl Vault {
+    /// `content` as a record stored whole (no base), sealed as this vault
+    /// seals: what prune and repair write in place of a delta or a damaged
+    /// copy.
+    pub(super) fn whole_record(
+        &self,
+        compressor: &mut format::Compressor<'_>,
+        kind: crate::ids::ObjectKind,
+        content: &[u8],
+    ) -> Result<Vec<u8>, VaultError> {
+        let frame = compressor
+            .compress(content, None)
+            .map_err(VaultError::Encode)?;
+        let header = RecordHeader {
+            kind,
+            delta: false,
+            raw_size: content.len() as u64,
+            frame_len: frame.len() as u64,
+        };
+        format::encode_record(header, &frame, self.key()).map_err(VaultError::Encode)
     }
 }
 

@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 
 use super::backend::{FileName, FileType};
-use super::format::{self, RecordHeader};
+use super::format;
 use super::index::{self, Entry, MemIndex};
 use super::{Vault, VaultError, lock, read, write};
 use crate::ids::{ObjectKind, RecordId};
@@ -57,20 +57,8 @@ impl Vault {
                         message: format!("the copy of {id} given to repair does not match its id"),
                     });
                 }
-                let frame = compressor
-                    .compress(content, None)
-                    .map_err(VaultError::Encode)?;
                 let offset = buf.len() as u64;
-                let header = RecordHeader {
-                    kind: *kind,
-                    delta: false,
-                    raw_size: content.len() as u64,
-                    frame_len: frame.len() as u64,
-                };
-                buf.extend_from_slice(
-                    &format::encode_record(header, &frame, self.key())
-                        .map_err(VaultError::Encode)?,
-                );
+                buf.extend_from_slice(&self.whole_record(&mut compressor, *kind, content)?);
                 let len = buf.len() as u64 - offset;
                 let path = index.get(id).and_then(|e| e.path);
                 placed.push((
