@@ -81,7 +81,13 @@ fn run() -> Result<(), Failure> {
         &target_dir,
     )?;
     let artifacts = target_dir.join(TARGET).join("release");
-    for name in ["git_backup", "pr_metadata", "hostile", "skip_refs"] {
+    for name in [
+        "git_backup",
+        "pr_metadata",
+        "hostile",
+        "skip_refs",
+        "ungranted",
+    ] {
         let file = artifacts.join(format!("{name}.wasm"));
         if !file.is_file() {
             return Err(format!("plugin build produced no {}", file.display()).into());

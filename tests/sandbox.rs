@@ -169,3 +169,63 @@ fn skip_refs_example_decides_by_glob() {
         Decision::Refs(vec!["refs/heads/main".into()])
     );
 }
+
+/// `hookvault plugin check` on a component file, through the binary: its
+/// JSON report and exit status.
+fn check(path: &std::path::Path) -> (bool, serde_json::Value) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookvault"))
+        .args(["plugin", "check", "--json"])
+        .arg(path)
+        .output()
+        .expect("hookvault plugin check");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "plugin check report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}
+
+#[test]
+fn plugin_check_names_the_world_and_refuses_an_import_the_host_does_not_grant() {
+    let artifacts = std::path::Path::new(ARTIFACTS);
+    for (file, world, version) in [
+        ("skip_refs.wasm", "filter", "0.1.0"),
+        ("git_backup.wasm", "backup", "0.1.0"),
+        ("pr_metadata.wasm", "metadata-backup", "0.2.0"),
+    ] {
+        let (ok, report) = check(&artifacts.join(file));
+        assert!(ok, "{file}: {report}");
+        assert_eq!(report["loads"], true, "{file}: {report}");
+        let component = &report["component"];
+        assert_eq!(component["world"], world, "{file}: {report}");
+        let versions = component["hookvault_versions"]
+            .as_array()
+            .expect("versions");
+        assert!(versions.iter().any(|v| v == version), "{file}: {report}");
+        let bytes = std::fs::read(artifacts.join(file)).expect("read");
+        assert_eq!(component["size"], bytes.len(), "{file}");
+        assert_eq!(component["sha256"].as_str().map(str::len), Some(64));
+    }
+    // A filter asking for a network socket: refused, the import named.
+    let (ok, report) = check(&artifacts.join("ungranted.wasm"));
+    assert!(!ok, "{report}");
+    assert_eq!(report["loads"], false);
+    assert_eq!(report["component"]["imports"][0], "evil:net/socket@0.1.0");
+    let error = report["error"].as_str().expect("error");
+    assert!(error.contains("evil:net/socket@0.1.0"), "{error}");
+    // Not a component at all: a clear error, no component shown.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let text = tmp.path().join("not-a-plugin.wasm");
+    std::fs::write(&text, b"hello, I am text").expect("write");
+    let (ok, report) = check(&text);
+    assert!(!ok && report["component"].is_null(), "{report}");
+    assert!(
+        report["error"]
+            .as_str()
+            .expect("error")
+            .contains("not-a-plugin.wasm"),
+        "{report}"
+    );
+}

@@ -119,6 +119,19 @@ enum RepairCommand {
 }
 
 #[derive(Subcommand)]
+enum PluginCommand {
+    /// What a component is (world, WIT version, imports, exports, size,
+    /// sha256) and whether this hookvault loads it, linked as `serve` links
+    /// it; exits 1, naming the reason (e.g. an import it does not grant),
+    /// when not.
+    Check {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyCommand {
     /// Every key: id, label, when it was added, and which one opened it.
     List {
@@ -302,6 +315,11 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginCommand,
     },
     /// Rebuild what can be rebuilt from the vault.
     Repair {
@@ -685,6 +703,13 @@ fn format_time(ms: u64) -> String {
 
 /// `bars`: where `serve` draws progress, when stderr is a terminal.
 fn run(cli: Cli, bars: Option<indicatif::MultiProgress>) -> anyhow::Result<()> {
+    // A plugin author checks a component without any config.
+    if let Command::Plugin {
+        action: PluginCommand::Check { path, json },
+    } = &cli.command
+    {
+        return run_plugin_check(path, *json);
+    }
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Serve => {
@@ -953,6 +978,10 @@ fn run(cli: Cli, bars: Option<indicatif::MultiProgress>) -> anyhow::Result<()> {
             json,
         } => run_events(&config, action, failed, repo, json)?,
         Command::Key { action } => run_key(&config, action)?,
+        // Answered above, before the config is read.
+        Command::Plugin {
+            action: PluginCommand::Check { path, json },
+        } => run_plugin_check(&path, json)?,
         Command::Stats { json } => {
             let store = serve::open_vault(&config, Create::Never)?;
             let stats = store.stats()?;
@@ -1466,6 +1495,50 @@ fn run_forget(
         }
     );
     Ok(())
+}
+
+fn run_plugin_check(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let hookvault::plugins::Checked {
+        component: shape,
+        error,
+    } = hookvault::plugins::check(path);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "path": path,
+                "loads": error.is_none(),
+                "error": error.as_ref().map(|e| format!("{e}")),
+                "component": shape,
+            }))?
+        );
+    } else if let Some(shape) = &shape {
+        out!("{}", path.display());
+        match shape.world {
+            Some(world) => out!(
+                "  world:   {} (defined in hookvault:plugin@{})",
+                world.name(),
+                world.wit_version()
+            ),
+            None => out!("  world:   none this host serves"),
+        }
+        out!(
+            "  WIT:     {}",
+            if shape.hookvault_versions.is_empty() {
+                "imports no hookvault interface".to_string()
+            } else {
+                format!("hookvault:plugin@{}", shape.hookvault_versions.join(", @"))
+            }
+        );
+        out!("  size:    {} bytes, sha256 {}", shape.size, shape.sha256);
+        out!("  imports: {}", shape.imports.join(", "));
+        out!("  exports: {}", shape.exports.join(", "));
+        out!("  loads:   {}", if error.is_none() { "yes" } else { "no" });
+    }
+    match error {
+        Some(e) => anyhow::bail!("{} cannot be loaded: {e}", path.display()),
+        None => Ok(()),
+    }
 }
 
 fn run_key(config: &Config, action: KeyCommand) -> anyhow::Result<()> {

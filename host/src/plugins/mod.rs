@@ -5,6 +5,7 @@
 
 mod backup;
 mod filter;
+pub mod inspect;
 mod metadata;
 mod sandbox;
 
@@ -193,20 +194,8 @@ impl PluginHost {
             match plugin.kind {
                 PluginKind::Filter => filters.push(FilterPlugin::load(&engine, spec)?),
                 PluginKind::Backup => {
-                    // The world is told by what the component imports.
-                    let component =
-                        wasmtime::component::Component::from_binary(&engine, &spec.bytes).map_err(
-                            |e| PluginError::Load {
-                                plugin: spec.name.to_string(),
-                                world: "backup",
-                                message: format!("{e:#}"),
-                            },
-                        )?;
-                    let wants_documents = component
-                        .component_type()
-                        .imports(&engine)
-                        .any(|(name, _)| name.starts_with("hookvault:plugin/documents@"));
-                    if wants_documents {
+                    let (component, shape) = inspect::inspect(&engine, &spec.name, &spec.bytes)?;
+                    if shape.world == Some(inspect::World::MetadataBackup) {
                         metadata.push(MetadataPlugin::load(&engine, &spec, &component)?);
                     } else {
                         backups.push(BackupPlugin::load(&engine, spec)?);
@@ -227,6 +216,73 @@ impl PluginHost {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+}
+
+/// What `plugin check` found.
+#[derive(Debug)]
+pub struct Checked {
+    /// The component's shape, when it is one.
+    pub component: Option<inspect::Inspection>,
+    /// Why this host does not load it (`None`: it does).
+    pub error: Option<PluginError>,
+}
+
+/// `plugin check`: what the component at `path` is, and whether this host
+/// loads it (linked exactly as `serve` would link it; an import the host
+/// does not grant is named in the error).
+pub fn check(path: &std::path::Path) -> Checked {
+    let failed = |error| Checked {
+        component: None,
+        error: Some(error),
+    };
+    let engine = match new_engine() {
+        Ok(engine) => engine,
+        Err(e) => return failed(e),
+    };
+    // Default limits, as a plugin configured by path alone gets them.
+    let spec = match PluginSpec::from_config(&PluginConfig {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".into()),
+        kind: PluginKind::Filter,
+        builtin: None,
+        path: Some(path.to_path_buf()),
+        config: None,
+        fuel: None,
+        memory_mib: None,
+        timeout_secs: None,
+    }) {
+        Ok(spec) => spec,
+        Err(e) => return failed(e),
+    };
+    let (component, shape) = match inspect::inspect(&engine, &spec.name, &spec.bytes) {
+        Ok(found) => found,
+        Err(e) => return failed(e),
+    };
+    let loaded = match shape.world {
+        Some(inspect::World::Filter) => FilterPlugin::load(&engine, spec).map(drop),
+        Some(inspect::World::Backup) => BackupPlugin::load(&engine, spec).map(drop),
+        Some(inspect::World::MetadataBackup) => {
+            MetadataPlugin::load(&engine, &spec, &component).map(drop)
+        }
+        None => Err(PluginError::Load {
+            plugin: spec.name.to_string(),
+            world: "any",
+            message: format!(
+                "exports neither `filter` nor `backup`, so it is no hookvault plugin (it exports: {})",
+                if shape.exports.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    shape.exports.join(", ")
+                }
+            ),
+        }),
+    };
+    Checked {
+        component: Some(shape),
+        error: loaded.err(),
     }
 }
 
