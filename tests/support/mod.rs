@@ -521,6 +521,11 @@ impl Service {
             .expect("listening address")
             .parse()
             .expect("socket address");
+        Self::running(dir, config, addr, child)
+    }
+
+    /// A started service listening on `addr`.
+    fn running(dir: &Path, config: PathBuf, addr: SocketAddr, child: Child) -> Self {
         Self {
             dir: dir.to_path_buf(),
             config,
@@ -558,16 +563,7 @@ impl Service {
             let end = text[at..].find('"')? + at;
             text[at..end].parse().ok()
         });
-        Self {
-            dir: dir.to_path_buf(),
-            config,
-            addr,
-            child: Some(child),
-            client: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
-        }
+        Self::running(dir, config, addr, child)
     }
 
     pub fn log(&self) -> String {
