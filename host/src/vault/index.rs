@@ -22,9 +22,21 @@ pub struct Entry {
     pub path: Option<(u64, u32)>,
 }
 
+/// One index file, decoded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexFile {
+    pub entries: Vec<(RecordId, Entry)>,
+    /// Index files this one replaces (written by prune and repair, which
+    /// remove them next): a reader that finds one of them still present
+    /// leaves it out, so a run killed while it removes them leaves no
+    /// entry of a record it dropped.
+    pub supersedes: Vec<FileName>,
+}
+
 /// Encode the body of an index file and seal it.
 pub fn encode_index_file(
     entries: &[(RecordId, Entry)],
+    supersedes: &[FileName],
     key: Option<&MasterKey>,
 ) -> Result<Vec<u8>, FormatError> {
     let mut files: Vec<&FileName> = Vec::new();
@@ -71,14 +83,18 @@ pub fn encode_index_file(
             }
         }
     }
+    push_varint(&mut body, supersedes.len() as u64);
+    for f in supersedes {
+        body.extend_from_slice(
+            &f.hash()
+                .ok_or_else(|| FormatError("bad index file name".into()))?,
+        );
+    }
     format::seal_keyed(INDEX_MAGIC, &body, 3, key)
 }
 
 /// Decode an index file (whole, as stored).
-pub fn decode_index_file(
-    bytes: &[u8],
-    key: Option<&MasterKey>,
-) -> Result<Vec<(RecordId, Entry)>, FormatError> {
+pub fn decode_index_file(bytes: &[u8], key: Option<&MasterKey>) -> Result<IndexFile, FormatError> {
     let body = format::open_envelope_keyed(INDEX_MAGIC, bytes, key)?;
     let mut at = 0;
     let count = |at: &mut usize, what: &str| -> Result<usize, FormatError> {
@@ -89,14 +105,18 @@ pub fn decode_index_file(
             .filter(|&n| n <= body.len())
             .ok_or_else(|| FormatError(format!("{what} count {n} exceeds the file")))
     };
-    let nfiles = count(&mut at, "data file")?;
-    let mut files = Vec::with_capacity(nfiles);
-    for _ in 0..nfiles {
-        let raw = read_bytes(&body, &mut at, 32)?;
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(raw);
-        files.push(FileName::from_hash(&hash));
-    }
+    let names = |at: &mut usize, what: &str| -> Result<Vec<FileName>, FormatError> {
+        let n = count(at, what)?;
+        let mut names = Vec::with_capacity(n);
+        for _ in 0..n {
+            let raw = read_bytes(&body, at, 32)?;
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(raw);
+            names.push(FileName::from_hash(&hash));
+        }
+        Ok(names)
+    };
+    let files = names(&mut at, "data file")?;
     let npaths = count(&mut at, "path")?;
     let mut paths = Vec::with_capacity(npaths);
     for _ in 0..npaths {
@@ -146,13 +166,17 @@ pub fn decode_index_file(
             },
         ));
     }
+    let supersedes = names(&mut at, "superseded index file")?;
     if at != body.len() {
         return Err(FormatError(format!(
-            "{} bytes after the last entry",
+            "{} bytes after the list of superseded index files",
             body.len() - at
         )));
     }
-    Ok(out)
+    Ok(IndexFile {
+        entries: out,
+        supersedes,
+    })
 }
 
 /// The index of a vault, in memory: the union of its index files.
@@ -162,6 +186,7 @@ pub struct MemIndex {
     versions: HashMap<(u64, u32), RecordId>,
     next_version: HashMap<u64, u32>,
     files: std::collections::HashSet<FileName>,
+    superseded: std::collections::HashSet<FileName>,
 }
 
 impl MemIndex {
@@ -184,6 +209,17 @@ impl MemIndex {
 
     pub fn has_file(&self, name: &FileName) -> bool {
         self.files.contains(name)
+    }
+
+    /// Whether an index file read here replaces `name`.
+    pub fn is_superseded(&self, name: &FileName) -> bool {
+        self.superseded.contains(name)
+    }
+
+    /// Remember index files that one read here replaces. The caller leaves
+    /// them out (and rebuilds the index if one was already read).
+    pub fn supersede(&mut self, names: impl IntoIterator<Item = FileName>) {
+        self.superseded.extend(names);
     }
 
     /// Add the entries of one index file. An id already indexed keeps the
@@ -260,8 +296,11 @@ mod tests {
                 },
             ),
         ];
-        let bytes = encode_index_file(&entries, None).expect("encode");
-        assert_eq!(decode_index_file(&bytes, None).expect("decode"), entries);
+        let old = FileName::from_hash(&[3; 32]);
+        let bytes = encode_index_file(&entries, std::slice::from_ref(&old), None).expect("encode");
+        let decoded = decode_index_file(&bytes, None).expect("decode");
+        assert_eq!(decoded.entries, entries);
+        assert_eq!(decoded.supersedes, vec![old]);
         let mut index = MemIndex::default();
         index.insert_file(f1, entries);
         assert_eq!(index.version(42, 7), Some(RecordId([9; 20])));

@@ -651,10 +651,13 @@ impl Vault {
                 .into_iter()
                 .map(|(n, _)| n)
                 .filter(|n| {
-                    !index.has_file(n) && !damaged.contains_key(&(FileType::Index, n.clone()))
+                    !index.has_file(n)
+                        && !index.is_superseded(n)
+                        && !damaged.contains_key(&(FileType::Index, n.clone()))
                 })
                 .collect()
         };
+        let mut read_now: Vec<(FileName, index::IndexFile)> = Vec::new();
         for name in fresh {
             let decoded = self.read_small(FileType::Index, &name).and_then(|bytes| {
                 if name.hash() != Some(*blake3::hash(&bytes).as_bytes()) {
@@ -668,8 +671,28 @@ impl Vault {
                     .map_err(|e| self.bad_file(FileType::Index, &name, e))
             });
             match decoded {
-                Ok(entries) => write(&self.inner.index)?.insert_file(name, entries),
+                Ok(file) => read_now.push((name, file)),
                 Err(e) => self.set_aside(FileType::Index, name, e)?,
+            }
+        }
+        {
+            let mut index = write(&self.inner.index)?;
+            let replaced: Vec<FileName> = read_now
+                .iter()
+                .flat_map(|(_, f)| f.supersedes.iter().cloned())
+                .collect();
+            if replaced.iter().any(|n| index.has_file(n)) {
+                // A prune or repair of another process replaced index files
+                // read here: read the index again from what is there now.
+                *index = MemIndex::default();
+                drop(index);
+                return self.refresh();
+            }
+            index.supersede(replaced);
+            for (name, file) in read_now {
+                if !index.is_superseded(&name) {
+                    index.insert_file(name, file.entries);
+                }
             }
         }
 
@@ -1133,7 +1156,8 @@ impl Vault {
             .iter()
             .filter_map(|id| pending.entries.get(id).map(|(_, e)| (*id, e.clone())))
             .collect();
-        let bytes = index::encode_index_file(&entries, self.key()).map_err(VaultError::Encode)?;
+        let bytes =
+            index::encode_index_file(&entries, &[], self.key()).map_err(VaultError::Encode)?;
         let name = FileName::from_hash(blake3::hash(&bytes).as_bytes());
         self.write_small(FileType::Index, &name, &bytes)?;
         pending.stored_bytes += bytes.len() as u64;

@@ -9,15 +9,16 @@
 //! 1. the live records of the data files being rewritten are copied,
 //!    byte for byte, into new data files (each whole before it is visible),
 //!    with every live delta whose base goes decoded and written whole;
-//! 2. one new index file names every live record where it now is;
+//! 2. one new index file names every live record where it now is, and
+//!    supersedes every other index file;
 //! 3. every other index file is removed;
 //! 4. only then are the data files that are garbage or were rewritten
 //!    removed.
 //!
-//! Until 3 is complete the old index files still name every record where
-//! it was, and the new one names each live record where it is: both are
-//! valid, as two writers' index files are. After 3, a data file not yet
-//! removed is unindexed, which readers never see and the next prune (or
+//! Once 2 is done, readers leave out every old index file still present
+//! (it is superseded), so no record this prune drops is indexed again
+//! whatever 3 removed before a kill. What is left of 3 and 4 is superseded
+//! index files and unindexed data, which the next prune (and, for data,
 //! `serve`'s start) removes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -398,7 +399,10 @@ impl Vault {
         entries.extend(moved);
         recompute_depths(&mut entries);
         entries.sort_by_key(|(id, _)| *id);
-        let bytes = index::encode_index_file(&entries, self.key()).map_err(VaultError::Encode)?;
+        // It replaces every index file there is: until they are all removed
+        // (3), a reader that finds one leaves it out.
+        let bytes = index::encode_index_file(&entries, &index_files, self.key())
+            .map_err(VaultError::Encode)?;
         let new_index = FileName::from_hash(blake3::hash(&bytes).as_bytes());
         self.write_small(FileType::Index, &new_index, &bytes)?;
         tracing::debug!(file = %new_index, entries = entries.len(), "prune: index file written");
@@ -418,6 +422,7 @@ impl Vault {
         let written: HashSet<FileName> = entries.iter().map(|(_, e)| e.file.clone()).collect();
         remove.retain(|name| !written.contains(name));
         let mut fresh = MemIndex::default();
+        fresh.supersede(index_files.iter().filter(|n| **n != new_index).cloned());
         fresh.insert_file(new_index, entries);
         *write(&self.inner.index)? = fresh;
         for name in &remove {

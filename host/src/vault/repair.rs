@@ -6,14 +6,13 @@
 //!    with the path and version of the damaged entry, so the records built
 //!    on it still find it as their base);
 //! 2. one new index file: the good copies, and every other entry of the
-//!    index files that named a damaged copy;
+//!    index files that named a damaged copy, superseding those files;
 //! 3. those index files are removed.
 //!
-//! Until 3 is complete, an old index file may still name a damaged copy
-//! beside the good one; a reader takes the shallower entry, so a damaged
-//! whole record can still win the tie, and running repair again finishes
-//! the job. The damaged bytes stay in their data file, unindexed, until a
-//! prune rewrites it.
+//! The new index file supersedes those it replaces: from the moment it
+//! exists readers leave them out, whatever 3 removed before a kill. The
+//! damaged bytes stay in their data file, unindexed, until a prune
+//! rewrites it.
 
 use std::collections::HashSet;
 
@@ -92,21 +91,40 @@ impl Vault {
                 (id, entry)
             })
             .collect();
-        for (name, _) in backend.list(FileType::Index)? {
+        // Only the files the index was read from: one left out as damaged
+        // or superseded adds nothing.
+        let loaded: Vec<FileName> = {
+            let index = read(&self.inner.index)?;
+            backend
+                .list(FileType::Index)?
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| index.has_file(n))
+                .collect()
+        };
+        for name in loaded {
             let Ok(bytes) = self.read_small(FileType::Index, &name) else {
                 continue;
             };
             let Ok(decoded) = index::decode_index_file(&bytes, self.key()) else {
                 continue;
             };
-            if decoded.iter().any(|(id, _)| replaced.contains(id)) {
-                entries.extend(decoded.into_iter().filter(|(id, _)| !replaced.contains(id)));
+            if decoded.entries.iter().any(|(id, _)| replaced.contains(id)) {
+                entries.extend(
+                    decoded
+                        .entries
+                        .into_iter()
+                        .filter(|(id, _)| !replaced.contains(id)),
+                );
                 affected.push(name);
             }
         }
-        entries.sort_by_key(|(id, _)| *id);
+        // Where two index files named one record, keep the shallower entry,
+        // as readers do.
+        entries.sort_by_key(|(id, e)| (*id, e.depth));
         entries.dedup_by_key(|(id, _)| *id);
-        let bytes = index::encode_index_file(&entries, self.key()).map_err(VaultError::Encode)?;
+        let bytes = index::encode_index_file(&entries, &affected, self.key())
+            .map_err(VaultError::Encode)?;
         let new_index = FileName::from_hash(blake3::hash(&bytes).as_bytes());
         self.write_small(FileType::Index, &new_index, &bytes)?;
         tracing::debug!(file = %new_index, entries = entries.len(), "repair: index file written");

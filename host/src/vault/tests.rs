@@ -694,6 +694,114 @@ fn prune_re_encodes_deltas_whose_base_goes_and_writers_go_on_after_it() {
     }
 }
 
+/// Every file of one type, name and bytes.
+fn files_of(dir: &Path, vault: &Vault, t: FileType) -> Vec<(FileName, Vec<u8>)> {
+    vault
+        .inner
+        .backend
+        .list(t)
+        .expect("list")
+        .into_iter()
+        .map(|(name, _)| {
+            let bytes = std::fs::read(dir.join(t.path_of(&name))).expect("read");
+            (name, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn a_prune_killed_before_it_removed_the_old_files_leaves_no_dropped_record_indexed() {
+    let texts: Vec<Vec<u8>> = (0..40).map(|v| version_text(800, v)).collect();
+    let ids: Vec<GitOid> = texts.iter().map(|t| blob_id(t)).collect();
+    let contents: HashMap<GitOid, Vec<u8>> = ids.iter().copied().zip(texts).collect();
+    let read = |o: &GitOid| -> Result<(ObjectKind, Vec<u8>), std::io::Error> {
+        Ok((ObjectKind::Blob, contents[o].clone()))
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    for id in &ids {
+        vault
+            .put_objects(&[(*id, Some("f.rs"))], read)
+            .expect("put");
+    }
+    let old_index = files_of(dir.path(), &vault, FileType::Index);
+    let old_data = files_of(dir.path(), &vault, FileType::Data);
+    assert!(old_index.len() >= 40);
+    // A second handle that read the index before the prune.
+    let reader = open(dir.path());
+    let keep = 12..32usize;
+    let live: HashSet<RecordId> = ids[keep.clone()]
+        .iter()
+        .map(|o| RecordId::from(*o))
+        .collect();
+    vault
+        .prune_records(
+            &live,
+            prune::PruneOptions {
+                max_unused_percent: 0,
+                dry_run: false,
+            },
+            &crate::progress::quiet,
+        )
+        .expect("prune");
+    let dropped = |v: &Vault, what: &str| {
+        for (n, id) in ids.iter().enumerate() {
+            if keep.contains(&n) {
+                assert_eq!(
+                    *v.read_object(id).expect("read").1,
+                    contents[id],
+                    "{what}: {n}"
+                );
+            } else {
+                assert!(
+                    !v.has(id).expect("has"),
+                    "{what}: version {n} is still indexed"
+                );
+            }
+        }
+    };
+    // The handle opened before it reads the index again when a file it
+    // read is replaced.
+    reader.refresh().expect("refresh");
+    dropped(&reader, "a handle opened before the prune");
+    drop((vault, reader));
+
+    // The state of a prune killed after its index file, before it removed
+    // anything: every old index and data file is back beside the new ones.
+    for (t, files) in [(FileType::Index, &old_index), (FileType::Data, &old_data)] {
+        for (name, bytes) in files {
+            std::fs::write(dir.path().join(t.path_of(name)), bytes).expect("put back");
+        }
+    }
+    let vault = open(dir.path());
+    dropped(&vault, "after the kill");
+    let (files, _) = vault.remove_unindexed_data().expect("remove");
+    assert!(files > 0, "the old data files are unindexed");
+    dropped(&vault, "after removing unindexed data");
+    // A write takes the freed version numbers; the next prune removes what
+    // is left of the old index files.
+    vault
+        .put_objects(&[(ids[35], Some("f.rs"))], read)
+        .expect("a write after the kill");
+    let report = vault
+        .prune_records(
+            &live,
+            prune::PruneOptions {
+                max_unused_percent: 0,
+                dry_run: false,
+            },
+            &crate::progress::quiet,
+        )
+        .expect("prune again");
+    assert!(
+        report.index_files_removed as usize > old_index.len(),
+        "{report:?}"
+    );
+    assert_eq!(files_of(dir.path(), &vault, FileType::Index).len(), 1);
+    drop(vault);
+    dropped(&open(dir.path()), "after the second prune");
+}
+
 #[test]
 fn an_encrypted_vault_keys_its_ids_and_reads_back_after_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
