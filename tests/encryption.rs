@@ -239,6 +239,64 @@ fn an_encrypted_vault_reveals_nothing_and_opens_only_with_its_keys() {
         "{stderr}"
     );
 
+    // A key change waits its turn: while another holds the lock, remove
+    // refuses, naming it.
+    {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(sealed_vault.parent().expect("store").join("keys.lock"))
+            .expect("lock file");
+        lock.try_lock().expect("lock");
+        let stderr = failure(&run(&second, &["key", "remove", &last]));
+        assert!(stderr.contains("another key change holds"), "{stderr}");
+    }
+
+    // A damaged key file, and one whose name is not its hash, are left out:
+    // the vault still opens. A key file that the passphrase opens to
+    // another master key (another vault's, or one planted by someone who
+    // can write the vault) is never used.
+    let keys_dir = sealed_vault.join("keys");
+    let junk = b"{ not a key file".to_vec();
+    std::fs::write(keys_dir.join(blake3::hash(&junk).to_hex().as_str()), &junk).expect("junk");
+    std::fs::write(keys_dir.join("0".repeat(64)), b"{}").expect("misnamed");
+    let out = run(&second, &["snapshots", "--repo", REPO, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = tmp.path().join("other-vault");
+    hookvault::vault::Vault::open_local(
+        &other,
+        hookvault::vault::Create::IfMissing,
+        hookvault::vault::WriteOptions {
+            passphrase: Some(hookvault::vault::crypto::Passphrase::new(
+                "a second, longer passphrase".as_bytes().to_vec(),
+            )),
+            ..Default::default()
+        },
+    )
+    .expect("another vault with the same passphrase");
+    let foreign = files(&other.join("keys")).remove(0);
+    let own = keys_dir.join(&last);
+    let aside = tmp.path().join("own-key");
+    std::fs::rename(&own, &aside).expect("set the own key aside");
+    std::fs::copy(&foreign, keys_dir.join(foreign.file_name().expect("name"))).expect("plant");
+    let stderr = failure(&run(&second, &["snapshots", "--repo", REPO]));
+    assert!(
+        stderr.contains("to a master key the vault's config does not name"),
+        "{stderr}"
+    );
+    std::fs::rename(&aside, &own).expect("the own key back");
+    let out = run(&second, &["snapshots", "--repo", REPO, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Forget and prune work on sealed records as on plain ones (the
     // first snapshot's ref table goes; records are copied sealed).
     let out = run(&second, &["forget", "--keep-last", "1"]);

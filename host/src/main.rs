@@ -1580,11 +1580,39 @@ fn run_key(config: &Config, action: KeyCommand) -> anyhow::Result<()> {
             note!("key {} added", &id[..12]);
         }
         KeyCommand::Remove { id } => {
+            // Two removals at once could each remove the key the other one
+            // keeps: they take turns (a lock file beside the vault, so
+            // `serve` goes on), and each counts the keys under it.
+            let _lock = key_lock(config)?;
             let removed = store.remove_key(&id)?;
             note!("key {} removed", &removed[..12]);
         }
     }
     Ok(())
+}
+
+/// `<store.path>/keys.lock`, held while a key is removed. It covers the
+/// processes of this machine, not services on others sharing a bucket.
+fn key_lock(config: &Config) -> anyhow::Result<std::fs::File> {
+    let path = config.store.path.join("keys.lock");
+    std::fs::create_dir_all(&config.store.path)
+        .with_context(|| format!("creating {}", config.store.path.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another key change holds {}: run again when it is done",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }
 
 fn run_repair(

@@ -24,16 +24,19 @@ const P_COST: u32 = 1;
 #[derive(Clone, Copy, Debug)]
 pub enum Purpose {
     Record,
-    File,
+    /// An index, snapshot or document file, with the 8 bytes of its
+    /// envelope header (magic and version), so a file never opens under
+    /// another type's header.
+    File([u8; 8]),
     MasterKey,
 }
 
 impl Purpose {
-    fn aad(self) -> &'static [u8] {
+    fn aad(self) -> Vec<u8> {
         match self {
-            Purpose::Record => b"hookvault record",
-            Purpose::File => b"hookvault file",
-            Purpose::MasterKey => b"hookvault master key",
+            Purpose::Record => b"hookvault record".to_vec(),
+            Purpose::File(header) => [&b"hookvault file "[..], &header].concat(),
+            Purpose::MasterKey => b"hookvault master key".to_vec(),
         }
     }
 }
@@ -93,7 +96,7 @@ fn seal_with(
             XNonce::from_slice(&nonce),
             Payload {
                 msg: plaintext,
-                aad: purpose.aad(),
+                aad: &purpose.aad(),
             },
         )
         .map_err(|_| CryptoError::Internal("encryption failed".into()))?;
@@ -116,7 +119,7 @@ fn open_with(
         XNonce::from_slice(nonce),
         Payload {
             msg: body,
-            aad: purpose.aad(),
+            aad: &purpose.aad(),
         },
     )
     .map_err(|_| CryptoError::Unauthentic)
@@ -138,6 +141,16 @@ impl MasterKey {
     /// the master key.
     pub fn id_key(&self) -> [u8; 32] {
         blake3::derive_key("hookvault 2026 record ids and path keys", &self.raw)
+    }
+
+    /// What `config` names the vault's master key by (hex): a key file
+    /// that opens to another key is not this vault's. One-way, so it
+    /// tells nothing of the key.
+    pub fn fingerprint(&self) -> String {
+        blake3::derive_key("hookvault 2026 master key fingerprint", &self.raw)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// `nonce ‖ ciphertext ‖ tag`.
@@ -252,7 +265,16 @@ mod tests {
             Err(CryptoError::Unauthentic)
         ));
         assert!(matches!(
-            key.open(Purpose::File, &sealed),
+            key.open(Purpose::File(*b"HVINDX\x01\x02"), &sealed),
+            Err(CryptoError::Unauthentic)
+        ));
+        // A file opens only under the header it was sealed with: an index
+        // file relabelled as a snapshot file does not.
+        let file = key
+            .seal(Purpose::File(*b"HVINDX\x01\x02"), b"body")
+            .expect("seal");
+        assert!(matches!(
+            key.open(Purpose::File(*b"HVSNAP\x01\x02"), &file),
             Err(CryptoError::Unauthentic)
         ));
         let mut flipped = sealed.clone();
@@ -278,8 +300,15 @@ mod tests {
         let again = file
             .unwrap_key(&Passphrase::new("correct horse"))
             .expect("unwrap");
-        let sealed = key.seal(Purpose::File, b"x").expect("seal");
-        assert_eq!(again.open(Purpose::File, &sealed).expect("open"), b"x");
+        let sealed = key
+            .seal(Purpose::File(*b"HVINDX\x01\x02"), b"x")
+            .expect("seal");
+        assert_eq!(
+            again
+                .open(Purpose::File(*b"HVINDX\x01\x02"), &sealed)
+                .expect("open"),
+            b"x"
+        );
         assert!(matches!(
             file.unwrap_key(&Passphrase::new("wrong horse")),
             Err(CryptoError::WrongKey)

@@ -207,8 +207,10 @@ pub fn seal_keyed(
         None => out.extend_from_slice(&frame),
         Some(key) => {
             out[6] = ENVELOPE_SEALED;
+            let mut header = [0u8; 8];
+            header.copy_from_slice(&out);
             out.extend_from_slice(
-                &key.seal(Purpose::File, &frame)
+                &key.seal(Purpose::File(header), &frame)
                     .map_err(|e| bad(e.to_string()))?,
             );
         }
@@ -235,8 +237,10 @@ pub fn open_envelope_keyed(
             "not encrypted, in an encrypted vault (not written by this vault's writers)",
         ));
     }
+    let mut header = [0u8; 8];
+    header.copy_from_slice(head);
     let frame = key
-        .open(Purpose::File, &bytes[8..])
+        .open(Purpose::File(header), &bytes[8..])
         .map_err(|e| bad(e.to_string()))?;
     let mut plain = magic.to_vec();
     plain[7] = head[7];

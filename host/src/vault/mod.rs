@@ -464,6 +464,7 @@ impl Vault {
                         config.encryption = Some(serde_json::json!({
                             "aead": "xchacha20poly1305",
                             "kdf": "argon2id",
+                            "master_key": key.fingerprint(),
                         }));
                         Some((key, name))
                     }
@@ -472,21 +473,33 @@ impl Vault {
                 let bytes = serde_json::to_vec_pretty(&config)
                     .map_err(|e| VaultError::Encode(FormatError(e.to_string())))?;
                 backend.write(FileType::Config, &FileName::config(), &bytes)?;
+                // Two processes creating one vault at once (a bucket two
+                // services share) each write a key and a config: only the
+                // one whose config is there goes on.
+                let there = backend.read(FileType::Config, &FileName::config())?;
+                if there != bytes {
+                    return Err(VaultError::BadFile {
+                        location,
+                        file_type: "config",
+                        name: "config".into(),
+                        message: "another process created this vault at the same moment; run again to open the vault it created".into(),
+                    });
+                }
                 (bytes, created_key)
             }
             Err(e) if e.is_not_found() => return Err(VaultError::NoVault { location }),
             Err(e) => return Err(e.into()),
         };
-        let encrypted = check_config(&location, &config)?;
-        let (key, key_file) = match (created_key, encrypted, &options.passphrase) {
+        let master = check_config(&location, &config)?;
+        let (key, key_file) = match (created_key, master, &options.passphrase) {
             (Some((key, name)), _, _) => (Some(key), Some(name)),
-            (None, true, Some(passphrase)) => {
-                let (key, name) = unlock(&*backend, &location, passphrase)?;
+            (None, Some(fingerprint), Some(passphrase)) => {
+                let (key, name) = unlock(&*backend, &location, passphrase, &fingerprint)?;
                 (Some(key), Some(name))
             }
-            (None, true, None) => return Err(VaultError::NeedsPassphrase { location }),
-            (None, false, Some(_)) => return Err(VaultError::NotEncrypted { location }),
-            (None, false, None) => (None, None),
+            (None, Some(_), None) => return Err(VaultError::NeedsPassphrase { location }),
+            (None, None, Some(_)) => return Err(VaultError::NotEncrypted { location }),
+            (None, None, None) => (None, None),
         };
         let vault = Self {
             inner: Arc::new(Inner {
@@ -534,7 +547,7 @@ impl Vault {
     /// The key files of an encrypted vault.
     pub fn keys(&self) -> Result<Vec<KeyInfo>, VaultError> {
         self.need_key()?;
-        let mut out: Vec<KeyInfo> = key_files(&*self.inner.backend, &self.inner.location)?
+        let mut out: Vec<KeyInfo> = key_files(&*self.inner.backend)?
             .into_iter()
             .map(|(name, file)| KeyInfo {
                 in_use: self.inner.key_file.as_ref() == Some(&name),
@@ -1757,7 +1770,9 @@ fn new_config() -> Result<VaultConfig, VaultError> {
 }
 
 /// Check the config; returns whether the vault is encrypted.
-fn check_config(location: &str, bytes: &[u8]) -> Result<bool, VaultError> {
+/// Check the format; returns the fingerprint of the master key of an
+/// encrypted vault.
+fn check_config(location: &str, bytes: &[u8]) -> Result<Option<String>, VaultError> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| VaultError::BadFile {
             location: location.to_string(),
@@ -1782,12 +1797,15 @@ fn check_config(location: &str, bytes: &[u8]) -> Result<bool, VaultError> {
         message: e.to_string(),
     })?;
     match &config.encryption {
-        None | Some(serde_json::Value::Null) => Ok(false),
+        None | Some(serde_json::Value::Null) => Ok(None),
         Some(e)
             if e.get("aead").and_then(|v| v.as_str()) == Some("xchacha20poly1305")
-                && e.get("kdf").and_then(|v| v.as_str()) == Some("argon2id") =>
+                && e.get("kdf").and_then(|v| v.as_str()) == Some("argon2id")
+                && e.get("master_key").and_then(|v| v.as_str()).is_some() =>
         {
-            Ok(true)
+            Ok(e.get("master_key")
+                .and_then(|v| v.as_str())
+                .map(str::to_string))
         }
         Some(other) => Err(VaultError::BadFile {
             location: location.to_string(),
@@ -1819,44 +1837,53 @@ fn write_key_file(
     Ok(name)
 }
 
-/// Every key file of the vault, parsed.
-fn key_files(
-    backend: &dyn Backend,
-    location: &str,
-) -> Result<Vec<(FileName, crypto::KeyFile)>, VaultError> {
+/// Every key file of the vault that is whole (its name is the hash of its
+/// bytes) and parses; any other is logged and left out, so one bad file
+/// neither hides the others nor stops the vault opening.
+fn key_files(backend: &dyn Backend) -> Result<Vec<(FileName, crypto::KeyFile)>, VaultError> {
     let mut out = Vec::new();
     for (name, _) in backend.list(FileType::Key)? {
         let bytes = backend.read(FileType::Key, &name)?;
-        let file = serde_json::from_slice(&bytes).map_err(|e| VaultError::BadFile {
-            location: location.to_string(),
-            file_type: "key",
-            name: name.to_string(),
-            message: e.to_string(),
-        })?;
-        out.push((name, file));
+        if name.hash() != Some(*blake3::hash(&bytes).as_bytes()) {
+            tracing::warn!(key = %name, "key file left out: its content does not match its name");
+            continue;
+        }
+        match serde_json::from_slice(&bytes) {
+            Ok(file) => out.push((name, file)),
+            Err(e) => {
+                tracing::warn!(key = %name, error = %e, "key file left out: it does not parse")
+            }
+        }
     }
     Ok(out)
 }
 
-/// The master key, from the first key file `passphrase` opens.
+/// The master key `config` names (by `fingerprint`), from the first key
+/// file `passphrase` opens to it. A key file that opens to another key (a
+/// creation that lost a race, or a file planted by someone who can write
+/// the vault) is not used.
 fn unlock(
     backend: &dyn Backend,
     location: &str,
     passphrase: &crypto::Passphrase,
+    fingerprint: &str,
 ) -> Result<(crypto::MasterKey, FileName), VaultError> {
-    for (name, file) in key_files(backend, location)? {
+    let mut foreign: Option<FileName> = None;
+    for (name, file) in key_files(backend)? {
         match file.unwrap_key(passphrase) {
-            Ok(key) => return Ok((key, name)),
+            Ok(key) if key.fingerprint() == fingerprint => return Ok((key, name)),
+            Ok(_) => foreign = Some(name),
             Err(crypto::CryptoError::WrongKey) => continue,
-            Err(e) => {
-                return Err(VaultError::BadFile {
-                    location: location.to_string(),
-                    file_type: "key",
-                    name: name.to_string(),
-                    message: e.to_string(),
-                });
-            }
+            Err(e) => tracing::warn!(key = %name, error = %e, "key file left out"),
         }
+    }
+    if let Some(name) = foreign {
+        return Err(VaultError::BadFile {
+            location: location.to_string(),
+            file_type: "key",
+            name: name.to_string(),
+            message: "the passphrase opens this key file, but to a master key the vault's config does not name; no key file opens the vault's own key with it".into(),
+        });
     }
     Err(VaultError::WrongPassphrase {
         location: location.to_string(),
