@@ -183,7 +183,9 @@ pub fn decode_index_file(bytes: &[u8], key: Option<&MasterKey>) -> Result<IndexF
 #[derive(Debug, Default)]
 pub struct MemIndex {
     records: HashMap<RecordId, Entry>,
-    versions: HashMap<(u64, u32), RecordId>,
+    /// Usually one record per (path key, version); two writers that did
+    /// not see each other's index files may each have given the same one.
+    versions: HashMap<(u64, u32), Vec<RecordId>>,
     next_version: HashMap<u64, u32>,
     files: std::collections::HashSet<FileName>,
     superseded: std::collections::HashSet<FileName>,
@@ -199,7 +201,20 @@ impl MemIndex {
     }
 
     pub fn version(&self, path: u64, version: u32) -> Option<RecordId> {
-        self.versions.get(&(path, version)).copied()
+        self.versions
+            .get(&(path, version))
+            .and_then(|ids| ids.first())
+            .copied()
+    }
+
+    /// Every record indexed at (path, version): more than one where two
+    /// writers gave the same version (a reader tries each as a base; the
+    /// content check tells which one a delta was built on).
+    pub fn versions(&self, path: u64, version: u32) -> &[RecordId] {
+        self.versions
+            .get(&(path, version))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// The version the next record of `path` gets.
@@ -229,7 +244,10 @@ impl MemIndex {
     pub fn insert_file(&mut self, name: FileName, entries: Vec<(RecordId, Entry)>) {
         for (id, entry) in entries {
             if let Some((key, version)) = entry.path {
-                self.versions.entry((key, version)).or_insert(id);
+                let ids = self.versions.entry((key, version)).or_default();
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
                 let next = self.next_version.entry(key).or_insert(0);
                 *next = (*next).max(version.saturating_add(1));
             }

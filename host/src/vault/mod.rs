@@ -1268,15 +1268,27 @@ impl Vault {
                 .ok_or_else(|| self.damaged(id, &entry, "a delta record without a path"))?;
             let base_version = format::skip_delta_base(version)
                 .ok_or_else(|| self.damaged(id, &entry, "a delta record at version 0"))?;
-            let base_id = self
-                .version_id(pending, key, base_version)?
-                .ok_or_else(|| {
-                    self.damaged(
-                        id,
-                        &entry,
-                        format!("delta base (version {base_version}) is not indexed"),
-                    )
-                })?;
+            let mut candidates: Vec<RecordId> = Vec::new();
+            if let Some(id) = pending.and_then(|p| p.versions.get(&(key, base_version))) {
+                candidates.push(*id);
+            }
+            for other in read(&self.inner.index)?.versions(key, base_version) {
+                if !candidates.contains(other) {
+                    candidates.push(*other);
+                }
+            }
+            if candidates.len() > 1 {
+                // Two writers gave this version: the base is the candidate
+                // whose content decodes this record to its id.
+                return self.load_on_one_of(pending, id, &entry, &header, frame, &candidates);
+            }
+            let base_id = candidates.first().copied().ok_or_else(|| {
+                self.damaged(
+                    id,
+                    &entry,
+                    format!("delta base (version {base_version}) is not indexed"),
+                )
+            })?;
             Some(self.load(pending, &base_id)?.1)
         } else {
             None
@@ -1290,6 +1302,46 @@ impl Vault {
         let content = Arc::new(content);
         lock(&self.inner.decoded)?.insert(*id, content.clone());
         Ok((header.kind, content))
+    }
+
+    /// Decode a delta record whose base version two writers gave: on the
+    /// first candidate that yields content matching `id`.
+    fn load_on_one_of(
+        &self,
+        pending: Option<&Pending>,
+        id: &RecordId,
+        entry: &Entry,
+        header: &RecordHeader,
+        frame: &[u8],
+        candidates: &[RecordId],
+    ) -> Result<(ObjectKind, Arc<Vec<u8>>), VaultError> {
+        let mut failure = None;
+        for base_id in candidates {
+            let base = match self.load(pending, base_id) {
+                Ok((_, base)) => base,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    continue;
+                }
+            };
+            if let Ok(content) = format::decompress(frame, Some(&base), header.raw_size)
+                && format::matches_id_keyed(id, header.kind, &content, self.id_key().as_ref())
+            {
+                let content = Arc::new(content);
+                lock(&self.inner.decoded)?.insert(*id, content.clone());
+                return Ok((header.kind, content));
+            }
+        }
+        Err(failure.unwrap_or_else(|| {
+            self.damaged(
+                id,
+                entry,
+                format!(
+                    "content does not match its id on any of the {} records of its base version",
+                    candidates.len()
+                ),
+            )
+        }))
     }
 
     /// Remove the data files no index file names, and return how many and

@@ -240,12 +240,15 @@ impl Vault {
                 if !live.contains(id) {
                     continue;
                 }
-                let base = entry
+                // A base version two writers gave is not known to be the
+                // base: such a delta is written whole too.
+                let bases = entry
                     .path
                     .filter(|_| entry.depth > 0)
-                    .and_then(|(key, v)| index.version(key, format::skip_delta_base(v)?));
+                    .and_then(|(key, v)| Some(index.versions(key, format::skip_delta_base(v)?)))
+                    .unwrap_or(&[]);
                 if entry.depth > 0
-                    && base.is_none_or(|b| !live.contains(&b))
+                    && (bases.len() != 1 || !live.contains(&bases[0]))
                     && data_files.contains_key(&entry.file)
                 {
                     report.records_reencoded += 1;

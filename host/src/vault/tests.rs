@@ -803,6 +803,85 @@ fn a_prune_killed_before_it_removed_the_old_files_leaves_no_dropped_record_index
 }
 
 #[test]
+fn two_writers_that_give_one_path_the_same_versions_both_read_back_and_prune() {
+    // Two writers of one vault (two services sharing a bucket), each
+    // opened before the other wrote, store versions of the same path:
+    // each gives versions 0, 1, 2, ... to its own records.
+    let ours: Vec<Vec<u8>> = (0..20).map(|v| version_text(600, v)).collect();
+    let theirs: Vec<Vec<u8>> = (0..20)
+        .map(|v| {
+            let mut t = version_text(600, v + 7);
+            t.extend_from_slice(b"theirs\n");
+            t
+        })
+        .collect();
+    let all: Vec<Vec<u8>> = ours.iter().chain(&theirs).cloned().collect();
+    let ids: Vec<GitOid> = all.iter().map(|t| blob_id(t)).collect();
+    let contents: HashMap<GitOid, Vec<u8>> = ids.iter().copied().zip(all).collect();
+    let read = |o: &GitOid| -> Result<(ObjectKind, Vec<u8>), std::io::Error> {
+        Ok((ObjectKind::Blob, contents[o].clone()))
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = open(dir.path());
+    let b = open(dir.path());
+    for n in 0..20 {
+        a.put_objects(&[(ids[n], Some("f.rs"))], read).expect("a");
+        b.put_objects(&[(ids[20 + n], Some("f.rs"))], read)
+            .expect("b");
+    }
+    drop((a, b));
+    let vault = open(dir.path());
+    {
+        let index = vault.inner.index.read().expect("index");
+        let shared = (0..20)
+            .filter(|v| {
+                index
+                    .entries()
+                    .filter(|(_, e)| e.path.map(|p| p.1) == Some(*v))
+                    .count()
+                    == 2
+            })
+            .count();
+        assert_eq!(shared, 20, "both writers gave every version");
+    }
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(
+            *vault.read_object(id).expect("read").1,
+            contents[id],
+            "record {n}"
+        );
+    }
+    // A prune keeping some of each writes the ones on a shared base
+    // version whole; what it keeps reads back after reopen.
+    let keep: Vec<usize> = (5..15).chain(25..40).collect();
+    let live: HashSet<RecordId> = keep.iter().map(|&n| RecordId::from(ids[n])).collect();
+    let report = vault
+        .prune_records(
+            &live,
+            prune::PruneOptions {
+                max_unused_percent: 0,
+                dry_run: false,
+            },
+            &crate::progress::quiet,
+        )
+        .expect("prune");
+    assert_eq!(report.records_kept, keep.len() as u64, "{report:?}");
+    drop(vault);
+    let vault = open(dir.path());
+    for (n, id) in ids.iter().enumerate() {
+        if keep.contains(&n) {
+            assert_eq!(
+                *vault.read_object(id).expect("read").1,
+                contents[id],
+                "record {n}"
+            );
+        } else {
+            assert!(!vault.has(id).expect("has"), "record {n} is pruned");
+        }
+    }
+}
+
+#[test]
 fn an_encrypted_vault_keys_its_ids_and_reads_back_after_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let options = || WriteOptions {
