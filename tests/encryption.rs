@@ -349,6 +349,37 @@ fn an_encrypted_vault_reveals_nothing_and_opens_only_with_its_keys() {
         report.to_string().contains("does not authenticate"),
         "{report}"
     );
+
+    // `init` creates a vault before any push: encrypted with a passphrase,
+    // plain without; never over one that is there.
+    for (name, pass) in [
+        ("init-sealed", Some(pass_file.as_path())),
+        ("init-plain", None),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = write_file(
+            &dir.join("hookvault.toml"),
+            &config_with(&dir, &server, pass),
+        );
+        let out = run(&config, &["init", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(created["encrypted"], pass.is_some(), "{created}");
+        assert!(dir.join("data/vault/config").is_file());
+        let stderr = failure(&run(&config, &["init"]));
+        assert!(stderr.contains("a vault is already at"), "{stderr}");
+        let out = run(&config, &["stats", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 fn hex_bytes(hex: &str) -> Vec<u8> {

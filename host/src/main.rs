@@ -160,6 +160,13 @@ enum KeyCommand {
 enum Command {
     /// Receive webhooks and back up every push.
     Serve,
+    /// Create the vault the config names (store.path, or store.url's
+    /// bucket), encrypted when store.passphrase is set. `serve` creates it
+    /// too on its first start; this refuses when one is already there.
+    Init {
+        #[arg(long)]
+        json: bool,
+    },
     /// List a repository's snapshots, oldest first.
     Snapshots {
         /// `workspace/slug` (Cloud) or `PROJECT/slug` (Data Center).
@@ -978,6 +985,7 @@ fn run(cli: Cli, bars: Option<indicatif::MultiProgress>) -> anyhow::Result<()> {
             json,
         } => run_events(&config, action, failed, repo, json)?,
         Command::Key { action } => run_key(&config, action)?,
+        Command::Init { json } => run_init(&config, json)?,
         // Answered above, before the config is read.
         Command::Plugin {
             action: PluginCommand::Check { path, json },
@@ -1586,6 +1594,44 @@ fn run_key(config: &Config, action: KeyCommand) -> anyhow::Result<()> {
             let _lock = key_lock(config)?;
             let removed = store.remove_key(&id)?;
             note!("key {} removed", &removed[..12]);
+        }
+    }
+    Ok(())
+}
+
+fn run_init(config: &Config, json: bool) -> anyhow::Result<()> {
+    use hookvault::vault::VaultError;
+    match serve::open_vault(config, Create::Never) {
+        Err(serve::ServeError::Vault(VaultError::NoVault { .. })) => {}
+        Err(e) => return Err(e.into()),
+        Ok(vault) => anyhow::bail!(
+            "a vault is already at {}: nothing created",
+            vault.location()
+        ),
+    }
+    if config.store.url.is_none() {
+        std::fs::create_dir_all(&config.store.path)
+            .with_context(|| format!("creating {}", config.store.path.display()))?;
+    }
+    let vault = serve::open_vault(config, Create::IfMissing)?;
+    let key = vault.keys().ok().and_then(|keys| keys.into_iter().next());
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "location": vault.location(),
+                "encrypted": key.is_some(),
+                "key": key.as_ref().map(|k| k.id.clone()),
+            }))?
+        );
+    } else {
+        match key {
+            Some(k) => out!(
+                "created an encrypted vault at {} (key {}: keep store.passphrase safe, nothing restores without it)",
+                vault.location(),
+                &k.id[..12]
+            ),
+            None => out!("created a vault at {}", vault.location()),
         }
     }
     Ok(())
