@@ -1600,20 +1600,11 @@ fn run_key(config: &Config, action: KeyCommand) -> anyhow::Result<()> {
 }
 
 fn run_init(config: &Config, json: bool) -> anyhow::Result<()> {
-    use hookvault::vault::VaultError;
-    match serve::open_vault(config, Create::Never) {
-        Err(serve::ServeError::Vault(VaultError::NoVault { .. })) => {}
-        Err(e) => return Err(e.into()),
-        Ok(vault) => anyhow::bail!(
-            "a vault is already at {}: nothing created",
-            vault.location()
-        ),
-    }
     if config.store.url.is_none() {
         std::fs::create_dir_all(&config.store.path)
             .with_context(|| format!("creating {}", config.store.path.display()))?;
     }
-    let vault = serve::open_vault(config, Create::IfMissing)?;
+    let vault = serve::open_vault(config, Create::New)?;
     let key = vault.keys().ok().and_then(|keys| keys.into_iter().next());
     if json {
         println!(

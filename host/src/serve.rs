@@ -88,7 +88,7 @@ pub fn open_vault(config: &Config, create: Create) -> Result<Vault, ServeError> 
     let backend = S3Backend::from_url(url, settings).map_err(VaultError::from)?;
     let files = match create {
         Create::IfMissing => Some(FileCache::open(&cache_dir(config)).map_err(VaultError::from)?),
-        Create::Never => None,
+        Create::Never | Create::New => None,
     };
     Ok(Vault::open_with_cache(
         Box::new(backend),

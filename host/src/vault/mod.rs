@@ -56,9 +56,11 @@ pub enum VaultError {
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error(
-        "no vault at {location} (run `hookvault serve` once to create it, or check store.path / store.url)"
+        "no vault at {location} (create it with `hookvault init`, or check store.path / store.url)"
     )]
     NoVault { location: String },
+    #[error("a vault is already at {location}: nothing created")]
+    Exists { location: String },
     #[error(
         "the vault at {location} is encrypted: set store.passphrase in the config (a literal, {{ env = \"VAR\" }} or {{ file = \"PATH\" }})"
     )]
@@ -417,6 +419,8 @@ pub enum Create {
     IfMissing,
     /// Read commands: a missing vault is an error, never created.
     Never,
+    /// `init`: create, and a vault already there is an error.
+    New,
 }
 
 impl Vault {
@@ -427,7 +431,7 @@ impl Vault {
         options: WriteOptions,
     ) -> Result<Self, VaultError> {
         let backend: Box<dyn Backend> = match create {
-            Create::IfMissing => Box::new(LocalBackend::create(dir)?),
+            Create::IfMissing | Create::New => Box::new(LocalBackend::create(dir)?),
             Create::Never => Box::new(LocalBackend::open(dir)),
         };
         Self::open(backend, create, options)
@@ -452,8 +456,9 @@ impl Vault {
     ) -> Result<Self, VaultError> {
         let location = backend.location();
         let (config, created_key) = match backend.read(FileType::Config, &FileName::config()) {
+            Ok(_) if create == Create::New => return Err(VaultError::Exists { location }),
             Ok(bytes) => (bytes, None),
-            Err(e) if e.is_not_found() && create == Create::IfMissing => {
+            Err(e) if e.is_not_found() && create != Create::Never => {
                 let mut config = new_config()?;
                 // The key file first: a config that names encryption is
                 // never without a key that opens it.
@@ -650,28 +655,13 @@ impl Vault {
         self.inner.files.as_ref().map(cache::FileCache::len)
     }
 
-    /// Read the index, snapshot and document files this handle has not
-    /// seen yet (written by another process since it opened). A file that
-    /// cannot be read or decoded is left out, logged and remembered
-    /// ([`Vault::damaged_files`]); a listing or storage failure is an error.
-    pub fn refresh(&self) -> Result<(), VaultError> {
-        let backend = &self.inner.backend;
-        let names = backend.list(FileType::Index)?;
-        let fresh: Vec<FileName> = {
-            let index = read(&self.inner.index)?;
-            let damaged = read(&self.inner.damaged_files)?;
-            names
-                .into_iter()
-                .map(|(n, _)| n)
-                .filter(|n| {
-                    !index.has_file(n)
-                        && !index.is_superseded(n)
-                        && !damaged.contains_key(&(FileType::Index, n.clone()))
-                })
-                .collect()
-        };
-        let mut read_now: Vec<(FileName, index::IndexFile)> = Vec::new();
-        for name in fresh {
+    /// Read and check index files; one that cannot be read is set aside.
+    fn read_index_files(
+        &self,
+        names: Vec<FileName>,
+    ) -> Result<Vec<(FileName, index::IndexFile)>, VaultError> {
+        let mut out = Vec::new();
+        for name in names {
             let decoded = self.read_small(FileType::Index, &name).and_then(|bytes| {
                 if name.hash() != Some(*blake3::hash(&bytes).as_bytes()) {
                     return Err(self.bad_file(
@@ -684,30 +674,96 @@ impl Vault {
                     .map_err(|e| self.bad_file(FileType::Index, &name, e))
             });
             match decoded {
-                Ok(file) => read_now.push((name, file)),
+                Ok(file) => out.push((name, file)),
                 Err(e) => self.set_aside(FileType::Index, name, e)?,
             }
         }
-        {
-            let mut index = write(&self.inner.index)?;
-            let replaced: Vec<FileName> = read_now
-                .iter()
-                .flat_map(|(_, f)| f.supersedes.iter().cloned())
-                .collect();
-            if replaced.iter().any(|n| index.has_file(n)) {
-                // A prune or repair of another process replaced index files
-                // read here: read the index again from what is there now.
-                *index = MemIndex::default();
-                drop(index);
-                return self.refresh();
-            }
-            index.supersede(replaced);
-            for (name, file) in read_now {
-                if !index.is_superseded(&name) {
-                    index.insert_file(name, file.entries);
-                }
+        Ok(out)
+    }
+
+    /// Build the index again from every index file there is, aside, and
+    /// put it in place in one step (readers never see it half built).
+    pub(super) fn reload_index(&self) -> Result<(), VaultError> {
+        let names: Vec<FileName> = {
+            let damaged = read(&self.inner.damaged_files)?;
+            self.inner
+                .backend
+                .list(FileType::Index)?
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| !damaged.contains_key(&(FileType::Index, n.clone())))
+                .collect()
+        };
+        let files = self.read_index_files(names)?;
+        let mut fresh = MemIndex::default();
+        fresh.supersede(files.iter().flat_map(|(_, f)| f.supersedes.iter().cloned()));
+        for (name, file) in files {
+            if !fresh.is_superseded(&name) {
+                fresh.insert_file(name, file.entries);
             }
         }
+        *write(&self.inner.index)? = fresh;
+        Ok(())
+    }
+
+    /// An index file set aside as damaged that another one supersedes is
+    /// not damage: nothing it holds is needed (and prune removes it).
+    fn forget_superseded_damage(&self) -> Result<(), VaultError> {
+        let index = read(&self.inner.index)?;
+        write(&self.inner.damaged_files)?
+            .retain(|(t, n), _| !(*t == FileType::Index && index.is_superseded(n)));
+        Ok(())
+    }
+
+    /// Read the index, snapshot and document files this handle has not
+    /// seen yet (written by another process since it opened). A file that
+    /// cannot be read or decoded is left out, logged and remembered
+    /// ([`Vault::damaged_files`]); a listing or storage failure is an error.
+    pub fn refresh(&self) -> Result<(), VaultError> {
+        let backend = &self.inner.backend;
+        let names: Vec<FileName> = backend
+            .list(FileType::Index)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let fresh: Vec<FileName> = {
+            let index = read(&self.inner.index)?;
+            let damaged = read(&self.inner.damaged_files)?;
+            names
+                .iter()
+                .filter(|n| {
+                    !index.has_file(n)
+                        && !index.is_superseded(n)
+                        && !damaged.contains_key(&(FileType::Index, (*n).clone()))
+                })
+                .cloned()
+                .collect()
+        };
+        let read_now = self.read_index_files(fresh)?;
+        let replaced: Vec<FileName> = read_now
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().cloned())
+            .collect();
+        let rebuild = {
+            let mut index = write(&self.inner.index)?;
+            if replaced.iter().any(|n| index.has_file(n)) {
+                true
+            } else {
+                index.supersede(replaced.iter().cloned());
+                for (name, file) in read_now {
+                    if !index.is_superseded(&name) {
+                        index.insert_file(name, file.entries);
+                    }
+                }
+                false
+            }
+        };
+        if rebuild {
+            // A prune or repair of another process replaced index files
+            // read here: the index is read again from what is there now.
+            self.reload_index()?;
+        }
+        self.forget_superseded_damage()?;
 
         let known: HashSet<SnapshotId> = read(&self.inner.snapshots)?
             .values()

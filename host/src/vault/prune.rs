@@ -240,17 +240,27 @@ impl Vault {
                 if !live.contains(id) {
                     continue;
                 }
-                // A base version two writers gave is not known to be the
-                // base: such a delta is written whole too.
-                let bases = entry
+                // A delta stays as it is only when its base version names
+                // one record, live, whose entry (the one the new index
+                // keeps) is at that version: two writers may have given
+                // the version twice, or stored the base at another place.
+                let base_kept = entry
                     .path
                     .filter(|_| entry.depth > 0)
-                    .and_then(|(key, v)| Some(index.versions(key, format::skip_delta_base(v)?)))
-                    .unwrap_or(&[]);
-                if entry.depth > 0
-                    && (bases.len() != 1 || !live.contains(&bases[0]))
-                    && data_files.contains_key(&entry.file)
-                {
+                    .and_then(|(key, v)| {
+                        let at = format::skip_delta_base(v)?;
+                        match index.versions(key, at) {
+                            [only]
+                                if live.contains(only)
+                                    && index.get(only).and_then(|b| b.path) == Some((key, at)) =>
+                            {
+                                Some(())
+                            }
+                            _ => None,
+                        }
+                    })
+                    .is_some();
+                if entry.depth > 0 && !base_kept && data_files.contains_key(&entry.file) {
                     report.records_reencoded += 1;
                     to_write.push((*id, entry.clone(), Write::Whole));
                 } else {

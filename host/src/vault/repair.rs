@@ -14,12 +14,12 @@
 //! damaged bytes stay in their data file, unindexed, until a prune
 //! rewrites it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::backend::{FileName, FileType};
 use super::format;
-use super::index::{self, Entry, MemIndex};
-use super::{Vault, VaultError, lock, read, write};
+use super::index::{self, Entry};
+use super::{Vault, VaultError, lock, read};
 use crate::ids::{ObjectKind, RecordId};
 
 /// A good copy's place in the new data file, before the file has a name.
@@ -42,6 +42,9 @@ impl Vault {
             return Ok(0);
         }
         let _writer = lock(&self.inner.writer)?;
+        // Index files written since this handle read the index are
+        // replaced too.
+        self.refresh()?;
         let backend = &self.inner.backend;
         let mut compressor = format::Compressor::new(self.inner.options.zstd_level);
         let mut buf: Vec<u8> = format::DATA_MAGIC.to_vec();
@@ -77,31 +80,32 @@ impl Vault {
 
         // Every index file that names a replaced record, read again.
         let mut affected: Vec<FileName> = Vec::new();
-        let mut entries: Vec<(RecordId, Entry)> = placed
-            .into_iter()
-            .map(|(id, p)| {
-                let entry = Entry {
-                    kind: p.kind,
-                    depth: 0,
-                    file: data_name.clone(),
-                    offset: p.offset,
-                    len: p.len,
-                    path: p.path,
-                };
-                (id, entry)
-            })
-            .collect();
         // Only the files the index was read from: one left out as damaged
-        // or superseded adds nothing.
-        let loaded: Vec<FileName> = {
+        // adds nothing; one left out as superseded is superseded again.
+        let (loaded, lingering): (Vec<FileName>, Vec<FileName>) = {
             let index = read(&self.inner.index)?;
-            backend
+            let listed: Vec<FileName> = backend
                 .list(FileType::Index)?
                 .into_iter()
                 .map(|(n, _)| n)
-                .filter(|n| index.has_file(n))
-                .collect()
+                .collect();
+            (
+                listed
+                    .iter()
+                    .filter(|n| index.has_file(n))
+                    .cloned()
+                    .collect(),
+                listed
+                    .iter()
+                    .filter(|n| index.is_superseded(n))
+                    .cloned()
+                    .collect(),
+            )
         };
+        let mut entries: Vec<(RecordId, Entry)> = Vec::new();
+        // Every (path, version) the old entries gave a replaced record: two
+        // writers may have stored one object at two.
+        let mut paths: HashMap<RecordId, Vec<Option<(u64, u32)>>> = HashMap::new();
         for name in loaded {
             let Ok(bytes) = self.read_small(FileType::Index, &name) else {
                 continue;
@@ -110,20 +114,42 @@ impl Vault {
                 continue;
             };
             if decoded.entries.iter().any(|(id, _)| replaced.contains(id)) {
-                entries.extend(
-                    decoded
-                        .entries
-                        .into_iter()
-                        .filter(|(id, _)| !replaced.contains(id)),
-                );
+                for (id, entry) in decoded.entries {
+                    if replaced.contains(&id) {
+                        paths.entry(id).or_default().push(entry.path);
+                    } else {
+                        entries.push((id, entry));
+                    }
+                }
                 affected.push(name);
             }
         }
-        // Where two index files named one record, keep the shallower entry,
-        // as readers do.
-        entries.sort_by_key(|(id, e)| (*id, e.depth));
-        entries.dedup_by_key(|(id, _)| *id);
-        let bytes = index::encode_index_file(&entries, &affected, self.key())
+        for (id, p) in placed {
+            let good = Entry {
+                kind: p.kind,
+                depth: 0,
+                file: data_name.clone(),
+                offset: p.offset,
+                len: p.len,
+                path: p.path,
+            };
+            for path in paths.remove(&id).unwrap_or_else(|| vec![p.path]) {
+                entries.push((
+                    id,
+                    Entry {
+                        path,
+                        ..good.clone()
+                    },
+                ));
+            }
+        }
+        // Where two index files named one record at one place, keep the
+        // shallower entry, as readers do.
+        entries.sort_by_key(|(id, e)| (*id, e.path, e.depth));
+        entries.dedup_by_key(|(id, e)| (*id, e.path));
+        let mut supersedes = affected.clone();
+        supersedes.extend(lingering);
+        let bytes = index::encode_index_file(&entries, &supersedes, self.key())
             .map_err(VaultError::Encode)?;
         let new_index = FileName::from_hash(blake3::hash(&bytes).as_bytes());
         self.write_small(FileType::Index, &new_index, &bytes)?;
@@ -138,8 +164,7 @@ impl Vault {
         }
 
         // The in-memory index, as the files now are.
-        *write(&self.inner.index)? = MemIndex::default();
-        self.refresh()?;
+        self.reload_index()?;
         lock(&self.inner.decoded)?.map.clear();
         Ok(objects.len())
     }

@@ -767,17 +767,42 @@ fn a_prune_killed_before_it_removed_the_old_files_leaves_no_dropped_record_index
     drop((vault, reader));
 
     // The state of a prune killed after its index file, before it removed
-    // anything: every old index and data file is back beside the new ones.
+    // anything: every old index and data file is back beside the new ones
+    // (one old index file damaged: superseded, it is no damage that stops
+    // a prune or the removal of unindexed data).
     for (t, files) in [(FileType::Index, &old_index), (FileType::Data, &old_data)] {
-        for (name, bytes) in files {
+        for (n, (name, bytes)) in files.iter().enumerate() {
+            let mut bytes = bytes.clone();
+            if t == FileType::Index && n == 0 {
+                let last = bytes.len() - 1;
+                bytes[last] ^= 1;
+            }
             std::fs::write(dir.path().join(t.path_of(name)), bytes).expect("put back");
         }
     }
     let vault = open(dir.path());
     dropped(&vault, "after the kill");
+    assert!(vault.damaged_files().expect("damaged").is_empty());
     let (files, _) = vault.remove_unindexed_data().expect("remove");
     assert!(files > 0, "the old data files are unindexed");
     dropped(&vault, "after removing unindexed data");
+    // A repair now replaces the prune's index file: the old ones stay
+    // superseded.
+    let fixed = ids[12];
+    assert_eq!(
+        vault
+            .replace_records(&[(
+                RecordId::from(fixed),
+                ObjectKind::Blob,
+                contents[&fixed].clone()
+            )])
+            .expect("repair"),
+        1
+    );
+    dropped(&vault, "after a repair");
+    drop(vault);
+    let vault = open(dir.path());
+    dropped(&vault, "reopened after a repair");
     // A write takes the freed version numbers; the next prune removes what
     // is left of the old index files.
     vault
@@ -807,9 +832,15 @@ fn two_writers_that_give_one_path_the_same_versions_both_read_back_and_prune() {
     // Two writers of one vault (two services sharing a bucket), each
     // opened before the other wrote, store versions of the same path:
     // each gives versions 0, 1, 2, ... to its own records.
-    let ours: Vec<Vec<u8>> = (0..20).map(|v| version_text(600, v)).collect();
+    let ours: Vec<Vec<u8>> = (0..40).map(|v| version_text(600, v)).collect();
+    // Their first version is our version 25: one object, stored by both,
+    // at two places (theirs whole at version 0, ours a delta at version
+    // 25, which only we gave and which our version 26 is built on).
     let theirs: Vec<Vec<u8>> = (0..20)
         .map(|v| {
+            if v == 0 {
+                return ours[25].clone();
+            }
             let mut t = version_text(600, v + 7);
             t.extend_from_slice(b"theirs\n");
             t
@@ -824,25 +855,30 @@ fn two_writers_that_give_one_path_the_same_versions_both_read_back_and_prune() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = open(dir.path());
     let b = open(dir.path());
-    for n in 0..20 {
+    for n in 0..40 {
         a.put_objects(&[(ids[n], Some("f.rs"))], read).expect("a");
-        b.put_objects(&[(ids[20 + n], Some("f.rs"))], read)
-            .expect("b");
+        if n < 20 {
+            b.put_objects(&[(ids[40 + n], Some("f.rs"))], read)
+                .expect("b");
+        }
     }
     drop((a, b));
     let vault = open(dir.path());
     {
         let index = vault.inner.index.read().expect("index");
+        let (key, _) = index
+            .get(&RecordId::from(ids[1]))
+            .and_then(|e| e.path)
+            .expect("a path");
         let shared = (0..20)
-            .filter(|v| {
-                index
-                    .entries()
-                    .filter(|(_, e)| e.path.map(|p| p.1) == Some(*v))
-                    .count()
-                    == 2
-            })
+            .filter(|&v| index.versions(key, v).len() == 2)
             .count();
         assert_eq!(shared, 20, "both writers gave every version");
+        assert_eq!(
+            index.get(&RecordId::from(ids[25])).and_then(|e| e.path),
+            Some((key, 0)),
+            "the shared object's entry is their whole copy"
+        );
     }
     for (n, id) in ids.iter().enumerate() {
         assert_eq!(
@@ -853,7 +889,7 @@ fn two_writers_that_give_one_path_the_same_versions_both_read_back_and_prune() {
     }
     // A prune keeping some of each writes the ones on a shared base
     // version whole; what it keeps reads back after reopen.
-    let keep: Vec<usize> = (5..15).chain(25..40).collect();
+    let keep: Vec<usize> = (3..15).chain(20..30).chain(45..60).collect();
     let live: HashSet<RecordId> = keep.iter().map(|&n| RecordId::from(ids[n])).collect();
     let report = vault
         .prune_records(
@@ -865,11 +901,11 @@ fn two_writers_that_give_one_path_the_same_versions_both_read_back_and_prune() {
             &crate::progress::quiet,
         )
         .expect("prune");
-    assert_eq!(report.records_kept, keep.len() as u64, "{report:?}");
+    assert_eq!(report.records_kept, live.len() as u64, "{report:?}");
     drop(vault);
     let vault = open(dir.path());
     for (n, id) in ids.iter().enumerate() {
-        if keep.contains(&n) {
+        if live.contains(&RecordId::from(*id)) {
             assert_eq!(
                 *vault.read_object(id).expect("read").1,
                 contents[id],
