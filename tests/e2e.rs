@@ -1183,3 +1183,60 @@ fn a_large_backup_draws_a_progress_bar_only_on_a_terminal() {
     );
     piped.stop();
 }
+
+/// The `plugins loaded` line of a service's log: (compiled, from cache).
+fn plugins_loaded(log: &str) -> (u64, u64) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("plugins loaded"))
+        .unwrap_or_else(|| panic!("no `plugins loaded` line in:\n{log}"));
+    let field = |name: &str| -> u64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+            + name.len()
+            + 1;
+        let digits: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("no number for {name} in {line}"))
+    };
+    (field("compiled"), field("from_cache"))
+}
+
+#[test]
+fn a_restart_loads_compiled_plugins_from_the_cache_and_a_damaged_entry_is_compiled_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&tmp.path().join("remote"));
+    let dir = tmp.path().join("service");
+    let service = Service::start(&dir, &server, "");
+    let (compiled, from_cache) = plugins_loaded(&service.log());
+    assert!(compiled >= 1 && from_cache == 0, "{compiled} {from_cache}");
+    service.stop();
+    let cache = dir.join("data/plugin-cache");
+    assert!(
+        !files(&cache).is_empty(),
+        "nothing cached in {}",
+        cache.display()
+    );
+
+    let service = Service::start(&dir, &server, "");
+    assert_eq!(plugins_loaded(&service.log()), (0, compiled));
+    service.stop();
+
+    // Every cached entry cut short: each is compiled again, and the
+    // service starts as before.
+    for file in files(&cache) {
+        let bytes = std::fs::read(&file).expect("read");
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).expect("truncate");
+    }
+    let service = Service::start(&dir, &server, "");
+    let (again, _) = plugins_loaded(&service.log());
+    assert_eq!(again, compiled, "{}", service.log());
+    let health =
+        reqwest::blocking::get(format!("http://{}/healthz", service.addr)).expect("healthz");
+    assert_eq!(health.status(), 200);
+}

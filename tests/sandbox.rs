@@ -170,6 +170,36 @@ fn skip_refs_example_decides_by_glob() {
     );
 }
 
+#[test]
+fn a_pinned_plugin_whose_file_differs_is_refused_naming_both_hashes() {
+    use sha2::Digest as _;
+    let path = format!("{ARTIFACTS}/skip_refs.wasm");
+    let bytes = std::fs::read(&path).expect("example built");
+    let actual: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let config = |pin: &str| -> hookvault::config::PluginConfig {
+        toml::from_str(&format!(
+            "name = \"skip\"\nkind = \"filter\"\npath = \"{path}\"\nsha256 = \"{pin}\"\n"
+        ))
+        .expect("plugin config")
+    };
+    assert!(PluginSpec::from_config(&config(&actual)).is_ok());
+    assert!(PluginSpec::from_config(&config(&actual.to_ascii_uppercase())).is_ok());
+    let wrong = "0".repeat(64);
+    let Err(err) = PluginSpec::from_config(&config(&wrong)) else {
+        panic!("a file that differs from its pin is loaded");
+    };
+    assert!(matches!(err, PluginError::Pinned { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&actual) && message.contains(&wrong),
+        "{message}"
+    );
+    assert_eq!(err.kind(), hookvault::failure::FailureKind::Permanent);
+}
+
 /// `hookvault plugin check` on a component file, through the binary: its
 /// JSON report and exit status.
 fn check(path: &std::path::Path) -> (bool, serde_json::Value) {

@@ -492,6 +492,10 @@ pub struct PluginConfig {
     /// A component file (`.wasm`) built for `wasm32-wasip2`.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// The SHA-256 of the component file (64 hex digits): a file that
+    /// differs is refused at start, both hashes named.
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// Handed to the plugin as JSON.
     #[serde(default)]
     pub config: Option<toml::Table>,

@@ -12,6 +12,7 @@ mod sandbox;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sha2::Digest as _;
 use wasmtime::Engine;
 
 use crate::config::{Config, PluginConfig, PluginKind};
@@ -28,7 +29,7 @@ const DEFAULT_CONCURRENT_CALLS: u32 = 4;
 /// A plugin engine with hookvault's settings (fuel, epoch deadlines,
 /// pooling), its pool sized for the default `worker.concurrency`.
 pub fn new_engine() -> Result<Engine, PluginError> {
-    sandbox::engine(DEFAULT_CONCURRENT_CALLS)
+    sandbox::engine(DEFAULT_CONCURRENT_CALLS, None)
 }
 
 /// The default backup plugin, built from `plugins/git-backup`.
@@ -52,6 +53,14 @@ pub enum PluginError {
         plugin: String,
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error(
+        "plugin {plugin}: the file's sha256 is {actual}, but the config pins {expected}: refused (update the pin only for a file you trust)"
+    )]
+    Pinned {
+        plugin: String,
+        expected: String,
+        actual: String,
     },
     #[error("plugin {plugin}: unknown builtin {builtin:?} (known: git-backup, pr-metadata)")]
     UnknownBuiltin { plugin: String, builtin: String },
@@ -100,6 +109,7 @@ impl PluginError {
             Self::Engine(_)
             | Self::Read { .. }
             | Self::UnknownBuiltin { .. }
+            | Self::Pinned { .. }
             | Self::Load { .. } => FailureKind::Permanent,
         }
     }
@@ -153,6 +163,19 @@ impl PluginSpec {
             })?,
             (None, None) => Vec::new(),
         };
+        if let Some(expected) = &plugin.sha256 {
+            let actual: String = sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if !expected.trim().eq_ignore_ascii_case(&actual) {
+                return Err(PluginError::Pinned {
+                    plugin: plugin.name.clone(),
+                    expected: expected.trim().to_ascii_lowercase(),
+                    actual,
+                });
+            }
+        }
         Ok(Self {
             name: plugin.name.as_str().into(),
             config_json: plugin.config_json().into(),
@@ -172,6 +195,7 @@ impl PluginSpec {
             kind: PluginKind::Backup,
             builtin: Some("git-backup".into()),
             path: None,
+            sha256: None,
             config: None,
             fuel: None,
             memory_mib: None,
@@ -185,7 +209,9 @@ impl PluginHost {
     /// instance pool holds one call per worker (`worker.concurrency`).
     /// Without a configured backup plugin, the built-in git-backup is used.
     pub fn load(config: &Config) -> Result<Self, PluginError> {
-        let engine = sandbox::engine(config.worker.concurrency)?;
+        let started = std::time::Instant::now();
+        let cache = sandbox::plugin_cache(&config.store.path.join("plugin-cache"))?;
+        let engine = sandbox::engine(config.worker.concurrency, Some(cache.clone()))?;
         let mut filters = Vec::new();
         let mut backups = Vec::new();
         let mut metadata = Vec::new();
@@ -206,6 +232,12 @@ impl PluginHost {
         if backups.is_empty() {
             backups.push(BackupPlugin::load(&engine, PluginSpec::default_backup()?)?);
         }
+        tracing::info!(
+            compiled = cache.cache_misses(),
+            from_cache = cache.cache_hits(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "plugins loaded"
+        );
         Ok(Self {
             engine,
             filters,
@@ -249,6 +281,7 @@ pub fn check(path: &std::path::Path) -> Checked {
         kind: PluginKind::Filter,
         builtin: None,
         path: Some(path.to_path_buf()),
+        sha256: None,
         config: None,
         fuel: None,
         memory_mib: None,

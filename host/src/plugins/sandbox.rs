@@ -3,6 +3,7 @@
 //! limit, WASI with nothing granted (no files, no network, no environment,
 //! no arguments) and stdout/stderr captured into capped in-memory pipes.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -27,9 +28,16 @@ pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
 /// cheap. The pool holds what `concurrent_calls` plugin calls at once need
 /// (`worker.concurrency`: each worker makes one call at a time, its store
 /// dropped before the next); a call beyond it fails to instantiate.
-pub fn engine(concurrent_calls: u32) -> Result<Engine, PluginError> {
+///
+/// With a `cache` ([`plugin_cache`]), compiled components are kept on
+/// disk, so a restart does not compile them again.
+pub fn engine(
+    concurrent_calls: u32,
+    cache: Option<wasmtime::Cache>,
+) -> Result<Engine, PluginError> {
     let calls = concurrent_calls.max(1);
     let mut config = wasmtime::Config::new();
+    config.cache(cache);
     config.consume_fuel(true);
     config.epoch_interruption(true);
     config.wasm_component_model(true);
@@ -45,6 +53,24 @@ pub fn engine(concurrent_calls: u32) -> Result<Engine, PluginError> {
     let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
     start_epoch_ticker(&engine)?;
     Ok(engine)
+}
+
+/// wasmtime's cache of compiled code in `dir`: an entry is keyed by the
+/// wasmtime version, every engine setting that changes the code and the
+/// component's bytes, so an upgrade or a changed file compiles anew. The
+/// directory is created for the service's user alone: what it holds is
+/// native code.
+pub fn plugin_cache(dir: &Path) -> Result<wasmtime::Cache, PluginError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| PluginError::Engine(format!("creating {}: {e}", dir.display())))?;
+    let mut config = wasmtime::CacheConfig::new();
+    config.with_directory(dir);
+    wasmtime::Cache::new(config)
+        .map_err(|e| PluginError::Engine(format!("plugin cache {}: {e:#}", dir.display())))
 }
 
 /// One background thread per engine advances its epoch every tick.
