@@ -1188,7 +1188,7 @@ fn a_large_backup_draws_a_progress_bar_only_on_a_terminal() {
 fn plugins_loaded(log: &str) -> (u64, u64) {
     let line = log
         .lines()
-        .find(|l| l.contains("plugins loaded"))
+        .find(|l| l.contains("plugins loaded") && l.contains("from_cache="))
         .unwrap_or_else(|| panic!("no `plugins loaded` line in:\n{log}"));
     let field = |name: &str| -> u64 {
         let at = line

@@ -259,3 +259,70 @@ fn plugin_check_names_the_world_and_refuses_an_import_the_host_does_not_grant() 
         "{report}"
     );
 }
+
+/// `hookvault plugin test` through the binary: exit status, stdout, stderr.
+fn plugin_test(wasm: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookvault"))
+        .args(["plugin", "test"])
+        .arg(format!("{ARTIFACTS}/{wasm}"))
+        .args([
+            "--event",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/payloads/cloud-repo-push.json"
+            ),
+        ])
+        .args(args)
+        .output()
+        .expect("hookvault plugin test");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plugin_test_runs_a_filter_as_serve_would_and_names_what_went_wrong() {
+    // A decision, with the fuel it cost.
+    let (ok, stdout, stderr) = plugin_test(
+        "skip_refs.wasm",
+        &["--set", r#"skip=["refs/heads/feature/*"]"#, "--json"],
+    );
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["repository"], "acme-eng/billing-service", "{report}");
+    assert_eq!(report["decision"], "refs", "{report}");
+    assert_eq!(
+        report["refs"],
+        serde_json::json!(["refs/heads/main"]),
+        "{report}"
+    );
+    assert!(report["fuel_used"].as_u64().expect("fuel") > 0, "{report}");
+
+    // Every ref matches: skip, with the plugin's reason.
+    let (ok, stdout, stderr) =
+        plugin_test("skip_refs.wasm", &["--set", r#"skip=["refs/heads/*"]"#]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("decision: skip ("), "{stdout}");
+
+    // A hostile filter: the call fails, named, exit 1.
+    let (ok, _, stderr) = plugin_test("hostile.wasm", &["--set", "mode=loop"]);
+    assert!(!ok);
+    assert!(stderr.contains("fuel"), "{stderr}");
+    let (ok, _, stderr) = plugin_test("hostile.wasm", &["--set", "mode=panic"]);
+    assert!(!ok);
+    assert!(stderr.contains("the call failed"), "{stderr}");
+
+    // An event hookvault ignores runs no plugin; a backup plugin is not a
+    // filter.
+    let (ok, stdout, stderr) = plugin_test(
+        "skip_refs.wasm",
+        &["--event-key", "repo:commit_status_created", "--json"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("\"ignored\":true"), "{stdout}");
+    let (ok, _, stderr) = plugin_test("git_backup.wasm", &[]);
+    assert!(!ok);
+    assert!(stderr.contains("is a backup plugin"), "{stderr}");
+}

@@ -129,6 +129,29 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a filter component on one webhook body exactly as `serve`
+    /// would (same parser, sandbox and default limits): its decision, what
+    /// it wrote, the fuel it used and the time it took. Exits 1 when the
+    /// call fails (the reason named: out of fuel, memory, a trap, ...).
+    Test {
+        path: PathBuf,
+        /// The webhook body (e.g. `examples/payloads/cloud-repo-push.json`).
+        #[arg(long)]
+        event: PathBuf,
+        /// `X-Event-Key` (default: the body's `eventKey`, else `repo:push`).
+        #[arg(long)]
+        event_key: Option<String>,
+        /// A value of the plugin's config, `KEY=VALUE` (VALUE read as JSON
+        /// when it parses, else as a string); repeatable, applied after
+        /// `--config-file`. (`--config` is hookvault's own config file.)
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// The plugin's config table, as TOML.
+        #[arg(long)]
+        config_file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -711,11 +734,31 @@ fn format_time(ms: u64) -> String {
 /// `bars`: where `serve` draws progress, when stderr is a terminal.
 fn run(cli: Cli, bars: Option<indicatif::MultiProgress>) -> anyhow::Result<()> {
     // A plugin author checks a component without any config.
-    if let Command::Plugin {
-        action: PluginCommand::Check { path, json },
-    } = &cli.command
-    {
-        return run_plugin_check(path, *json);
+    match &cli.command {
+        Command::Plugin {
+            action: PluginCommand::Check { path, json },
+        } => return run_plugin_check(path, *json),
+        Command::Plugin {
+            action:
+                PluginCommand::Test {
+                    path,
+                    event,
+                    event_key,
+                    set,
+                    config_file,
+                    json,
+                },
+        } => {
+            return run_plugin_test(
+                path,
+                event,
+                event_key.as_deref(),
+                set,
+                config_file.as_deref(),
+                *json,
+            );
+        }
+        _ => {}
     }
     let config = Config::load(&cli.config)?;
     match cli.command {
@@ -990,6 +1033,9 @@ fn run(cli: Cli, bars: Option<indicatif::MultiProgress>) -> anyhow::Result<()> {
         Command::Plugin {
             action: PluginCommand::Check { path, json },
         } => run_plugin_check(&path, json)?,
+        Command::Plugin {
+            action: PluginCommand::Test { .. },
+        } => unreachable!("answered before the config is read"),
         Command::Stats { json } => {
             let store = serve::open_vault(&config, Create::Never)?;
             let stats = store.stats()?;
@@ -1545,6 +1591,99 @@ fn run_plugin_check(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
     }
     match error {
         Some(e) => anyhow::bail!("{} cannot be loaded: {e}", path.display()),
+        None => Ok(()),
+    }
+}
+
+fn run_plugin_test(
+    path: &std::path::Path,
+    event: &std::path::Path,
+    event_key: Option<&str>,
+    pairs: &[String],
+    config_file: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use hookvault::plugins::{Decision, trial};
+    let mut table = serde_json::Map::new();
+    if let Some(file) = config_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("the plugin config {}", file.display()))?;
+        let parsed: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("the plugin config {}", file.display()))?;
+        if let serde_json::Value::Object(map) = serde_json::to_value(parsed)? {
+            table.extend(map);
+        }
+    }
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            anyhow::bail!("--set {pair:?}: give KEY=VALUE");
+        };
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        table.insert(key.to_string(), value);
+    }
+    let config_json = serde_json::Value::Object(table).to_string();
+    let (event, trial) = match trial::run_filter(path, event, event_key, config_json)? {
+        trial::Tested::Ignored { event_key } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "event_key": event_key, "ignored": true })
+                );
+            } else {
+                out!("hookvault records {event_key} and runs no plugin on it");
+            }
+            return Ok(());
+        }
+        trial::Tested::Ran { event, trial } => (event, trial),
+    };
+    let (decision, refs, reason) = match &trial.decision {
+        Ok(Decision::Keep) => ("keep", Vec::new(), None),
+        Ok(Decision::Skip(reason)) => ("skip", Vec::new(), Some(reason.clone())),
+        Ok(Decision::Refs(refs)) => ("refs", refs.clone(), None),
+        Err(_) => ("failed", Vec::new(), None),
+    };
+    let error = trial.decision.as_ref().err().map(|e| e.to_string());
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "event_key": event.event_key,
+                "repository": event.repository.to_string(),
+                "refs_changed": event.changes.iter().map(|c| c.name.to_string()).collect::<Vec<_>>(),
+                "decision": decision,
+                "reason": reason,
+                "refs": refs,
+                "error": error,
+                "fuel_used": trial.fuel_used,
+                "elapsed_ms": trial.elapsed.as_secs_f64() * 1000.0,
+                "stdout": trial.stdout,
+                "stderr": trial.stderr,
+            }))?
+        );
+    } else {
+        out!(
+            "event:    {} on {} ({} ref change{})",
+            event.event_key,
+            event.repository,
+            event.changes.len(),
+            if event.changes.len() == 1 { "" } else { "s" }
+        );
+        match (&reason, refs.is_empty()) {
+            (Some(reason), _) => out!("decision: skip ({reason})"),
+            (None, false) => out!("decision: back up only {}", refs.join(", ")),
+            (None, true) => out!("decision: {decision}"),
+        }
+        out!("fuel:     {}", trial.fuel_used);
+        out!("time:     {:.2} ms", trial.elapsed.as_secs_f64() * 1000.0);
+        for (name, text) in [("stdout", &trial.stdout), ("stderr", &trial.stderr)] {
+            for line in text.lines() {
+                out!("{name}:   {line}");
+            }
+        }
+    }
+    match error {
+        Some(e) => anyhow::bail!("the call failed: {e}"),
         None => Ok(()),
     }
 }

@@ -92,6 +92,19 @@ pub(super) fn to_wit_event(event: &Event, excluded: &[String]) -> types::Event {
     }
 }
 
+/// One call of a filter, measured.
+#[derive(Debug)]
+pub struct Trial {
+    pub decision: Result<Decision, PluginError>,
+    /// Fuel (wasm instructions, roughly) the call used of its budget.
+    pub fuel_used: u64,
+    /// Instantiation and the call.
+    pub elapsed: std::time::Duration,
+    /// What the plugin wrote (capped as in `serve`).
+    pub stdout: String,
+    pub stderr: String,
+}
+
 /// A loaded filter plugin.
 pub struct FilterPlugin {
     base: Loaded,
@@ -114,6 +127,36 @@ impl FilterPlugin {
 
     pub fn name(&self) -> &str {
         &self.base.name
+    }
+
+    /// Run the filter as [`FilterPlugin::run`] does, and say what the call
+    /// cost and wrote (`hookvault plugin test`).
+    pub fn trial(&self, event: &Event) -> Result<Trial, PluginError> {
+        let started = std::time::Instant::now();
+        let mut store = self.base.store(&event.delivery_id, ())?;
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_filter(&mut store, &to_wit_event(event, &[])));
+        let elapsed = started.elapsed();
+        let fuel_used = self
+            .base
+            .limits
+            .fuel
+            .saturating_sub(store.get_fuel().unwrap_or(0));
+        let (stdout, stderr) = store.data().output();
+        let decision = self.base.finish(&store, result).map(|d| match d {
+            bindings::Decision::Keep => Decision::Keep,
+            bindings::Decision::Skip(reason) => Decision::Skip(reason),
+            bindings::Decision::Refs(refs) => Decision::Refs(refs),
+        });
+        Ok(Trial {
+            decision,
+            fuel_used,
+            elapsed,
+            stdout,
+            stderr,
+        })
     }
 
     /// Run the filter on an event. Blocking: call from a blocking thread.

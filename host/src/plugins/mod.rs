@@ -8,6 +8,7 @@ mod filter;
 pub mod inspect;
 mod metadata;
 mod sandbox;
+pub mod trial;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use wasmtime::Engine;
 use crate::config::{Config, PluginConfig, PluginKind};
 use crate::failure::FailureKind;
 pub use backup::{BackupDeps, BackupOutcome, BackupPlugin, SourceGit};
-pub use filter::{Decision, FilterPlugin};
+pub use filter::{Decision, FilterPlugin, Trial};
 pub use metadata::MetadataPlugin;
 pub use sandbox::{Limits, OUTPUT_CAP};
 
