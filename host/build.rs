@@ -82,6 +82,7 @@ fn run() -> Result<(), Failure> {
     )?;
     let artifacts = target_dir.join(TARGET).join("release");
     for name in [
+        "future",
         "git_backup",
         "pr_metadata",
         "hostile",

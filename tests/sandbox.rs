@@ -114,6 +114,37 @@ fn output_flood_is_capped_not_fatal() {
 }
 
 #[test]
+fn deep_recursion_exhausts_the_stack_and_is_contained() {
+    let engine = engine();
+    let plugin = hostile(&engine, "recurse", limits());
+    let why = reason(plugin.run(&event()));
+    assert!(why.contains("stack"), "{why}");
+    let good = hostile(&engine, "keep", limits());
+    assert_eq!(good.run(&event()).expect("next call"), Decision::Keep);
+}
+
+#[test]
+fn a_100_mib_config_string_fails_the_call_not_the_host() {
+    let engine = engine();
+    let bytes = std::fs::read(format!("{ARTIFACTS}/hostile.wasm")).expect("hostile plugin built");
+    let huge = format!(r#"{{"mode":"keep","pad":"{}"}}"#, "x".repeat(100 << 20));
+    let plugin = FilterPlugin::load(
+        &engine,
+        PluginSpec {
+            name: "hostile-huge-config".into(),
+            config_json: huge.into(),
+            limits: limits(),
+            bytes,
+        },
+    )
+    .expect("loads");
+    let why = reason(plugin.run(&event()));
+    assert!(why.contains("memory"), "{why}");
+    let good = hostile(&engine, "keep", limits());
+    assert_eq!(good.run(&event()).expect("next call"), Decision::Keep);
+}
+
+#[test]
 fn engine_survives_hostile_calls() {
     let engine = engine();
     for mode in ["loop", "memory", "panic"] {
@@ -239,6 +270,21 @@ fn plugin_check_names_the_world_and_refuses_an_import_the_host_does_not_grant() 
         assert_eq!(component["sha256"].as_str().map(str::len), Some(64));
     }
     // A filter asking for a network socket: refused, the import named.
+    // Built against a hookvault WIT version this host does not serve.
+    let (ok, report) = check(&artifacts.join("future.wasm"));
+    assert!(!ok, "{report}");
+    assert_eq!(
+        report["component"]["hookvault_versions"],
+        serde_json::json!(["9.0.0"]),
+        "{report}"
+    );
+    assert!(
+        report["error"]
+            .as_str()
+            .expect("error")
+            .contains("hookvault:plugin/log@9.0.0"),
+        "{report}"
+    );
     let (ok, report) = check(&artifacts.join("ungranted.wasm"));
     assert!(!ok, "{report}");
     assert_eq!(report["loads"], false);
@@ -313,6 +359,15 @@ fn plugin_test_runs_a_filter_as_serve_would_and_names_what_went_wrong() {
     let (ok, _, stderr) = plugin_test("hostile.wasm", &["--set", "mode=panic"]);
     assert!(!ok);
     assert!(stderr.contains("the call failed"), "{stderr}");
+
+    // A log flood (20,000 lines of 8 KiB): the call completes; the host
+    // keeps 1,000 lines, each cut to 4 KiB.
+    let (ok, _, stderr) = plugin_test("hostile.wasm", &["--set", "mode=log-flood"]);
+    assert!(ok, "{}", &stderr[..stderr.len().min(2000)]);
+    let lines = stderr.lines().count();
+    let longest = stderr.lines().map(str::len).max().unwrap_or(0);
+    assert!((1000..1100).contains(&lines), "{lines} log lines");
+    assert!(longest < 4096 + 512, "a line of {longest} bytes");
 
     // An event hookvault ignores runs no plugin; a backup plugin is not a
     // filter.

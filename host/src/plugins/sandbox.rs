@@ -272,6 +272,12 @@ pub fn classify(plugin: &str, error: wasmtime::Error) -> PluginError {
             "aborted: it panicked or ran out of memory (unreachable code reached)".to_string()
         }
         Some(Trap::AllocationTooLarge) => "exceeded its memory limit".to_string(),
+        Some(Trap::StackOverflow) => "exhausted its call stack (recursion too deep)".to_string(),
+        // A Rust plugin keeps its stack in linear memory: recursing too
+        // deep runs it below address 0.
+        Some(Trap::MemoryOutOfBounds) => {
+            "accessed memory out of bounds: its stack overflowed (recursion too deep) or it followed a bad pointer".to_string()
+        }
         Some(other) => format!("trapped: {other}"),
         None if text.contains("memory") && text.contains("limit") => {
             "exceeded its memory limit".to_string()

@@ -1,5 +1,5 @@
 //! A filter plugin that misbehaves on purpose, chosen by its config:
-//! `{"mode": "loop" | "memory" | "panic" | "flood" | "keep"}`.
+//! `{"mode": "loop" | "memory" | "panic" | "flood" | "recurse" | "log-flood" | "keep"}`.
 //! hookvault's tests load it to prove that a hostile plugin costs one failed
 //! delivery, never the service.
 
@@ -12,6 +12,16 @@ wit_bindgen::generate!({
 });
 
 use hookvault::plugin::config;
+use hookvault::plugin::log::{self, Level};
+
+/// Recursion with a frame the optimiser cannot drop: the call stack runs out.
+fn descend(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 64]);
+    if n == 0 {
+        return frame[0];
+    }
+    descend(std::hint::black_box(n - 1)).wrapping_add(frame[63])
+}
 
 #[derive(serde::Deserialize)]
 struct Settings {
@@ -45,6 +55,14 @@ impl Guest for Hostile {
                 let line = "x".repeat(1024);
                 for _ in 0..5_000 {
                     println!("{line}");
+                }
+                Decision::Keep
+            }
+            "recurse" => Decision::Skip(format!("depth {}", descend(u64::MAX))),
+            "log-flood" => {
+                let line = "y".repeat(8 * 1024);
+                for _ in 0..20_000 {
+                    log::log(Level::Info, &line);
                 }
                 Decision::Keep
             }
