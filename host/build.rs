@@ -2,7 +2,7 @@
 //! `cargo run` and `cargo install` produce a working service:
 //!
 //! * `plugins/` (the default plugins, embedded in the binary) and
-//! * `examples/plugins/skip-refs` (the example custom plugin, used by tests).
+//! * `examples/plugins/skip-refs` and `skip-bots` (example custom plugins, used by tests).
 //!
 //! The nested cargo uses its own target directory next to the outer one, so
 //! it never waits on the outer build's lock. The artifact directory is
@@ -76,10 +76,12 @@ fn run() -> Result<(), Failure> {
 
     let target_dir = plugin_target_dir(&root)?;
     build(&root.join("plugins/Cargo.toml"), &target_dir)?;
-    build(
-        &root.join("examples/plugins/skip-refs/Cargo.toml"),
-        &target_dir,
-    )?;
+    for example in ["skip-refs", "skip-bots"] {
+        build(
+            &root.join(format!("examples/plugins/{example}/Cargo.toml")),
+            &target_dir,
+        )?;
+    }
     let artifacts = target_dir.join(TARGET).join("release");
     for name in [
         "future",
@@ -87,6 +89,7 @@ fn run() -> Result<(), Failure> {
         "pr_metadata",
         "hostile",
         "skip_refs",
+        "skip_bots",
         "ungranted",
     ] {
         let file = artifacts.join(format!("{name}.wasm"));

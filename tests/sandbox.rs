@@ -381,3 +381,29 @@ fn plugin_test_runs_a_filter_as_serve_would_and_names_what_went_wrong() {
     assert!(!ok);
     assert!(stderr.contains("is a backup plugin"), "{stderr}");
 }
+
+#[test]
+fn skip_bots_example_skips_pushes_by_matching_actors_only() {
+    // The payload's actor is "Dana Okafor".
+    let (ok, stdout, stderr) = plugin_test(
+        "skip_bots.wasm",
+        &["--set", r#"actors=["*[bot]", "dana *"]"#, "--json"],
+    );
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["decision"], "skip", "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("Dana Okafor"),
+        "{report}"
+    );
+    let (ok, stdout, stderr) = plugin_test(
+        "skip_bots.wasm",
+        &["--set", r#"actors=["*[bot]"]"#, "--json"],
+    );
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["decision"], "keep", "{report}");
+}
