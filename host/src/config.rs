@@ -519,6 +519,25 @@ pub const FILTER_TIMEOUT_SECS: u64 = 10;
 pub const BACKUP_TIMEOUT_SECS: u64 = 6 * 3600;
 
 impl PluginConfig {
+    /// A filter configured by path alone: default limits, no config, no
+    /// pin (`plugin check`, `plugin test`).
+    pub fn filter_at(path: &std::path::Path) -> Self {
+        Self {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "plugin".into()),
+            kind: PluginKind::Filter,
+            builtin: None,
+            path: Some(path.to_path_buf()),
+            sha256: None,
+            config: None,
+            fuel: None,
+            memory_mib: None,
+            timeout_secs: None,
+        }
+    }
+
     pub fn fuel(&self) -> u64 {
         self.fuel.unwrap_or(match self.kind {
             PluginKind::Filter => FILTER_FUEL,

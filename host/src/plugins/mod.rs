@@ -274,20 +274,7 @@ pub fn check(path: &std::path::Path) -> Checked {
         Err(e) => return failed(e),
     };
     // Default limits, as a plugin configured by path alone gets them.
-    let spec = match PluginSpec::from_config(&PluginConfig {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "plugin".into()),
-        kind: PluginKind::Filter,
-        builtin: None,
-        path: Some(path.to_path_buf()),
-        sha256: None,
-        config: None,
-        fuel: None,
-        memory_mib: None,
-        timeout_secs: None,
-    }) {
+    let spec = match PluginSpec::from_config(&PluginConfig::filter_at(path)) {
         Ok(spec) => spec,
         Err(e) => return failed(e),
     };

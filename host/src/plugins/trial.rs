@@ -7,7 +7,7 @@ use std::path::Path;
 use super::filter::Trial;
 use super::{FilterPlugin, PluginError, PluginSpec, inspect, new_engine};
 use crate::bitbucket::normalize;
-use crate::config::{PluginConfig, PluginKind, SourceKind};
+use crate::config::{PluginConfig, SourceKind};
 use crate::event::Event;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,20 +68,7 @@ pub fn run_filter(
     };
 
     let engine = new_engine()?;
-    let mut spec = PluginSpec::from_config(&PluginConfig {
-        name: plugin
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "plugin".into()),
-        kind: PluginKind::Filter,
-        builtin: None,
-        path: Some(plugin.to_path_buf()),
-        sha256: None,
-        config: None,
-        fuel: None,
-        memory_mib: None,
-        timeout_secs: None,
-    })?;
+    let mut spec = PluginSpec::from_config(&PluginConfig::filter_at(plugin))?;
     spec.config_json = config_json.into();
     let (_, shape) = inspect::inspect(&engine, &spec.name, &spec.bytes)?;
     match shape.world {

@@ -578,6 +578,18 @@ fn data_files_no_index_names_are_removed_and_nothing_else() {
     assert_eq!(vault.remove_unindexed_data().expect("again"), (0, 0));
 }
 
+/// Prune everything not in `live`, rewriting any data file with garbage.
+fn prune_all(vault: &Vault, live: &HashSet<RecordId>) -> Result<prune::PruneReport, VaultError> {
+    vault.prune_records(
+        live,
+        prune::PruneOptions {
+            max_unused_percent: 0,
+            dry_run: false,
+        },
+        &crate::progress::quiet,
+    )
+}
+
 /// The links from `id` to a whole record, following the index.
 fn chain_length(vault: &Vault, id: &RecordId) -> u8 {
     let index = vault.inner.index.read().expect("index");
@@ -631,16 +643,7 @@ fn prune_re_encodes_deltas_whose_base_goes_and_writers_go_on_after_it() {
                 &crate::progress::quiet,
             )
             .expect("dry run");
-        let report = vault
-            .prune_records(
-                &live,
-                prune::PruneOptions {
-                    max_unused_percent: 0,
-                    dry_run: false,
-                },
-                &crate::progress::quiet,
-            )
-            .expect("prune");
+        let report = prune_all(&vault, &live).expect("prune");
         // Only versions whose base is below the kept run are written again.
         assert_eq!(
             report.records_reencoded > 0,
@@ -734,16 +737,7 @@ fn a_prune_killed_before_it_removed_the_old_files_leaves_no_dropped_record_index
         .iter()
         .map(|o| RecordId::from(*o))
         .collect();
-    vault
-        .prune_records(
-            &live,
-            prune::PruneOptions {
-                max_unused_percent: 0,
-                dry_run: false,
-            },
-            &crate::progress::quiet,
-        )
-        .expect("prune");
+    prune_all(&vault, &live).expect("prune");
     let dropped = |v: &Vault, what: &str| {
         for (n, id) in ids.iter().enumerate() {
             if keep.contains(&n) {
@@ -808,16 +802,7 @@ fn a_prune_killed_before_it_removed_the_old_files_leaves_no_dropped_record_index
     vault
         .put_objects(&[(ids[35], Some("f.rs"))], read)
         .expect("a write after the kill");
-    let report = vault
-        .prune_records(
-            &live,
-            prune::PruneOptions {
-                max_unused_percent: 0,
-                dry_run: false,
-            },
-            &crate::progress::quiet,
-        )
-        .expect("prune again");
+    let report = prune_all(&vault, &live).expect("prune again");
     assert!(
         report.index_files_removed as usize > old_index.len(),
         "{report:?}"
@@ -891,16 +876,7 @@ fn two_writers_that_give_one_path_the_same_versions_both_read_back_and_prune() {
     // version whole; what it keeps reads back after reopen.
     let keep: Vec<usize> = (3..15).chain(20..30).chain(45..60).collect();
     let live: HashSet<RecordId> = keep.iter().map(|&n| RecordId::from(ids[n])).collect();
-    let report = vault
-        .prune_records(
-            &live,
-            prune::PruneOptions {
-                max_unused_percent: 0,
-                dry_run: false,
-            },
-            &crate::progress::quiet,
-        )
-        .expect("prune");
+    let report = prune_all(&vault, &live).expect("prune");
     assert_eq!(report.records_kept, live.len() as u64, "{report:?}");
     drop(vault);
     let vault = open(dir.path());
