@@ -120,6 +120,27 @@ enum RepairCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Write a ready-to-build plugin crate (outside hookvault's tree) that
+    /// uses the `hookvault-plugin` SDK, with a passing test and a README.
+    New {
+        /// The crate's name (lowercase letters, digits, `-`, `_`).
+        name: String,
+        /// The world: filter, backup or metadata.
+        #[arg(long, default_value = "filter")]
+        kind: String,
+        /// Where to write it (default: ./NAME); must not exist, or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The SDK's directory (`plugins/sdk` of hookvault's source;
+        /// default: the one this hookvault was built from).
+        #[arg(long, conflicts_with = "sdk_version")]
+        sdk: Option<PathBuf>,
+        /// Depend on this release of `hookvault-plugin` instead of a path.
+        #[arg(long)]
+        sdk_version: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// What a component is (world, WIT version, imports, exports, size,
     /// sha256) and whether this hookvault loads it, linked as `serve` links
     /// it; exits 1, naming the reason (e.g. an import it does not grant),
@@ -740,6 +761,26 @@ fn run(cli: Cli, bars: Option<indicatif::MultiProgress>) -> anyhow::Result<()> {
         } => return run_plugin_check(path, *json),
         Command::Plugin {
             action:
+                PluginCommand::New {
+                    name,
+                    kind,
+                    dir,
+                    sdk,
+                    sdk_version,
+                    json,
+                },
+        } => {
+            return run_plugin_new(
+                name,
+                kind,
+                dir.as_deref(),
+                sdk.as_deref(),
+                sdk_version.as_deref(),
+                *json,
+            );
+        }
+        Command::Plugin {
+            action:
                 PluginCommand::Test {
                     path,
                     event,
@@ -1034,7 +1075,7 @@ fn run(cli: Cli, bars: Option<indicatif::MultiProgress>) -> anyhow::Result<()> {
             action: PluginCommand::Check { path, json },
         } => run_plugin_check(&path, json)?,
         Command::Plugin {
-            action: PluginCommand::Test { .. },
+            action: PluginCommand::Test { .. } | PluginCommand::New { .. },
         } => unreachable!("answered before the config is read"),
         Command::Stats { json } => {
             let store = serve::open_vault(&config, Create::Never)?;
@@ -1551,6 +1592,52 @@ fn run_forget(
     Ok(())
 }
 
+fn run_plugin_new(
+    name: &str,
+    kind: &str,
+    dir: Option<&std::path::Path>,
+    sdk: Option<&std::path::Path>,
+    sdk_version: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use hookvault::plugins::scaffold::{self, Kind, ScaffoldError, Sdk};
+    let kind = Kind::parse(kind)?;
+    let sdk = match (sdk, sdk_version) {
+        (Some(path), _) => Sdk::Path(path.to_path_buf()),
+        (None, Some(version)) => Sdk::Version(version.to_string()),
+        (None, None) => Sdk::built_in().ok_or(ScaffoldError::NoSdk)?,
+    };
+    let dir = dir.map_or_else(|| PathBuf::from(name), std::path::Path::to_path_buf);
+    let created = scaffold::create(name, kind, &dir, &sdk)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&created)?);
+        return Ok(());
+    }
+    out!(
+        "created {} ({}) in {}",
+        created.name,
+        serde_json::to_value(created.kind)?
+            .as_str()
+            .unwrap_or("plugin"),
+        created.dir.display()
+    );
+    for file in &created.files {
+        out!("  {}", file.display());
+    }
+    out!("next:");
+    out!("  cd {}", created.dir.display());
+    out!("  cargo test");
+    out!("  cargo build --release --target wasm32-wasip2");
+    out!("  hookvault plugin check {}", created.component.display());
+    if created.kind == Kind::Filter {
+        out!(
+            "  hookvault plugin test {} --event events/push.json",
+            created.component.display()
+        );
+    }
+    Ok(())
+}
+
 fn run_plugin_check(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let hookvault::plugins::Checked {
         component: shape,
@@ -1659,6 +1746,7 @@ fn run_plugin_test(
                 "elapsed_ms": trial.elapsed.as_secs_f64() * 1000.0,
                 "stdout": trial.stdout,
                 "stderr": trial.stderr,
+                "logs": trial.logs,
             }))?
         );
     } else {
@@ -1676,6 +1764,9 @@ fn run_plugin_test(
         }
         out!("fuel:     {}", trial.fuel_used);
         out!("time:     {:.2} ms", trial.elapsed.as_secs_f64() * 1000.0);
+        for line in &trial.logs {
+            out!("log:      [{}] {}", line.level, line.message);
+        }
         for (name, text) in [("stdout", &trial.stdout), ("stderr", &trial.stderr)] {
             for line in text.lines() {
                 out!("{name}:   {line}");

@@ -47,6 +47,18 @@ impl<X: Send> log::Host for PluginState<X> {
             message.truncate(cut);
             message.push('…');
         }
+        if let Some(captured) = &mut self.captured {
+            captured.push(sandbox::LogLine {
+                level: match level {
+                    log::Level::Trace => "trace",
+                    log::Level::Debug => "debug",
+                    log::Level::Info => "info",
+                    log::Level::Warn => "warn",
+                    log::Level::Error => "error",
+                },
+                message: message.clone(),
+            });
+        }
         let plugin = &*self.plugin;
         let delivery_id = self.delivery_id.as_str();
         match level {
@@ -103,6 +115,8 @@ pub struct Trial {
     /// What the plugin wrote (capped as in `serve`).
     pub stdout: String,
     pub stderr: String,
+    /// The lines it logged.
+    pub logs: Vec<sandbox::LogLine>,
 }
 
 /// A loaded filter plugin.
@@ -134,11 +148,13 @@ impl FilterPlugin {
     pub fn trial(&self, event: &Event) -> Result<Trial, PluginError> {
         let started = std::time::Instant::now();
         let mut store = self.base.store(&event.delivery_id, ())?;
+        store.data_mut().captured = Some(Vec::new());
         let result = self
             .pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_filter(&mut store, &to_wit_event(event, &[])));
         let elapsed = started.elapsed();
+        let logs = store.data_mut().captured.take().unwrap_or_default();
         let fuel_used = self
             .base
             .limits
@@ -156,6 +172,7 @@ impl FilterPlugin {
             elapsed,
             stdout,
             stderr,
+            logs,
         })
     }
 

@@ -8,6 +8,7 @@ mod filter;
 pub mod inspect;
 mod metadata;
 mod sandbox;
+pub mod scaffold;
 pub mod trial;
 
 use std::path::PathBuf;

@@ -188,7 +188,16 @@ pub struct PluginState<X> {
     pub delivery_id: String,
     /// Log lines accepted during this call (capped at [`LOG_LINES_CAP`]).
     pub log_lines: u32,
+    /// The accepted lines, kept when a trial (`plugin test`) asks for them.
+    pub captured: Option<Vec<LogLine>>,
     pub extra: X,
+}
+
+/// A line a plugin logged, as `plugin test` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LogLine {
+    pub level: &'static str,
+    pub message: String,
 }
 
 /// Log lines a plugin may emit per call, and bytes per line.
@@ -245,6 +254,7 @@ pub fn new_store<X: Send>(
         config_json,
         delivery_id,
         log_lines: 0,
+        captured: None,
         extra,
     };
     let mut store = Store::new(engine, state);

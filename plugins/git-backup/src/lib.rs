@@ -9,24 +9,15 @@
 //! Config (all optional): `{"batch": 5000}` — how many object ids to hand the
 //! host per copy call.
 
-// The generated guest glue takes every field of a record as an argument.
-#![allow(clippy::too_many_arguments)]
-
 use std::collections::{BTreeMap, BTreeSet};
 
-wit_bindgen::generate!({
-    path: "../../wit/plugin@0.1.0",
-    world: "backup",
-});
-
-use hookvault::plugin::config;
-use hookvault::plugin::git_source;
-use hookvault::plugin::log::{self, Level};
-use hookvault::plugin::store::{self, RefUpdate, SnapshotRequest, StoredRef};
+use hookvault_plugin::backup::store::{self, RefUpdate, SnapshotRequest, StoredRef};
+use hookvault_plugin::backup::{Backup, Report, git_source};
+use hookvault_plugin::{Event, log};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Settings {
+struct Config {
     #[serde(default = "default_batch")]
     batch: usize,
 }
@@ -37,11 +28,11 @@ fn default_batch() -> usize {
 
 struct GitBackup;
 
-impl Guest for GitBackup {
-    fn backup(event: Event) -> Result<Report, String> {
-        let settings: Settings = serde_json::from_str(&config::get())
-            .map_err(|e| format!("git-backup: invalid plugin config: {e}"))?;
-        let batch = settings.batch.max(1);
+impl Backup for GitBackup {
+    type Config = Config;
+
+    fn backup(event: &Event, config: &Config) -> Result<Report, String> {
+        let batch = config.batch.max(1);
 
         let remote = git_source::fetch()?;
         let previous = store::latest_refs();
@@ -63,10 +54,7 @@ impl Guest for GitBackup {
         }
 
         if previous.as_ref() == Some(&refs) {
-            log::log(
-                Level::Info,
-                "refs unchanged since the latest snapshot; nothing to record",
-            );
+            log::info("refs unchanged since the latest snapshot; nothing to record");
             return Ok(Report {
                 snapshot_id: None,
                 objects_written: 0,
@@ -107,13 +95,12 @@ impl Guest for GitBackup {
                 present += stats.present;
                 stored_bytes += stats.stored_bytes;
             }
-            log::log(
-                Level::Debug,
-                &format!("walked {walked} objects, wrote {written}, {present} already stored"),
-            );
+            log::debug(&format!(
+                "walked {walked} objects, wrote {written}, {present} already stored"
+            ));
         }
 
-        let updates = ref_updates(previous.as_ref(), &refs, &event);
+        let updates = ref_updates(previous.as_ref(), &refs, event);
         let snapshot_refs = refs
             .into_iter()
             .map(|(name, target)| StoredRef { name, target })
@@ -159,4 +146,4 @@ fn ref_updates(
         .collect()
 }
 
-export!(GitBackup);
+hookvault_plugin::export_backup!(GitBackup);

@@ -8,20 +8,10 @@
 //! stores the result as a new version; the store keeps every earlier
 //! version.
 
-// The generated guest glue takes every field of a record as an argument.
-#![allow(clippy::too_many_arguments)]
-
+use hookvault_plugin::config::Empty;
+use hookvault_plugin::metadata::{MetadataBackup, documents, source as metadata};
+use hookvault_plugin::{Event, log};
 use serde::{Deserialize, Serialize};
-
-wit_bindgen::generate!({
-    path: "../../wit/plugin@0.2.0",
-    world: "metadata-backup",
-    generate_all,
-});
-
-use hookvault::plugin0_1_0::log::{self, Level};
-use hookvault::plugin0_2_0::documents;
-use hookvault::plugin0_2_0::metadata;
 
 #[derive(Serialize, Deserialize, Clone, PartialEq)]
 struct PullRequestDoc {
@@ -95,13 +85,12 @@ impl From<metadata::Comment> for CommentDoc {
 
 struct PrMetadata;
 
-impl Guest for PrMetadata {
-    fn backup(_event: Event) -> Result<Vec<String>, String> {
+impl MetadataBackup for PrMetadata {
+    type Config = Empty;
+
+    fn backup(_event: &Event, _config: &Empty) -> Result<Vec<String>, String> {
         let Some(pr) = metadata::current_pull_request() else {
-            log::log(
-                Level::Debug,
-                "event carries no pull request; nothing to store",
-            );
+            log::debug("event carries no pull request; nothing to store");
             return Ok(Vec::new());
         };
         let pr = PullRequestDoc::from(pr);
@@ -122,10 +111,9 @@ impl Guest for PrMetadata {
             (Some(incoming), Some(stored)) if incoming < stored
         );
         if older {
-            log::log(
-                Level::Info,
-                &format!("pull request {key}: event is older than the stored state; fields kept"),
-            );
+            log::info(&format!(
+                "pull request {key}: event is older than the stored state; fields kept"
+            ));
         } else {
             doc.pull_request = pr;
         }
@@ -144,4 +132,4 @@ impl Guest for PrMetadata {
     }
 }
 
-export!(PrMetadata);
+hookvault_plugin::export_metadata_backup!(PrMetadata);

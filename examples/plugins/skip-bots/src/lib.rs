@@ -1,5 +1,5 @@
 //! Skip pushes made by bots: when the actor (Bitbucket's display name, as
-//! the event carries it) matches one of the glob patterns, the push is not
+//! the event carries it) matches one of the patterns, the push is not
 //! backed up; every other push is.
 //!
 //! Config, in hookvault.toml:
@@ -12,62 +12,64 @@
 //! config = { actors = ["*[bot]", "Renovate*", "Release Pipeline"] }
 //! ```
 //!
-//! Patterns match the whole name, case-insensitively. A push with no
-//! known actor is backed up.
+//! Patterns match the whole name, case-insensitively; only `*` and `?` are
+//! wildcards (`*[bot]` is a name ending in `[bot]`). A push with no known
+//! actor is backed up.
 
-// The generated guest glue takes every field of a record as an argument.
-#![allow(clippy::too_many_arguments)]
-
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-
-wit_bindgen::generate!({
-    path: "../../../wit/plugin@0.1.0",
-    world: "filter",
-});
-
-use hookvault::plugin::config;
-use hookvault::plugin::log::{self, Level};
+use hookvault_plugin::filter::{Decision, Filter};
+use hookvault_plugin::{Event, Patterns};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Settings {
+struct Config {
     actors: Vec<String>,
-}
-
-fn patterns() -> Result<GlobSet, String> {
-    let settings: Settings = serde_json::from_str(&config::get())
-        .map_err(|e| format!("skip-bots: invalid config: {e}"))?;
-    let mut builder = GlobSetBuilder::new();
-    for pattern in &settings.actors {
-        let glob = GlobBuilder::new(pattern)
-            .case_insensitive(true)
-            .literal_separator(false)
-            .build()
-            .map_err(|e| format!("skip-bots: bad pattern {pattern:?}: {e}"))?;
-        builder.add(glob);
-    }
-    builder.build().map_err(|e| format!("skip-bots: {e}"))
 }
 
 struct SkipBots;
 
-impl Guest for SkipBots {
-    fn filter(event: Event) -> Decision {
-        let set = match patterns() {
-            Ok(set) => set,
-            // A filter that cannot read its config must not silently drop backups.
-            Err(message) => {
-                log::log(Level::Error, &message);
-                return Decision::Keep;
-            }
-        };
-        match event.actor {
-            Some(actor) if set.is_match(&actor) => Decision::Skip(format!(
-                "pushed by {actor}, who matches a skipped actor pattern"
-            )),
-            _ => Decision::Keep,
-        }
+impl Filter for SkipBots {
+    type Config = Config;
+
+    fn filter(event: &Event, config: &Config) -> Result<Decision, String> {
+        let bots = Patterns::wildcards(&config.actors)?;
+        Ok(match &event.actor {
+            Some(actor) => match bots.matching(actor) {
+                Some(pattern) => Decision::Skip(format!(
+                    "pushed by {actor}, who matches the skipped actor pattern {pattern:?}"
+                )),
+                None => Decision::Keep,
+            },
+            None => Decision::Keep,
+        })
     }
 }
 
-export!(SkipBots);
+hookvault_plugin::export_filter!(SkipBots);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hookvault_plugin::config::parse_str;
+
+    #[test]
+    fn bots_are_skipped_and_people_kept() {
+        let config: Config = parse_str(r#"{"actors": ["*[bot]", "renovate*"]}"#).unwrap();
+        let pushed_by = |actor: &str| Event::test_push("acme/widgets").by(actor);
+        for bot in ["dependabot[bot]", "Renovate Bot"] {
+            let decision = SkipBots::filter(&pushed_by(bot), &config);
+            assert!(
+                matches!(decision, Ok(Decision::Skip(_))),
+                "{bot}: {decision:?}"
+            );
+        }
+        // A name ending in b, o or t is not a bot: `[bot]` is literal.
+        for person in ["Elliot", "Dana Okafor"] {
+            assert_eq!(
+                SkipBots::filter(&pushed_by(person), &config),
+                Ok(Decision::Keep)
+            );
+        }
+        let nobody = Event::test_push("acme/widgets");
+        assert_eq!(SkipBots::filter(&nobody, &config), Ok(Decision::Keep));
+    }
+}

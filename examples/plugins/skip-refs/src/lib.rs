@@ -13,69 +13,55 @@
 //! A push that only touches matching refs is skipped; a push that touches
 //! others too is backed up without the matching ones.
 
-// The generated guest glue takes every field of a record as an argument.
-#![allow(clippy::too_many_arguments)]
-
-use globset::{Glob, GlobSet, GlobSetBuilder};
-
-wit_bindgen::generate!({
-    path: "../../../wit/plugin@0.1.0",
-    world: "filter",
-});
-
-use hookvault::plugin::config;
-use hookvault::plugin::log::{self, Level};
+use hookvault_plugin::filter::{Decision, Filter};
+use hookvault_plugin::{Event, Patterns, log};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Settings {
+struct Config {
     skip: Vec<String>,
-}
-
-fn patterns() -> Result<GlobSet, String> {
-    let settings: Settings = serde_json::from_str(&config::get())
-        .map_err(|e| format!("skip-refs: invalid config: {e}"))?;
-    let mut builder = GlobSetBuilder::new();
-    for pattern in &settings.skip {
-        let glob =
-            Glob::new(pattern).map_err(|e| format!("skip-refs: bad glob {pattern:?}: {e}"))?;
-        builder.add(glob);
-    }
-    builder.build().map_err(|e| format!("skip-refs: {e}"))
 }
 
 struct SkipRefs;
 
-impl Guest for SkipRefs {
-    fn filter(event: Event) -> Decision {
-        let set = match patterns() {
-            Ok(set) => set,
-            // A filter that cannot read its config must not silently drop backups.
-            Err(message) => {
-                log::log(Level::Error, &message);
-                return Decision::Keep;
-            }
-        };
-        let (skipped, kept): (Vec<_>, Vec<_>) = event
-            .changes
-            .iter()
-            .map(|c| c.name.clone())
-            .partition(|name| set.is_match(name));
-        if skipped.is_empty() {
-            Decision::Keep
-        } else if kept.is_empty() {
-            Decision::Skip(format!(
-                "every changed ref matches a skip pattern: {}",
-                skipped.join(", ")
-            ))
-        } else {
-            log::log(
-                Level::Info,
-                &format!("not backing up {}", skipped.join(", ")),
-            );
-            Decision::Refs(kept)
+impl Filter for SkipRefs {
+    type Config = Config;
+
+    fn filter(event: &Event, config: &Config) -> Result<Decision, String> {
+        let skip = Patterns::new(&config.skip)?;
+        let decision = event.keep_refs(|change| !skip.is_match(&change.name));
+        if let Decision::Refs(kept) = &decision {
+            let skipped: Vec<&str> = event
+                .changes
+                .iter()
+                .map(|c| c.name.as_str())
+                .filter(|name| !kept.iter().any(|k| k == name))
+                .collect();
+            log::info(&format!("not backing up {}", skipped.join(", ")));
         }
+        Ok(decision)
     }
 }
 
-export!(SkipRefs);
+hookvault_plugin::export_filter!(SkipRefs);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hookvault_plugin::config::parse_str;
+
+    #[test]
+    fn skips_only_matching_refs() {
+        let config: Config = parse_str(r#"{"skip": ["refs/heads/wip/*"]}"#).unwrap();
+        let only_wip = Event::test_push("acme/widgets").creating("refs/heads/wip/a", "1");
+        assert!(matches!(
+            SkipRefs::filter(&only_wip, &config),
+            Ok(Decision::Skip(_))
+        ));
+        let both = only_wip.updating("refs/heads/main", "1", "2");
+        assert_eq!(
+            SkipRefs::filter(&both, &config),
+            Ok(Decision::Refs(vec!["refs/heads/main".into()]))
+        );
+    }
+}
