@@ -2,7 +2,8 @@
 //! `cargo run` and `cargo install` produce a working service:
 //!
 //! * `plugins/` (the default plugins, embedded in the binary) and
-//! * `examples/plugins/skip-refs` and `skip-bots` (example custom plugins, used by tests).
+//! * `examples/plugins/skip-refs`, `skip-bots` and `force-push-guard`
+//!   (example custom plugins, used by tests).
 //!
 //! The nested cargo uses its own target directory next to the outer one, so
 //! it never waits on the outer build's lock. The artifact directory is
@@ -76,7 +77,7 @@ fn run() -> Result<(), Failure> {
 
     let target_dir = plugin_target_dir(&root)?;
     build(&root.join("plugins/Cargo.toml"), &target_dir)?;
-    for example in ["skip-refs", "skip-bots"] {
+    for example in ["skip-refs", "skip-bots", "force-push-guard"] {
         build(
             &root.join(format!("examples/plugins/{example}/Cargo.toml")),
             &target_dir,
@@ -88,8 +89,10 @@ fn run() -> Result<(), Failure> {
         "git_backup",
         "pr_metadata",
         "hostile",
+        "noisy",
         "skip_refs",
         "skip_bots",
+        "force_push_guard",
         "ungranted",
     ] {
         let file = artifacts.join(format!("{name}.wasm"));

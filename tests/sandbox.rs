@@ -1,6 +1,7 @@
 //! Hostile plugins against the real sandbox: each misbehaviour costs one
 //! failed call with a clear error, and the engine keeps working afterwards.
 
+use std::path::Path;
 use std::time::Duration;
 
 use hookvault::event::{Event, EventKind, RefChange, RefKind};
@@ -41,6 +42,7 @@ fn hostile(engine: &wasmtime::Engine, mode: &str, limits: Limits) -> FilterPlugi
             config_json: format!(r#"{{"mode":"{mode}"}}"#).into(),
             limits,
             bytes,
+            alerts: hookvault::alerts::Alerts::log_only(),
         },
     )
     .expect("hostile plugin loads")
@@ -135,6 +137,7 @@ fn a_100_mib_config_string_fails_the_call_not_the_host() {
             config_json: huge.into(),
             limits: limits(),
             bytes,
+            alerts: hookvault::alerts::Alerts::log_only(),
         },
     )
     .expect("loads");
@@ -169,6 +172,7 @@ fn garbage_bytes_are_refused_at_load() {
             config_json: "{}".into(),
             limits: limits(),
             bytes: b"\0asm not really".to_vec(),
+            alerts: hookvault::alerts::Alerts::log_only(),
         },
     );
     assert!(matches!(result, Err(PluginError::Load { .. })));
@@ -185,6 +189,7 @@ fn skip_refs_example_decides_by_glob() {
             config_json: r#"{"skip":["refs/heads/wip/*"]}"#.into(),
             limits: limits(),
             bytes,
+            alerts: hookvault::alerts::Alerts::log_only(),
         },
     )
     .expect("loads");
@@ -307,17 +312,22 @@ fn plugin_check_names_the_world_and_refuses_an_import_the_host_does_not_grant() 
 }
 
 /// `hookvault plugin test` through the binary: exit status, stdout, stderr.
+const SAMPLE_PUSH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/payloads/cloud-repo-push.json"
+);
+
 fn plugin_test(wasm: &str, args: &[&str]) -> (bool, String, String) {
+    plugin_test_on(wasm, Path::new(SAMPLE_PUSH), args)
+}
+
+/// `plugin test` of an artifact on the webhook body at `event`.
+fn plugin_test_on(wasm: &str, event: &Path, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookvault"))
         .args(["plugin", "test"])
         .arg(format!("{ARTIFACTS}/{wasm}"))
-        .args([
-            "--event",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../examples/payloads/cloud-repo-push.json"
-            ),
-        ])
+        .arg("--event")
+        .arg(event)
         .args(args)
         .output()
         .expect("hookvault plugin test");
@@ -406,4 +416,89 @@ fn skip_bots_example_skips_pushes_by_matching_actors_only() {
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(report["decision"], "keep", "{report}");
+}
+
+#[test]
+fn an_alert_flood_keeps_a_few_cut_to_size_and_the_call_completes() {
+    // Five alerts with 1 MiB fields and 1,000 labels, then 100,000 more.
+    let (ok, stdout, stderr) = plugin_test("noisy.wasm", &["--json"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["decision"], "keep", "the call completes");
+    let alerts = report["alerts"].as_array().expect("alerts");
+    assert_eq!(alerts.len(), 20, "{} alerts kept", alerts.len());
+    for (n, alert) in alerts.iter().enumerate() {
+        if n >= 5 {
+            assert_eq!(alert["title"], "again");
+            continue;
+        }
+        let title = alert["title"].as_str().expect("title");
+        let message = alert["message"].as_str().expect("message");
+        assert!(title.len() <= 200 + 3, "a title of {} bytes", title.len());
+        assert!(
+            message.len() <= 4096 + 3,
+            "a message of {} bytes",
+            message.len()
+        );
+        let labels = alert["labels"].as_object().expect("labels");
+        assert_eq!(labels.len(), 16);
+        assert_eq!(alert["source"], "noisy.wasm", "{}", alert["source"]);
+    }
+}
+
+#[test]
+fn force_push_guard_example_alerts_on_a_rewritten_protected_branch_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut body: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(SAMPLE_PUSH).expect("payload"))
+            .expect("json");
+    // The sample moves main and deletes feature/old-export; mark main's
+    // move as a force-push.
+    body["push"]["changes"][0]["forced"] = serde_json::Value::Bool(true);
+    let forced = dir.path().join("forced.json");
+    std::fs::write(&forced, body.to_string()).expect("write");
+    let guard = |event: &Path, protected: &str| -> serde_json::Value {
+        let setting = format!("protected={protected}");
+        let (ok, stdout, stderr) = plugin_test_on(
+            "force_push_guard.wasm",
+            event,
+            &["--set", &setting, "--json"],
+        );
+        assert!(ok, "{stderr}");
+        serde_json::from_str(&stdout).expect("json")
+    };
+    let report = guard(&forced, r#"["refs/heads/main"]"#);
+    assert_eq!(
+        report["decision"], "keep",
+        "the guard never blocks: {report}"
+    );
+    let alerts = report["alerts"].as_array().expect("alerts");
+    assert_eq!(alerts.len(), 1, "{report}");
+    assert_eq!(alerts[0]["severity"], "critical");
+    assert_eq!(
+        alerts[0]["title"],
+        "main was force-pushed in acme-eng/billing-service"
+    );
+    let message = alerts[0]["message"].as_str().expect("message");
+    assert!(
+        message.contains(
+            "`hookvault undo --repo acme-eng/billing-service --ref refs/heads/main --before "
+        ),
+        "{message}"
+    );
+    assert_eq!(alerts[0]["labels"]["actor"], "Dana Okafor");
+    // Every branch guarded: the deletion alerts too; the unforced sample
+    // with only main guarded raises nothing.
+    let report = guard(&forced, r#"["refs/heads/*"]"#);
+    assert_eq!(
+        report["alerts"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    let report = guard(Path::new(SAMPLE_PUSH), r#"["refs/heads/main"]"#);
+    assert_eq!(
+        report["alerts"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
 }

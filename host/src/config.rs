@@ -52,6 +52,56 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// Where alerts go (they are always logged) and when the service raises
+/// its own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Raise a warning when a repository's oldest delivery still waiting
+    /// for a backup has waited this long, i.e. its latest snapshot is this
+    /// far behind a push (0: never).
+    #[serde(default)]
+    pub max_lag_secs: u64,
+    #[serde(default)]
+    pub webhooks: Vec<AlertWebhook>,
+}
+
+/// One URL every alert of at least `min_severity` is POSTed to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertWebhook {
+    /// A secret like the others (`{ env = "SLACK_WEBHOOK_URL" }`): an
+    /// incoming-webhook URL lets whoever has it post.
+    pub url: Secret,
+    #[serde(default)]
+    pub format: AlertFormat,
+    #[serde(default = "default_min_severity")]
+    pub min_severity: crate::alerts::Severity,
+    #[serde(default = "default_alert_timeout")]
+    pub timeout_secs: u64,
+}
+
+/// The body of an alert POST.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertFormat {
+    /// Every field as JSON.
+    #[default]
+    Json,
+    /// `{"text": …}` in Slack's markup (Slack, Mattermost, Rocket.Chat, …).
+    Slack,
+}
+
+fn default_min_severity() -> crate::alerts::Severity {
+    crate::alerts::Severity::Warning
+}
+
+fn default_alert_timeout() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize)]

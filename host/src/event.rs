@@ -100,6 +100,19 @@ pub struct Event {
     pub previous_name: Option<RepoName>,
 }
 
+/// `ms` since the Unix epoch as RFC 3339 in UTC, to the millisecond when
+/// it has one (what `--at` and `--before` take).
+pub fn rfc3339(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

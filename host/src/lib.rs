@@ -3,6 +3,7 @@
 //! restore. See ARCHITECTURE.md.
 
 pub mod admin;
+pub mod alerts;
 pub mod bitbucket;
 pub mod browse;
 pub mod config;

@@ -742,14 +742,7 @@ fn main() -> ExitCode {
 }
 
 fn format_time(ms: u64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
+    hookvault::event::rfc3339(ms)
 }
 
 /// `bars`: where `serve` draws progress, when stderr is a terminal.
@@ -1657,9 +1650,12 @@ fn run_plugin_check(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
         out!("{}", path.display());
         match shape.world {
             Some(world) => out!(
-                "  world:   {} (defined in hookvault:plugin@{})",
+                "  world:   {} (hookvault:plugin@{})",
                 world.name(),
-                world.wit_version()
+                shape
+                    .world_version
+                    .as_deref()
+                    .unwrap_or(world.wit_version())
             ),
             None => out!("  world:   none this host serves"),
         }
@@ -1747,6 +1743,7 @@ fn run_plugin_test(
                 "stdout": trial.stdout,
                 "stderr": trial.stderr,
                 "logs": trial.logs,
+                "alerts": trial.alerts.iter().map(|a| a.json()).collect::<Vec<_>>(),
             }))?
         );
     } else {
@@ -1766,6 +1763,15 @@ fn run_plugin_test(
         out!("time:     {:.2} ms", trial.elapsed.as_secs_f64() * 1000.0);
         for line in &trial.logs {
             out!("log:      [{}] {}", line.level, line.message);
+        }
+        for alert in &trial.alerts {
+            out!("alert:    [{}] {}", alert.severity.as_str(), alert.title);
+            for line in alert.message.lines() {
+                out!("          {line}");
+            }
+            for (key, value) in &alert.labels {
+                out!("          {key}: {value}");
+            }
         }
         for (name, text) in [("stdout", &trial.stdout), ("stderr", &trial.stderr)] {
             for line in text.lines() {

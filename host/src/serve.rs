@@ -34,6 +34,8 @@ pub enum ServeError {
     Plugin(#[from] PluginError),
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Alerts(#[from] crate::alerts::AlertsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -178,7 +180,10 @@ pub async fn serve_with_progress(
         progress,
         ..backup_deps(&config, store.clone())?
     });
-    let plugins = Arc::new(tokio::task::block_in_place(|| PluginHost::load(&config))?);
+    let alerts = crate::alerts::Alerts::start(&config.alerts)?;
+    let plugins = Arc::new(tokio::task::block_in_place(|| {
+        PluginHost::load(&config, &alerts)
+    })?);
     info!(
         filters = plugins.filters.len(),
         backups = plugins.backups.len(),
@@ -210,12 +215,21 @@ pub async fn serve_with_progress(
             stop_rx.clone(),
         ))
     });
+    if config.alerts.max_lag_secs > 0 {
+        tokio::spawn(crate::pipeline::lag::watch(
+            queue.clone(),
+            Duration::from_secs(config.alerts.max_lag_secs),
+            alerts.clone(),
+            stop_rx.clone(),
+        ));
+    }
     let worker = Worker {
         queue: queue.clone(),
         plugins,
         deps,
         config: config.worker.clone(),
         gate,
+        alerts,
     };
     let worker = tokio::spawn(worker.run(stop_rx));
 

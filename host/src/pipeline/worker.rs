@@ -100,6 +100,8 @@ pub struct Worker {
     pub config: WorkerConfig,
     /// Held for each backup, so a scheduled prune never runs beside one.
     pub gate: crate::maintenance::Gate,
+    /// Told of every delivery that failed for good.
+    pub alerts: crate::alerts::Alerts,
 }
 
 impl std::fmt::Debug for Worker {
@@ -263,6 +265,7 @@ impl Worker {
                     delivery.status = Status::Failed;
                     delivery.last_error = Some(message.clone());
                     delivery.failure = Some(FailureKind::Permanent);
+                    self.alert_failed(delivery, &message);
                 }
                 self.queue.complete(claim).await?;
             }
@@ -277,6 +280,7 @@ impl Worker {
                     if delivery.attempts >= max_attempts {
                         delivery.status = Status::Failed;
                         error!(delivery_id = %delivery.id, error = %message, "backup failed for good; dead-lettered");
+                        self.alert_failed(delivery, &message);
                     } else {
                         warn!(delivery_id = %delivery.id, error = %message, retry_in_ms = backoff(base, delivery.attempts).as_millis() as u64, "backup failed; will retry");
                     }
@@ -290,6 +294,27 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Tell the operator that `delivery` failed for good.
+    fn alert_failed(&self, delivery: &Delivery, error: &str) {
+        let repository = delivery.repository().map(|r| r.to_string());
+        let what = repository.as_deref().unwrap_or("a repository");
+        let mut alert = crate::alerts::Alert::from_host(
+            crate::alerts::Severity::Critical,
+            format!("backup of {what} failed for good"),
+            format!(
+                "{error}. Delivery {} is marked failed after {} attempt{}; once the cause is fixed, `hookvault events retry {}` runs it again.",
+                delivery.id,
+                delivery.attempts,
+                if delivery.attempts == 1 { "" } else { "s" },
+                delivery.id
+            ),
+        );
+        alert.repository = repository;
+        alert.delivery_id = Some(delivery.id.clone());
+        alert.labels = vec![("attempts".into(), delivery.attempts.to_string())];
+        self.alerts.raise(alert);
     }
 
     /// Run the pipeline for `event`, which answers the deliveries `ids`.

@@ -408,7 +408,7 @@ impl BackupPlugin {
             snapshot: None,
             failure: None,
         };
-        let mut store = self.base.store(&event.delivery_id, ctx)?;
+        let mut store = self.base.store(event, ctx)?;
         let result = self
             .pre
             .instantiate(&mut store)

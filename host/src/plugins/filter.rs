@@ -38,15 +38,7 @@ impl<X: Send> log::Host for PluginState<X> {
             }
             return;
         }
-        let mut message = message;
-        if message.len() > LOG_LINE_BYTES {
-            let mut cut = LOG_LINE_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        let message = sandbox::cut(message, LOG_LINE_BYTES);
         if let Some(captured) = &mut self.captured {
             captured.push(sandbox::LogLine {
                 level: match level {
@@ -117,6 +109,8 @@ pub struct Trial {
     pub stderr: String,
     /// The lines it logged.
     pub logs: Vec<sandbox::LogLine>,
+    /// The alerts it raised (shown, not sent).
+    pub alerts: Vec<crate::alerts::Alert>,
 }
 
 /// A loaded filter plugin.
@@ -147,14 +141,16 @@ impl FilterPlugin {
     /// cost and wrote (`hookvault plugin test`).
     pub fn trial(&self, event: &Event) -> Result<Trial, PluginError> {
         let started = std::time::Instant::now();
-        let mut store = self.base.store(&event.delivery_id, ())?;
+        let mut store = self.base.store(event, ())?;
         store.data_mut().captured = Some(Vec::new());
+        store.data_mut().alerts.captured = Some(Vec::new());
         let result = self
             .pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_filter(&mut store, &to_wit_event(event, &[])));
         let elapsed = started.elapsed();
         let logs = store.data_mut().captured.take().unwrap_or_default();
+        let alerts = store.data_mut().alerts.captured.take().unwrap_or_default();
         let fuel_used = self
             .base
             .limits
@@ -173,12 +169,13 @@ impl FilterPlugin {
             stdout,
             stderr,
             logs,
+            alerts,
         })
     }
 
     /// Run the filter on an event. Blocking: call from a blocking thread.
     pub fn run(&self, event: &Event) -> Result<Decision, PluginError> {
-        let mut store = self.base.store(&event.delivery_id, ())?;
+        let mut store = self.base.store(event, ())?;
         let result = self
             .pre
             .instantiate(&mut store)

@@ -29,7 +29,7 @@ impl World {
         }
     }
 
-    /// The WIT package version that defines it.
+    /// The oldest WIT package version that defines it.
     pub fn wit_version(self) -> &'static str {
         match self {
             World::Filter | World::Backup => "0.1.0",
@@ -43,6 +43,9 @@ impl World {
 pub struct Inspection {
     /// `None`: it exports neither `filter` nor `backup`.
     pub world: Option<World>,
+    /// The WIT version of its world: the world's own, or a later one whose
+    /// additions it imports (0.3.0 for a filter that raises alerts).
+    pub world_version: Option<String>,
     /// The versions of the hookvault interfaces it imports (`0.1.0`, ...).
     pub hookvault_versions: Vec<String>,
     pub imports: Vec<String>,
@@ -91,8 +94,15 @@ pub fn inspect(
         .filter_map(|i| i.strip_prefix("hookvault:plugin/"))
         .filter_map(|i| i.split_once('@').map(|(_, v)| v.to_string()))
         .collect();
-    hookvault_versions.sort();
+    hookvault_versions.sort_by_key(|v| version_key(v));
     hookvault_versions.dedup();
+    let world_version = world.map(|w| {
+        hookvault_versions
+            .last()
+            .filter(|v| version_key(v) > version_key(w.wit_version()))
+            .cloned()
+            .unwrap_or_else(|| w.wit_version().to_string())
+    });
     let sha256 = {
         use sha2::Digest as _;
         hex::encode(sha2::Sha256::digest(bytes))
@@ -101,6 +111,7 @@ pub fn inspect(
         component,
         Inspection {
             world,
+            world_version,
             hookvault_versions,
             imports,
             exports,
@@ -108,4 +119,12 @@ pub fn inspect(
             sha256,
         },
     ))
+}
+
+/// `major.minor.patch` as numbers, for ordering (0.10.0 after 0.9.0).
+fn version_key(version: &str) -> Vec<u64> {
+    version
+        .split('.')
+        .map(|part| part.parse().unwrap_or(u64::MAX))
+        .collect()
 }

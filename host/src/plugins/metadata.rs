@@ -155,7 +155,7 @@ impl MetadataPlugin {
             deps,
             event: event.clone(),
         };
-        let mut store = self.base.store(&event.delivery_id, ctx)?;
+        let mut store = self.base.store(event, ctx)?;
         let result = self
             .pre
             .instantiate(&mut store)

@@ -3,6 +3,7 @@
 //! limits. Capabilities are granted per world: filters get `log` and
 //! `config`; backup plugins also get `git-source` and `store`.
 
+pub mod alerts;
 mod backup;
 mod filter;
 pub mod inspect;
@@ -143,6 +144,8 @@ pub struct PluginSpec {
     pub config_json: Arc<str>,
     pub limits: Limits,
     pub bytes: Vec<u8>,
+    /// Where its alerts go (logged only, unless `serve` sets its own).
+    pub alerts: crate::alerts::Alerts,
 }
 
 impl PluginSpec {
@@ -187,6 +190,7 @@ impl PluginSpec {
                 timeout: plugin.timeout(),
             },
             bytes,
+            alerts: crate::alerts::Alerts::log_only(),
         })
     }
 
@@ -210,7 +214,7 @@ impl PluginHost {
     /// Compile and link every plugin in `config`, in an engine whose
     /// instance pool holds one call per worker (`worker.concurrency`).
     /// Without a configured backup plugin, the built-in git-backup is used.
-    pub fn load(config: &Config) -> Result<Self, PluginError> {
+    pub fn load(config: &Config, alerts: &crate::alerts::Alerts) -> Result<Self, PluginError> {
         let started = std::time::Instant::now();
         let cache = sandbox::plugin_cache(&config.store.path.join("plugin-cache"))?;
         let engine = sandbox::engine(config.worker.concurrency, Some(cache.clone()))?;
@@ -218,7 +222,8 @@ impl PluginHost {
         let mut backups = Vec::new();
         let mut metadata = Vec::new();
         for plugin in &config.plugins {
-            let spec = PluginSpec::from_config(plugin)?;
+            let mut spec = PluginSpec::from_config(plugin)?;
+            spec.alerts = alerts.clone();
             match plugin.kind {
                 PluginKind::Filter => filters.push(FilterPlugin::load(&engine, spec)?),
                 PluginKind::Backup => {
@@ -232,7 +237,9 @@ impl PluginHost {
             }
         }
         if backups.is_empty() {
-            backups.push(BackupPlugin::load(&engine, PluginSpec::default_backup()?)?);
+            let mut spec = PluginSpec::default_backup()?;
+            spec.alerts = alerts.clone();
+            backups.push(BackupPlugin::load(&engine, spec)?);
         }
         tracing::info!(
             compiled = cache.cache_misses(),

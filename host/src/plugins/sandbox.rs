@@ -190,6 +190,8 @@ pub struct PluginState<X> {
     pub log_lines: u32,
     /// The accepted lines, kept when a trial (`plugin test`) asks for them.
     pub captured: Option<Vec<LogLine>>,
+    /// The alerts this call raises (see `alerts.rs`).
+    pub alerts: super::alerts::CallAlerts,
     pub extra: X,
 }
 
@@ -198,6 +200,20 @@ pub struct PluginState<X> {
 pub struct LogLine {
     pub level: &'static str,
     pub message: String,
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), marked
+/// with `…` when cut.
+pub fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push('…');
+    }
+    text
 }
 
 /// Log lines a plugin may emit per call, and bytes per line.
@@ -255,6 +271,7 @@ pub fn new_store<X: Send>(
         delivery_id,
         log_lines: 0,
         captured: None,
+        alerts: Default::default(),
         extra,
     };
     let mut store = Store::new(engine, state);
@@ -308,6 +325,8 @@ pub struct Loaded {
     pub config_json: Arc<str>,
     pub limits: Limits,
     pub engine: Engine,
+    /// Where the alerts it raises go.
+    pub alerts: crate::alerts::Alerts,
 }
 
 impl Loaded {
@@ -317,23 +336,27 @@ impl Loaded {
             config_json: spec.config_json.clone(),
             limits: spec.limits,
             engine: engine.clone(),
+            alerts: spec.alerts.clone(),
         }
     }
 
-    /// A fresh store for one call.
+    /// A fresh store for one call about `event`.
     pub fn store<X: Send>(
         &self,
-        delivery_id: &str,
+        event: &crate::event::Event,
         extra: X,
     ) -> Result<Store<PluginState<X>>, PluginError> {
-        new_store(
+        let mut store = new_store(
             &self.engine,
             self.name.clone(),
             self.config_json.clone(),
-            delivery_id.to_string(),
+            event.delivery_id.clone(),
             self.limits,
             extra,
-        )
+        )?;
+        store.data_mut().alerts =
+            super::alerts::CallAlerts::new(self.alerts.clone(), event.repository.to_string());
+        Ok(store)
     }
 
     /// Log what the call printed and turn a trap into a plugin error.
@@ -391,5 +414,6 @@ pub fn link<X: Send + 'static>(
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(&err)?;
     add_world(&mut linker).map_err(&err)?;
+    super::alerts::add_to_linker(&mut linker).map_err(&err)?;
     linker.instantiate_pre(component).map_err(&err)
 }

@@ -1,27 +1,31 @@
-//! The `backup` world (WIT 0.1.0): drive one backup of git data through
-//! the host's git source and store. Bytes never enter the plugin.
+//! The `backup` world: drive one backup of git data through the host's
+//! git source and store. Bytes never enter the plugin. Built against WIT
+//! 0.3.0 (0.1.0's `backup` plus `alerts`; see [`crate::filter`] on why that
+//! costs nothing when no alert is raised).
 
 /// The world's generated bindings.
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/plugin@0.1.0",
+        path: "../../wit/plugin@0.3.0",
         world: "backup",
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "export_world",
         default_bindings_module: "hookvault_plugin::backup::bindings",
         with: {
-            "hookvault:plugin/types@0.1.0": crate::filter::bindings::hookvault::plugin::types,
-            "hookvault:plugin/log@0.1.0": crate::filter::bindings::hookvault::plugin::log,
-            "hookvault:plugin/config@0.1.0": crate::filter::bindings::hookvault::plugin::config,
+            "hookvault:plugin/types@0.1.0": crate::filter::bindings::hookvault::plugin0_1_0::types,
+            "hookvault:plugin/log@0.1.0": crate::filter::bindings::hookvault::plugin0_1_0::log,
+            "hookvault:plugin/config@0.1.0": crate::filter::bindings::hookvault::plugin0_1_0::config,
+            "hookvault:plugin/alerts@0.3.0": crate::filter::bindings::hookvault::plugin0_3_0::alerts,
         },
     });
 }
 
 pub use bindings::Report;
 /// The event's repository, fetched by the host.
-pub use bindings::hookvault::plugin::git_source;
+pub use bindings::hookvault::plugin0_1_0::git_source;
 /// The content-addressed store.
-pub use bindings::hookvault::plugin::store;
+pub use bindings::hookvault::plugin0_1_0::store;
 
 use crate::Event;
 

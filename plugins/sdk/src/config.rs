@@ -5,7 +5,7 @@
 use std::fmt;
 
 #[cfg(target_arch = "wasm32")]
-use crate::filter::bindings::hookvault::plugin::config as host;
+use crate::filter::bindings::hookvault::plugin0_1_0::config as host;
 
 /// A config that does not fit the plugin's type, with where it went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The delivery a plugin is called for, with accessors.
 
-pub use crate::filter::bindings::hookvault::plugin::types::{Event, RefChange, RefKind};
+pub use crate::filter::bindings::hookvault::plugin0_1_0::types::{Event, RefChange, RefKind};
 
 impl Event {
     /// A push: Cloud's `repo:push` or Data Center's `repo:refs_changed`.
@@ -16,6 +16,21 @@ impl Event {
     /// The changed tags.
     pub fn tags(&self) -> impl Iterator<Item = &RefChange> {
         self.changes.iter().filter(|c| c.kind == RefKind::Tag)
+    }
+
+    /// When hookvault received the delivery, as RFC 3339 in UTC (to the
+    /// millisecond when it has one): what `hookvault undo --before` and
+    /// `restore --at` take. A snapshot of this delivery is committed after
+    /// it, so `--before` this moment is the state the push changed.
+    pub fn received_at_rfc3339(&self) -> String {
+        let nanos = i128::from(self.received_at_ms) * 1_000_000;
+        time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| format!("@{}", self.received_at_ms))
     }
 
     /// The change to one ref, by its full name.
@@ -155,5 +170,10 @@ mod tests {
         let tag = event.change("refs/tags/v1").unwrap();
         assert!(tag.is_created() && tag.is_tag());
         assert!(event.change("refs/heads/none").is_none());
+        let mut at = event.clone();
+        at.received_at_ms = 1_764_936_000_123;
+        assert_eq!(at.received_at_rfc3339(), "2025-12-05T12:00:00.123Z");
+        at.received_at_ms = 1_764_936_000_000;
+        assert_eq!(at.received_at_rfc3339(), "2025-12-05T12:00:00Z");
     }
 }

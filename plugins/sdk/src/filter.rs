@@ -1,11 +1,15 @@
-//! The `filter` world (WIT 0.1.0): decide, before any fetch, whether and
-//! what to back up.
+//! The `filter` world: decide, before any fetch, whether and what to back
+//! up. Built against WIT 0.3.0, whose `filter` adds only the `alerts`
+//! import: a filter that raises no alert imports nothing of 0.3.0 (unused
+//! imports are dropped from the component) and loads on any host that
+//! serves 0.1.0.
 
 /// The world's generated bindings.
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/plugin@0.1.0",
+        path: "../../wit/plugin@0.3.0",
         world: "filter",
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "export_world",
         default_bindings_module: "hookvault_plugin::filter::bindings",

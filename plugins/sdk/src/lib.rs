@@ -34,11 +34,13 @@
 //!   parsed into the plugin's own type; an error names the bad key.
 //! * [`Patterns`]: glob patterns over ref names (or actors).
 //! * [`log`]: lines in the host's log, tagged with the delivery id.
+//! * [`alerts`]: alerts for people, which the host logs and sends to the
+//!   operator's alert webhooks.
 //! * [`Event`] and [`RefChange`]: the delivery, with accessors.
 //!
 //! The code a plugin's logic calls is plain Rust, so its unit tests run
 //! natively with `cargo test` ([`Event::test_push`] builds events). In a
-//! native build [`log`] writes to stderr and [`config::raw`] reads
+//! native build [`log`] and [`alerts`] write to stderr and [`config::raw`] reads
 //! `$HOOKVAULT_PLUGIN_CONFIG`; the git and store calls need the host (a
 //! native test that makes one panics).
 
@@ -47,6 +49,7 @@
 
 extern crate self as hookvault_plugin;
 
+pub mod alerts;
 pub mod backup;
 pub mod config;
 mod event;
@@ -58,9 +61,7 @@ mod patterns;
 pub use event::{Event, RefChange, RefKind};
 pub use patterns::Patterns;
 
-/// The published WIT version each world is built against.
-pub const WIT_VERSIONS: &[(&str, &str)] = &[
-    ("filter", "0.1.0"),
-    ("backup", "0.1.0"),
-    ("metadata-backup", "0.2.0"),
-];
+/// The published WIT version the worlds are built against. A plugin
+/// imports 0.3.0 only when it raises alerts; otherwise its component is
+/// that of 0.1.0 (`filter`, `backup`) or 0.2.0 (`metadata-backup`).
+pub const WIT_VERSION: &str = "0.3.0";

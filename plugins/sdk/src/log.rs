@@ -4,9 +4,9 @@
 //! stderr instead.
 
 #[cfg(target_arch = "wasm32")]
-use crate::filter::bindings::hookvault::plugin::log as host;
+use crate::filter::bindings::hookvault::plugin0_1_0::log as host;
 
-pub use crate::filter::bindings::hookvault::plugin::log::Level;
+pub use crate::filter::bindings::hookvault::plugin0_1_0::log::Level;
 
 /// One line at `level`.
 pub fn log(level: Level, message: &str) {

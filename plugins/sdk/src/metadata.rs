@@ -1,18 +1,21 @@
-//! The `metadata-backup` world (WIT 0.2.0): store what is not git (pull
-//! requests, comments) as versioned JSON documents.
+//! The `metadata-backup` world: store what is not git (pull requests,
+//! comments) as versioned JSON documents. Built against WIT 0.3.0 (0.2.0's
+//! `metadata-backup` plus `alerts`).
 
 /// The world's generated bindings.
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/plugin@0.2.0",
+        path: "../../wit/plugin@0.3.0",
         world: "metadata-backup",
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "export_world",
         default_bindings_module: "hookvault_plugin::metadata::bindings",
         with: {
-            "hookvault:plugin/types@0.1.0": crate::filter::bindings::hookvault::plugin::types,
-            "hookvault:plugin/log@0.1.0": crate::filter::bindings::hookvault::plugin::log,
-            "hookvault:plugin/config@0.1.0": crate::filter::bindings::hookvault::plugin::config,
+            "hookvault:plugin/types@0.1.0": crate::filter::bindings::hookvault::plugin0_1_0::types,
+            "hookvault:plugin/log@0.1.0": crate::filter::bindings::hookvault::plugin0_1_0::log,
+            "hookvault:plugin/config@0.1.0": crate::filter::bindings::hookvault::plugin0_1_0::config,
+            "hookvault:plugin/alerts@0.3.0": crate::filter::bindings::hookvault::plugin0_3_0::alerts,
         },
     });
 }
