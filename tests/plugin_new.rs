@@ -64,8 +64,17 @@ fn new_plugin(parent: &Path, name: &str, kind: &str, world: &str) -> (PathBuf, P
     let target = target.to_str().expect("utf-8 path");
     cargo(&dir, &["fmt", "--check"]);
     cargo(&dir, &["test", "--target-dir", target]);
+    let (component, _) = build_and_check_in(&dir, name, world);
+    (dir, component)
+}
+
+/// Build the crate `name` (in `dir`) and `plugin check` its component:
+/// it loads, as `world`. Returns the component and the check's report.
+fn build_and_check_in(dir: &Path, name: &str, world: &str) -> (PathBuf, serde_json::Value) {
+    let target = target_dir();
+    let target = target.to_str().expect("utf-8 path");
     cargo(
-        &dir,
+        dir,
         &[
             "build",
             "--release",
@@ -85,13 +94,13 @@ fn new_plugin(parent: &Path, name: &str, kind: &str, world: &str) -> (PathBuf, P
             component.to_str().expect("utf-8"),
             "--json",
         ],
-        &dir,
+        dir,
     );
     assert!(ok, "plugin check: {stdout}{stderr}");
     let checked: serde_json::Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(checked["loads"], true, "{checked}");
     assert_eq!(checked["component"]["world"], world, "{checked}");
-    (dir, component)
+    (component, checked)
 }
 
 #[test]
@@ -136,10 +145,35 @@ fn a_new_filter_builds_passes_its_test_and_decides_under_plugin_test() {
 }
 
 #[test]
-fn new_backup_and_metadata_plugins_build_pass_their_tests_and_load() {
+fn new_backup_and_metadata_plugins_build_pass_their_tests_and_load_with_alerts_too() {
     let parent = tempfile::tempdir().expect("tempdir");
-    new_plugin(parent.path(), "mirror-all", "backup", "backup");
-    new_plugin(parent.path(), "pr-titles", "metadata", "metadata-backup");
+    let kinds = [
+        ("mirror-all", "backup", "backup", "let remote: BTreeMap"),
+        (
+            "pr-titles",
+            "metadata",
+            "metadata-backup",
+            "let Some(pull_request)",
+        ),
+    ];
+    for (name, kind, world, first_line) in kinds {
+        let (dir, _) = new_plugin(parent.path(), name, kind, world);
+        // Built as generated, it imports only 0.1.0/0.2.0 interfaces; once
+        // it raises an alert it is a 0.3.0 component, and still loads.
+        let lib = dir.join("src/lib.rs");
+        let source = std::fs::read_to_string(&lib).expect("read");
+        let alerting = source.replacen(
+            first_line,
+            &format!(
+                "hookvault_plugin::alerts::raise(hookvault_plugin::alerts::Severity::Info, \"started\", \"\", &[]);\n        {first_line}"
+            ),
+            1,
+        );
+        assert_ne!(alerting, source, "{first_line:?} is in the template");
+        std::fs::write(&lib, alerting).expect("write");
+        let (_, checked) = build_and_check_in(&dir, name, world);
+        assert_eq!(checked["component"]["world_version"], "0.3.0", "{checked}");
+    }
 }
 
 #[test]
