@@ -502,3 +502,76 @@ fn force_push_guard_example_alerts_on_a_rewritten_protected_branch_only() {
         "{report}"
     );
 }
+
+#[test]
+fn plugin_test_backs_a_repository_up_into_a_scratch_vault_and_stores_documents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}");
+    };
+    git(&["init", "-q", "-b", "main", "repo"]);
+    std::fs::write(repo.join("a.txt"), "a\n").expect("write");
+    git(&["-C", "repo", "add", "a.txt"]);
+    git(&["-C", "repo", "commit", "-q", "-m", "A"]);
+    git(&["-C", "repo", "tag", "v1"]);
+    let vault = dir.path().join("vault");
+    let (repo, vault) = (
+        repo.to_str().expect("utf-8"),
+        vault.to_str().expect("utf-8"),
+    );
+    let backup = || -> serde_json::Value {
+        let args = ["--repo-dir", repo, "--vault", vault, "--json"];
+        let (ok, stdout, stderr) = plugin_test("git_backup.wasm", &args);
+        assert!(ok, "{stderr}");
+        serde_json::from_str(&stdout).expect("json")
+    };
+    let first = backup();
+    assert_eq!(first["world"], "backup", "{first}");
+    let summary = &first["backup"];
+    assert_eq!(summary["refs"], 2, "main and v1: {first}");
+    assert_eq!(
+        summary["objects_written"], 3,
+        "a commit, a tree, a blob: {first}"
+    );
+    assert!(
+        summary["snapshot"].as_str().is_some_and(|s| s.len() == 64),
+        "{first}"
+    );
+    // The kept vault already holds it: nothing new.
+    let again = backup();
+    assert_eq!(
+        again["backup"]["snapshot"],
+        serde_json::Value::Null,
+        "{again}"
+    );
+    assert!(
+        again["logs"].to_string().contains("refs unchanged"),
+        "{again}"
+    );
+
+    // A metadata plugin stores the pull request as one document version.
+    let pull_request = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/payloads/cloud-pullrequest-created.json"
+    );
+    let (ok, stdout, stderr) = plugin_test_on(
+        "pr_metadata.wasm",
+        Path::new(pull_request),
+        &["--event-key", "pullrequest:created", "--json"],
+    );
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["world"], "metadata-backup", "{report}");
+    assert_eq!(
+        report["documents"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+}

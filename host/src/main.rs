@@ -150,12 +150,22 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run a filter component on one webhook body exactly as `serve`
-    /// would (same parser, sandbox and default limits): its decision, what
-    /// it wrote, the fuel it used and the time it took. Exits 1 when the
-    /// call fails (the reason named: out of fuel, memory, a trap, ...).
+    /// Run a plugin on one webhook body exactly as `serve` would (same
+    /// parser, sandbox and default limits): a filter's decision, a backup
+    /// plugin's snapshot (of --repo-dir, into a scratch vault), a metadata
+    /// plugin's documents; what it logged, alerted and wrote, the fuel it
+    /// used and the time it took. Exits 1 when the call fails (the reason
+    /// named: out of fuel, memory, a trap, an error it returned, ...).
     Test {
         path: PathBuf,
+        /// For a backup plugin: the git repository it backs up, as the
+        /// event's repository.
+        #[arg(long)]
+        repo_dir: Option<PathBuf>,
+        /// For a backup or metadata plugin: the vault to write (created
+        /// when missing, and kept); default: a temporary one.
+        #[arg(long)]
+        vault: Option<PathBuf>,
         /// The webhook body (e.g. `examples/payloads/cloud-repo-push.json`).
         #[arg(long)]
         event: PathBuf,
@@ -776,6 +786,8 @@ fn run(cli: Cli, bars: Option<indicatif::MultiProgress>) -> anyhow::Result<()> {
             action:
                 PluginCommand::Test {
                     path,
+                    repo_dir,
+                    vault,
                     event,
                     event_key,
                     set,
@@ -783,12 +795,17 @@ fn run(cli: Cli, bars: Option<indicatif::MultiProgress>) -> anyhow::Result<()> {
                     json,
                 },
         } => {
+            let scratch = hookvault::plugins::trial::Scratch {
+                repo_dir: repo_dir.as_deref(),
+                vault_dir: vault.as_deref(),
+            };
             return run_plugin_test(
                 path,
                 event,
                 event_key.as_deref(),
                 set,
                 config_file.as_deref(),
+                &scratch,
                 *json,
             );
         }
@@ -1684,6 +1701,7 @@ fn run_plugin_test(
     event_key: Option<&str>,
     pairs: &[String],
     config_file: Option<&std::path::Path>,
+    scratch: &hookvault::plugins::trial::Scratch<'_>,
     json: bool,
 ) -> anyhow::Result<()> {
     use hookvault::plugins::{Decision, trial};
@@ -1706,46 +1724,91 @@ fn run_plugin_test(
         table.insert(key.to_string(), value);
     }
     let config_json = serde_json::Value::Object(table).to_string();
-    let (event, trial) = match trial::run_filter(path, event, event_key, config_json)? {
-        trial::Tested::Ignored { event_key } => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "event_key": event_key, "ignored": true })
-                );
-            } else {
-                out!("hookvault records {event_key} and runs no plugin on it");
+    let (event, world, outcome, report) =
+        match trial::run(path, event, event_key, config_json, scratch)? {
+            trial::Tested::Ignored { event_key } => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "event_key": event_key, "ignored": true })
+                    );
+                } else {
+                    out!("hookvault records {event_key} and runs no plugin on it");
+                }
+                return Ok(());
             }
-            return Ok(());
+            trial::Tested::Ran {
+                event,
+                world,
+                outcome,
+                report,
+            } => (event, world, outcome, report),
+        };
+    let mut fields = serde_json::Map::new();
+    let mut lines: Vec<String> = Vec::new();
+    let error = match outcome {
+        trial::Outcome::Filter(decision) => {
+            let (name, refs, reason) = match &decision {
+                Ok(Decision::Keep) => ("keep", Vec::new(), None),
+                Ok(Decision::Skip(reason)) => ("skip", Vec::new(), Some(reason.clone())),
+                Ok(Decision::Refs(refs)) => ("refs", refs.clone(), None),
+                Err(_) => ("failed", Vec::new(), None),
+            };
+            match (&reason, refs.is_empty()) {
+                (Some(reason), _) => lines.push(format!("decision: skip ({reason})")),
+                (None, false) => lines.push(format!("decision: back up only {}", refs.join(", "))),
+                (None, true) => lines.push(format!("decision: {name}")),
+            }
+            fields.insert("decision".into(), name.into());
+            fields.insert("reason".into(), serde_json::json!(reason));
+            fields.insert("refs".into(), serde_json::json!(refs));
+            decision.err()
         }
-        trial::Tested::Ran { event, trial } => (event, trial),
+        trial::Outcome::Backup(summary) => match summary {
+            Ok(summary) => {
+                lines.push(match &summary.snapshot {
+                    Some(id) => format!(
+                        "snapshot: {id} ({} refs; {} objects written, {} present, {} bytes stored)",
+                        summary.refs,
+                        summary.objects_written,
+                        summary.objects_present,
+                        summary.stored_bytes
+                    ),
+                    None => "snapshot: none (nothing changed since the vault's latest)".into(),
+                });
+                fields.insert("backup".into(), serde_json::to_value(&summary)?);
+                None
+            }
+            Err(e) => Some(e),
+        },
+        trial::Outcome::Metadata(written) => match written {
+            Ok(versions) => {
+                lines.push(format!("documents: {} version(s) written", versions.len()));
+                fields.insert("documents".into(), serde_json::json!(versions));
+                None
+            }
+            Err(e) => Some(e),
+        },
     };
-    let (decision, refs, reason) = match &trial.decision {
-        Ok(Decision::Keep) => ("keep", Vec::new(), None),
-        Ok(Decision::Skip(reason)) => ("skip", Vec::new(), Some(reason.clone())),
-        Ok(Decision::Refs(refs)) => ("refs", refs.clone(), None),
-        Err(_) => ("failed", Vec::new(), None),
-    };
-    let error = trial.decision.as_ref().err().map(|e| e.to_string());
+    let error = error.map(|e| e.to_string());
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "event_key": event.event_key,
-                "repository": event.repository.to_string(),
-                "refs_changed": event.changes.iter().map(|c| c.name.to_string()).collect::<Vec<_>>(),
-                "decision": decision,
-                "reason": reason,
-                "refs": refs,
-                "error": error,
-                "fuel_used": trial.fuel_used,
-                "elapsed_ms": trial.elapsed.as_secs_f64() * 1000.0,
-                "stdout": trial.stdout,
-                "stderr": trial.stderr,
-                "logs": trial.logs,
-                "alerts": trial.alerts.iter().map(|a| a.json()).collect::<Vec<_>>(),
-            }))?
-        );
+        let mut value = serde_json::json!({
+            "event_key": event.event_key,
+            "repository": event.repository.to_string(),
+            "refs_changed": event.changes.iter().map(|c| c.name.to_string()).collect::<Vec<_>>(),
+            "world": world.name(),
+            "error": error,
+            "fuel_used": report.fuel_used,
+            "elapsed_ms": report.elapsed.as_secs_f64() * 1000.0,
+            "stdout": report.stdout,
+            "stderr": report.stderr,
+            "logs": report.logs,
+            "alerts": report.alerts.iter().map(|a| a.json()).collect::<Vec<_>>(),
+        });
+        if let Some(object) = value.as_object_mut() {
+            object.extend(fields);
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         out!(
             "event:    {} on {} ({} ref change{})",
@@ -1754,17 +1817,16 @@ fn run_plugin_test(
             event.changes.len(),
             if event.changes.len() == 1 { "" } else { "s" }
         );
-        match (&reason, refs.is_empty()) {
-            (Some(reason), _) => out!("decision: skip ({reason})"),
-            (None, false) => out!("decision: back up only {}", refs.join(", ")),
-            (None, true) => out!("decision: {decision}"),
+        out!("world:    {}", world.name());
+        for line in &lines {
+            out!("{line}");
         }
-        out!("fuel:     {}", trial.fuel_used);
-        out!("time:     {:.2} ms", trial.elapsed.as_secs_f64() * 1000.0);
-        for line in &trial.logs {
+        out!("fuel:     {}", report.fuel_used);
+        out!("time:     {:.2} ms", report.elapsed.as_secs_f64() * 1000.0);
+        for line in &report.logs {
             out!("log:      [{}] {}", line.level, line.message);
         }
-        for alert in &trial.alerts {
+        for alert in &report.alerts {
             out!("alert:    [{}] {}", alert.severity.as_str(), alert.title);
             for line in alert.message.lines() {
                 out!("          {line}");
@@ -1773,7 +1835,7 @@ fn run_plugin_test(
                 out!("          {key}: {value}");
             }
         }
-        for (name, text) in [("stdout", &trial.stdout), ("stderr", &trial.stderr)] {
+        for (name, text) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
             for line in text.lines() {
                 out!("{name}:   {line}");
             }

@@ -93,6 +93,18 @@ fn noted<T, E: Classify>(
 }
 
 impl BackupCtx {
+    fn new(deps: Arc<BackupDeps>, event: &Event) -> Self {
+        BackupCtx {
+            deps,
+            event: event.clone(),
+            workspace: None,
+            paths: HashMap::new(),
+            stats: CopyStats::default(),
+            snapshot: None,
+            failure: None,
+        }
+    }
+
     fn remote(&mut self) -> Result<Remote, String> {
         let Some(source) = self.deps.sources.get(&self.event.source) else {
             self.failure = Some(FailureKind::Permanent);
@@ -399,23 +411,37 @@ impl BackupPlugin {
         event: &Event,
         excluded: &[String],
     ) -> Result<BackupOutcome, PluginError> {
-        let ctx = BackupCtx {
-            deps,
-            event: event.clone(),
-            workspace: None,
-            paths: HashMap::new(),
-            stats: CopyStats::default(),
-            snapshot: None,
-            failure: None,
-        };
-        let mut store = self.base.store(event, ctx)?;
+        let mut store = self.base.store(event, BackupCtx::new(deps, event))?;
+        self.call(&mut store, event, excluded)
+    }
+
+    /// Run one backup as [`BackupPlugin::run`] does, and say what the call
+    /// cost and said (`hookvault plugin test`).
+    pub fn trial(
+        &self,
+        deps: Arc<BackupDeps>,
+        event: &Event,
+    ) -> Result<(Result<BackupOutcome, PluginError>, sandbox::CallReport), PluginError> {
+        let started = std::time::Instant::now();
+        let mut store = self.base.store(event, BackupCtx::new(deps, event))?;
+        store.data_mut().capture();
+        let outcome = self.call(&mut store, event, &[]);
+        Ok((outcome, self.base.report(&mut store, started)))
+    }
+
+    fn call(
+        &self,
+        store: &mut wasmtime::Store<PluginState<BackupCtx>>,
+        event: &Event,
+        excluded: &[String],
+    ) -> Result<BackupOutcome, PluginError> {
         let result = self
             .pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.call_backup(&mut store, &to_wit_event(event, excluded)));
+            .instantiate(&mut *store)
+            .and_then(|instance| instance.call_backup(&mut *store, &to_wit_event(event, excluded)));
         let host_failure = store.data().extra.failure;
         self.base
-            .reported(self.base.finish(&store, result)?)
+            .reported(self.base.finish(store, result)?)
             .map_err(|e| match e {
                 PluginError::Reported {
                     plugin, message, ..

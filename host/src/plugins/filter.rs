@@ -100,17 +100,7 @@ pub(super) fn to_wit_event(event: &Event, excluded: &[String]) -> types::Event {
 #[derive(Debug)]
 pub struct Trial {
     pub decision: Result<Decision, PluginError>,
-    /// Fuel (wasm instructions, roughly) the call used of its budget.
-    pub fuel_used: u64,
-    /// Instantiation and the call.
-    pub elapsed: std::time::Duration,
-    /// What the plugin wrote (capped as in `serve`).
-    pub stdout: String,
-    pub stderr: String,
-    /// The lines it logged.
-    pub logs: Vec<sandbox::LogLine>,
-    /// The alerts it raised (shown, not sent).
-    pub alerts: Vec<crate::alerts::Alert>,
+    pub report: sandbox::CallReport,
 }
 
 /// A loaded filter plugin.
@@ -138,52 +128,36 @@ impl FilterPlugin {
     }
 
     /// Run the filter as [`FilterPlugin::run`] does, and say what the call
-    /// cost and wrote (`hookvault plugin test`).
+    /// cost and said (`hookvault plugin test`).
     pub fn trial(&self, event: &Event) -> Result<Trial, PluginError> {
         let started = std::time::Instant::now();
         let mut store = self.base.store(event, ())?;
-        store.data_mut().captured = Some(Vec::new());
-        store.data_mut().alerts.captured = Some(Vec::new());
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.call_filter(&mut store, &to_wit_event(event, &[])));
-        let elapsed = started.elapsed();
-        let logs = store.data_mut().captured.take().unwrap_or_default();
-        let alerts = store.data_mut().alerts.captured.take().unwrap_or_default();
-        let fuel_used = self
-            .base
-            .limits
-            .fuel
-            .saturating_sub(store.get_fuel().unwrap_or(0));
-        let (stdout, stderr) = store.data().output();
-        let decision = self.base.finish(&store, result).map(|d| match d {
-            bindings::Decision::Keep => Decision::Keep,
-            bindings::Decision::Skip(reason) => Decision::Skip(reason),
-            bindings::Decision::Refs(refs) => Decision::Refs(refs),
-        });
-        Ok(Trial {
-            decision,
-            fuel_used,
-            elapsed,
-            stdout,
-            stderr,
-            logs,
-            alerts,
-        })
+        store.data_mut().capture();
+        let result = self.call(&mut store, event);
+        let report = self.base.report(&mut store, started);
+        let decision = self.base.finish(&store, result);
+        Ok(Trial { decision, report })
+    }
+
+    fn call(
+        &self,
+        store: &mut wasmtime::Store<PluginState<()>>,
+        event: &Event,
+    ) -> wasmtime::Result<Decision> {
+        let instance = self.pre.instantiate(&mut *store)?;
+        Ok(
+            match instance.call_filter(&mut *store, &to_wit_event(event, &[]))? {
+                bindings::Decision::Keep => Decision::Keep,
+                bindings::Decision::Skip(reason) => Decision::Skip(reason),
+                bindings::Decision::Refs(refs) => Decision::Refs(refs),
+            },
+        )
     }
 
     /// Run the filter on an event. Blocking: call from a blocking thread.
     pub fn run(&self, event: &Event) -> Result<Decision, PluginError> {
         let mut store = self.base.store(event, ())?;
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.call_filter(&mut store, &to_wit_event(event, &[])));
-        Ok(match self.base.finish(&store, result)? {
-            bindings::Decision::Keep => Decision::Keep,
-            bindings::Decision::Skip(reason) => Decision::Skip(reason),
-            bindings::Decision::Refs(refs) => Decision::Refs(refs),
-        })
+        let result = self.call(&mut store, event);
+        self.base.finish(&store, result)
     }
 }

@@ -33,6 +33,15 @@ pub struct MetadataCtx {
     event: Event,
 }
 
+impl MetadataCtx {
+    fn new(deps: Arc<BackupDeps>, event: &Event) -> Self {
+        MetadataCtx {
+            deps,
+            event: event.clone(),
+        }
+    }
+}
+
 impl metadata::Host for PluginState<MetadataCtx> {
     fn current_kind(&mut self) -> metadata::EventKind {
         match self.extra.event.kind {
@@ -151,15 +160,33 @@ impl MetadataPlugin {
 
     /// Store the event's metadata. Blocking. Returns the versions written.
     pub fn run(&self, deps: Arc<BackupDeps>, event: &Event) -> Result<Vec<String>, PluginError> {
-        let ctx = MetadataCtx {
-            deps,
-            event: event.clone(),
-        };
-        let mut store = self.base.store(event, ctx)?;
+        let mut store = self.base.store(event, MetadataCtx::new(deps, event))?;
+        self.call(&mut store, event)
+    }
+
+    /// Run as [`MetadataPlugin::run`] does, and say what the call cost and
+    /// said (`hookvault plugin test`).
+    pub fn trial(
+        &self,
+        deps: Arc<BackupDeps>,
+        event: &Event,
+    ) -> Result<(Result<Vec<String>, PluginError>, sandbox::CallReport), PluginError> {
+        let started = std::time::Instant::now();
+        let mut store = self.base.store(event, MetadataCtx::new(deps, event))?;
+        store.data_mut().capture();
+        let written = self.call(&mut store, event);
+        Ok((written, self.base.report(&mut store, started)))
+    }
+
+    fn call(
+        &self,
+        store: &mut wasmtime::Store<PluginState<MetadataCtx>>,
+        event: &Event,
+    ) -> Result<Vec<String>, PluginError> {
         let result = self
             .pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.call_backup(&mut store, &to_wit_event(event, &[])));
-        self.base.reported(self.base.finish(&store, result)?)
+            .instantiate(&mut *store)
+            .and_then(|instance| instance.call_backup(&mut *store, &to_wit_event(event, &[])));
+        self.base.reported(self.base.finish(store, result)?)
     }
 }

@@ -23,7 +23,7 @@ use crate::failure::FailureKind;
 pub use backup::{BackupDeps, BackupOutcome, BackupPlugin, SourceGit};
 pub use filter::{Decision, FilterPlugin, Trial};
 pub use metadata::MetadataPlugin;
-pub use sandbox::{Limits, OUTPUT_CAP};
+pub use sandbox::{CallReport, Limits, LogLine, OUTPUT_CAP};
 
 /// Plugin calls a [`new_engine`] pool holds at once: the default
 /// `worker.concurrency`.

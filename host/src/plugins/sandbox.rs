@@ -195,6 +195,55 @@ pub struct PluginState<X> {
     pub extra: X,
 }
 
+/// What one call cost and said, for `plugin test`.
+#[derive(Debug, Default)]
+pub struct CallReport {
+    /// Fuel (wasm instructions, roughly) the call used of its budget.
+    pub fuel_used: u64,
+    /// Instantiation and the call.
+    pub elapsed: std::time::Duration,
+    /// What the plugin wrote (capped as in `serve`).
+    pub stdout: String,
+    pub stderr: String,
+    /// The lines it logged.
+    pub logs: Vec<LogLine>,
+    /// The alerts it raised (shown, not sent).
+    pub alerts: Vec<crate::alerts::Alert>,
+}
+
+impl<X> PluginState<X> {
+    /// Keep this call's log lines and alerts instead of sending them on.
+    pub fn capture(&mut self) {
+        self.captured = Some(Vec::new());
+        self.alerts.captured = Some(Vec::new());
+    }
+}
+
+impl Loaded {
+    /// What the call in `store`, started at `started`, cost and said.
+    pub fn report<X>(
+        &self,
+        store: &mut Store<PluginState<X>>,
+        started: std::time::Instant,
+    ) -> CallReport {
+        let elapsed = started.elapsed();
+        let fuel_used = self
+            .limits
+            .fuel
+            .saturating_sub(store.get_fuel().unwrap_or(0));
+        let (stdout, stderr) = store.data().output();
+        let state = store.data_mut();
+        CallReport {
+            fuel_used,
+            elapsed,
+            stdout,
+            stderr,
+            logs: state.captured.take().unwrap_or_default(),
+            alerts: state.alerts.captured.take().unwrap_or_default(),
+        }
+    }
+}
+
 /// A line a plugin logged, as `plugin test` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LogLine {
