@@ -1768,11 +1768,12 @@ fn run_plugin_test(
             Ok(summary) => {
                 lines.push(match &summary.snapshot {
                     Some(id) => format!(
-                        "snapshot: {id} ({} refs; {} objects written, {} present, {} bytes stored)",
+                        "snapshot: {id} ({} refs; {} objects written, {} present, {} bytes stored; {:.1} ms in host calls)",
                         summary.refs,
                         summary.objects_written,
                         summary.objects_present,
-                        summary.stored_bytes
+                        summary.stored_bytes,
+                        summary.host_ms
                     ),
                     None => "snapshot: none (nothing changed since the vault's latest)".into(),
                 });

@@ -78,6 +78,9 @@ pub struct BackupCtx {
     /// The kind of the last host call that failed: a plugin returns the
     /// host's errors as text, and this keeps what kind they were.
     failure: Option<FailureKind>,
+    /// Time spent in the host's calls (fetch, walk, copy, ...): the rest of
+    /// a call is the sandbox and the plugin's own work.
+    host_time: std::time::Duration,
 }
 
 /// A host call's error as the plugin receives it (text), its kind kept in
@@ -102,6 +105,7 @@ impl BackupCtx {
             stats: CopyStats::default(),
             snapshot: None,
             failure: None,
+            host_time: std::time::Duration::ZERO,
         }
     }
 
@@ -190,14 +194,19 @@ fn parse_oids(ids: &[String]) -> Result<Vec<GitOid>, String> {
 
 impl git_source::Host for PluginState<BackupCtx> {
     fn fetch(&mut self) -> Result<Vec<git_source::RemoteRef>, String> {
-        let refs = self.extra.fetch()?;
-        Ok(refs
-            .into_iter()
-            .map(|r| git_source::RemoteRef {
-                name: r.name,
-                target: r.target.to_hex(),
-            })
-            .collect())
+        let started = std::time::Instant::now();
+        let result = (|| -> Result<Vec<git_source::RemoteRef>, String> {
+            let refs = self.extra.fetch()?;
+            Ok(refs
+                .into_iter()
+                .map(|r| git_source::RemoteRef {
+                    name: r.name,
+                    target: r.target.to_hex(),
+                })
+                .collect())
+        })();
+        self.extra.host_time += started.elapsed();
+        result
     }
 
     fn walk(
@@ -205,171 +214,197 @@ impl git_source::Host for PluginState<BackupCtx> {
         tips: Vec<String>,
         known: Vec<String>,
     ) -> Result<Vec<git_source::ObjectInfo>, String> {
-        let tips = parse_oids(&tips)?;
-        let known = parse_oids(&known)?;
-        let store = self.extra.deps.store.clone();
-        // An error asking the vault counts as "not held": the walk then lists
-        // more, never less.
-        let have = move |oid: &GitOid| store.has(oid).unwrap_or(false);
         let started = std::time::Instant::now();
-        let walked = self.extra.workspace()?.walk(&tips, &known, &have);
-        let objects = noted(&mut self.extra.failure, walked)?;
-        tracing::debug!(
-            tips = tips.len(),
-            known = known.len(),
-            listed = objects.len(),
-            ms = started.elapsed().as_millis() as u64,
-            peak_rss_kib = peak_rss_kib(),
-            "walked the workspace"
-        );
-        let paths = &mut self.extra.paths;
-        Ok(objects
-            .into_iter()
-            .filter_map(
-                |ObjectInfo {
-                     id,
-                     kind,
-                     size,
-                     path,
-                 }| {
-                    let kind = match kind {
-                        ObjectKind::Commit => git_source::ObjectKind::Commit,
-                        ObjectKind::Tree => git_source::ObjectKind::Tree,
-                        ObjectKind::Blob => git_source::ObjectKind::Blob,
-                        ObjectKind::Tag => git_source::ObjectKind::Tag,
-                        // A git walk never yields documents or ref chunks.
-                        ObjectKind::Document | ObjectKind::Refs => return None,
-                    };
-                    if let Some(path) = path {
-                        paths.insert(id, path);
-                    }
-                    Some(git_source::ObjectInfo {
-                        id: id.to_hex(),
-                        kind,
-                        size,
-                    })
-                },
-            )
-            .collect())
+        let result = (|| -> Result<Vec<git_source::ObjectInfo>, String> {
+            let tips = parse_oids(&tips)?;
+            let known = parse_oids(&known)?;
+            let store = self.extra.deps.store.clone();
+            // An error asking the vault counts as "not held": the walk then lists
+            // more, never less.
+            let have = move |oid: &GitOid| store.has(oid).unwrap_or(false);
+            let started = std::time::Instant::now();
+            let walked = self.extra.workspace()?.walk(&tips, &known, &have);
+            let objects = noted(&mut self.extra.failure, walked)?;
+            tracing::debug!(
+                tips = tips.len(),
+                known = known.len(),
+                listed = objects.len(),
+                ms = started.elapsed().as_millis() as u64,
+                peak_rss_kib = peak_rss_kib(),
+                "walked the workspace"
+            );
+            let paths = &mut self.extra.paths;
+            Ok(objects
+                .into_iter()
+                .filter_map(
+                    |ObjectInfo {
+                         id,
+                         kind,
+                         size,
+                         path,
+                     }| {
+                        let kind = match kind {
+                            ObjectKind::Commit => git_source::ObjectKind::Commit,
+                            ObjectKind::Tree => git_source::ObjectKind::Tree,
+                            ObjectKind::Blob => git_source::ObjectKind::Blob,
+                            ObjectKind::Tag => git_source::ObjectKind::Tag,
+                            // A git walk never yields documents or ref chunks.
+                            ObjectKind::Document | ObjectKind::Refs => return None,
+                        };
+                        if let Some(path) = path {
+                            paths.insert(id, path);
+                        }
+                        Some(git_source::ObjectInfo {
+                            id: id.to_hex(),
+                            kind,
+                            size,
+                        })
+                    },
+                )
+                .collect())
+        })();
+        self.extra.host_time += started.elapsed();
+        result
     }
 }
 
 impl store::Host for PluginState<BackupCtx> {
     fn latest_refs(&mut self) -> wasmtime::Result<Option<Vec<store::StoredRef>>> {
-        let latest = self
-            .extra
-            .deps
-            .store
-            .latest_snapshot(&self.extra.event.repository)?;
-        let Some(latest) = latest else {
-            return Ok(None);
-        };
-        let refs = self.extra.deps.store.snapshot_refs(&latest)?;
-        Ok(Some(
-            refs.into_iter()
-                .map(|(name, target)| store::StoredRef {
-                    name,
-                    target: target.to_hex(),
-                })
-                .collect(),
-        ))
+        let started = std::time::Instant::now();
+        let result = (|| -> wasmtime::Result<Option<Vec<store::StoredRef>>> {
+            let latest = self
+                .extra
+                .deps
+                .store
+                .latest_snapshot(&self.extra.event.repository)?;
+            let Some(latest) = latest else {
+                return Ok(None);
+            };
+            let refs = self.extra.deps.store.snapshot_refs(&latest)?;
+            Ok(Some(
+                refs.into_iter()
+                    .map(|(name, target)| store::StoredRef {
+                        name,
+                        target: target.to_hex(),
+                    })
+                    .collect(),
+            ))
+        })();
+        self.extra.host_time += started.elapsed();
+        result
     }
 
     fn missing(&mut self, ids: Vec<String>) -> Result<Vec<String>, String> {
-        let oids = parse_oids(&ids)?;
-        let missing = self.extra.deps.store.missing(&oids);
-        let missing = noted(&mut self.extra.failure, missing)?;
-        self.extra.stats.present += (oids.len() - missing.len()) as u64;
-        Ok(missing.into_iter().map(GitOid::to_hex).collect())
+        let started = std::time::Instant::now();
+        let result = (|| -> Result<Vec<String>, String> {
+            let oids = parse_oids(&ids)?;
+            let missing = self.extra.deps.store.missing(&oids);
+            let missing = noted(&mut self.extra.failure, missing)?;
+            self.extra.stats.present += (oids.len() - missing.len()) as u64;
+            Ok(missing.into_iter().map(GitOid::to_hex).collect())
+        })();
+        self.extra.host_time += started.elapsed();
+        result
     }
 
     fn copy_objects(&mut self, ids: Vec<String>) -> Result<store::CopyStats, String> {
-        let oids = parse_oids(&ids)?;
-        let store = self.extra.deps.store.clone();
-        let paths = std::mem::take(&mut self.extra.paths);
-        let objects: Vec<(GitOid, Option<&str>)> = oids
-            .iter()
-            .map(|oid| (*oid, paths.get(oid).map(String::as_str)))
-            .collect();
-        let workspace = self.extra.workspace()?;
-        let progress = self
-            .extra
-            .deps
-            .progress
-            .clone()
-            .filter(|_| objects.len() >= crate::progress::BACKUP_PROGRESS_FROM);
-        let repo = self.extra.event.repository.clone();
-        let tell = |step| {
-            if let Some(progress) = &progress {
-                progress(&repo, step);
-            }
-        };
-        tell(crate::progress::Progress::Start(
-            "copying objects",
-            objects.len() as u64,
-        ));
-        let mut read = 0u64;
-        let result = store.put_objects(&objects, |oid| {
-            read += 1;
-            if read.is_multiple_of(64) {
-                tell(crate::progress::Progress::At(read));
-            }
-            workspace.read(oid)
-        });
-        tell(crate::progress::Progress::Done);
-        drop(objects);
-        self.extra.paths = paths;
-        let stats = noted(&mut self.extra.failure, result)?;
-        tracing::debug!(
-            ids = oids.len(),
-            written = stats.written,
-            peak_rss_kib = peak_rss_kib(),
-            "copied objects"
-        );
-        self.extra.stats.written += stats.written;
-        self.extra.stats.present += stats.present;
-        self.extra.stats.stored_bytes += stats.stored_bytes;
-        Ok(store::CopyStats {
-            written: stats.written,
-            present: stats.present,
-            stored_bytes: stats.stored_bytes,
-        })
+        let started = std::time::Instant::now();
+        let result = (|| -> Result<store::CopyStats, String> {
+            let oids = parse_oids(&ids)?;
+            let store = self.extra.deps.store.clone();
+            let paths = std::mem::take(&mut self.extra.paths);
+            let objects: Vec<(GitOid, Option<&str>)> = oids
+                .iter()
+                .map(|oid| (*oid, paths.get(oid).map(String::as_str)))
+                .collect();
+            let workspace = self.extra.workspace()?;
+            let progress = self
+                .extra
+                .deps
+                .progress
+                .clone()
+                .filter(|_| objects.len() >= crate::progress::BACKUP_PROGRESS_FROM);
+            let repo = self.extra.event.repository.clone();
+            let tell = |step| {
+                if let Some(progress) = &progress {
+                    progress(&repo, step);
+                }
+            };
+            tell(crate::progress::Progress::Start(
+                "copying objects",
+                objects.len() as u64,
+            ));
+            let mut read = 0u64;
+            let result = store.put_objects(&objects, |oid| {
+                read += 1;
+                if read.is_multiple_of(64) {
+                    tell(crate::progress::Progress::At(read));
+                }
+                workspace.read(oid)
+            });
+            tell(crate::progress::Progress::Done);
+            drop(objects);
+            self.extra.paths = paths;
+            let stats = noted(&mut self.extra.failure, result)?;
+            tracing::debug!(
+                ids = oids.len(),
+                written = stats.written,
+                peak_rss_kib = peak_rss_kib(),
+                "copied objects"
+            );
+            self.extra.stats.written += stats.written;
+            self.extra.stats.present += stats.present;
+            self.extra.stats.stored_bytes += stats.stored_bytes;
+            Ok(store::CopyStats {
+                written: stats.written,
+                present: stats.present,
+                stored_bytes: stats.stored_bytes,
+            })
+        })();
+        self.extra.host_time += started.elapsed();
+        result
     }
 
     fn commit_snapshot(&mut self, request: store::SnapshotRequest) -> Result<String, String> {
-        let ctx = &mut self.extra;
-        let event = &ctx.event;
-        let mut refs = std::collections::BTreeMap::new();
-        for r in request.refs {
-            let target = GitOid::from_hex(&r.target).map_err(|e| format!("ref {}: {e}", r.name))?;
-            refs.insert(r.name, target);
-        }
-        let body = NewSnapshot {
-            repository: event.repository.clone(),
-            source: event.source.clone(),
-            time_ms: now_ms(),
-            delivery_id: event.delivery_id.clone(),
-            event_key: event.event_key.clone(),
-            actor: event.actor.clone(),
-            refs,
-            updates: request
-                .updates
-                .into_iter()
-                .map(|u| RefUpdate {
-                    deleted: u.new_target.is_none(),
-                    name: u.name,
-                    old_target: u.old_target,
-                    new_target: u.new_target,
-                    forced: u.forced,
-                })
-                .collect(),
-            stats: ctx.stats,
-        };
-        let committed = ctx.deps.store.commit_snapshot(body);
-        let snapshot = noted(&mut ctx.failure, committed)?;
-        let id = snapshot.id.to_string();
-        ctx.snapshot = Some(snapshot);
-        Ok(id)
+        let started = std::time::Instant::now();
+        let result = (|| -> Result<String, String> {
+            let ctx = &mut self.extra;
+            let event = &ctx.event;
+            let mut refs = std::collections::BTreeMap::new();
+            for r in request.refs {
+                let target =
+                    GitOid::from_hex(&r.target).map_err(|e| format!("ref {}: {e}", r.name))?;
+                refs.insert(r.name, target);
+            }
+            let body = NewSnapshot {
+                repository: event.repository.clone(),
+                source: event.source.clone(),
+                time_ms: now_ms(),
+                delivery_id: event.delivery_id.clone(),
+                event_key: event.event_key.clone(),
+                actor: event.actor.clone(),
+                refs,
+                updates: request
+                    .updates
+                    .into_iter()
+                    .map(|u| RefUpdate {
+                        deleted: u.new_target.is_none(),
+                        name: u.name,
+                        old_target: u.old_target,
+                        new_target: u.new_target,
+                        forced: u.forced,
+                    })
+                    .collect(),
+                stats: ctx.stats,
+            };
+            let committed = ctx.deps.store.commit_snapshot(body);
+            let snapshot = noted(&mut ctx.failure, committed)?;
+            let id = snapshot.id.to_string();
+            ctx.snapshot = Some(snapshot);
+            Ok(id)
+        })();
+        self.extra.host_time += started.elapsed();
+        result
     }
 }
 
@@ -378,6 +413,8 @@ impl store::Host for PluginState<BackupCtx> {
 pub struct BackupOutcome {
     pub snapshot: Option<Snapshot>,
     pub stats: CopyStats,
+    /// Time spent in host calls.
+    pub host_time: std::time::Duration,
 }
 
 /// A loaded backup plugin.
@@ -456,6 +493,7 @@ impl BackupPlugin {
         Ok(BackupOutcome {
             snapshot: ctx.snapshot.take(),
             stats: ctx.stats,
+            host_time: ctx.host_time,
         })
     }
 }

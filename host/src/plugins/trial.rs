@@ -53,6 +53,9 @@ pub struct BackupSummary {
     pub objects_written: u64,
     pub objects_present: u64,
     pub stored_bytes: u64,
+    /// Of the call's time, what the host's calls (fetch, walk, copy, ...)
+    /// took; the rest is the sandbox and the plugin.
+    pub host_ms: f64,
 }
 
 /// What `plugin test` found.
@@ -145,6 +148,7 @@ pub fn run(
                 objects_written: o.stats.written,
                 objects_present: o.stats.present,
                 stored_bytes: o.stats.stored_bytes,
+                host_ms: o.host_time.as_secs_f64() * 1000.0,
             });
             (Outcome::Backup(outcome), report)
         }
