@@ -45,7 +45,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// A push changing `n` branches, a quarter of them under wip/.
 fn event(n: usize) -> Event {
     let change = |i: usize| {
-        let name = if i % 4 == 0 {
+        let name = if i.is_multiple_of(4) {
             format!("refs/heads/wip/topic-{i}")
         } else {
             format!("refs/heads/feature/topic-{i}")
