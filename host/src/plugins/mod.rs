@@ -35,6 +35,32 @@ pub fn new_engine() -> Result<Engine, PluginError> {
     sandbox::engine(DEFAULT_CONCURRENT_CALLS, None)
 }
 
+/// [`new_engine`] for the plugin author's commands (`plugin check`,
+/// `plugin test`), with wasmtime's cache of compiled components in
+/// `$HOOKVAULT_PLUGIN_CACHE`, else `$XDG_CACHE_HOME/hookvault/plugin-cache`,
+/// else `~/.cache/hookvault/plugin-cache`: trying a large component again
+/// (a Python one is 18 MB) does not compile it again. Without a usable
+/// directory it compiles every time.
+pub fn tool_engine() -> Result<Engine, PluginError> {
+    let dir = std::env::var_os("HOOKVAULT_PLUGIN_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(|d| PathBuf::from(d).join("hookvault/plugin-cache"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hookvault/plugin-cache"))
+        });
+    let cache = dir.and_then(|dir| match sandbox::plugin_cache(&dir) {
+        Ok(cache) => Some(cache),
+        Err(e) => {
+            tracing::debug!(error = %e, "no compiled-plugin cache; compiling every time");
+            None
+        }
+    });
+    sandbox::engine(DEFAULT_CONCURRENT_CALLS, cache)
+}
+
 /// The default backup plugin, built from `plugins/git-backup`.
 pub const GIT_BACKUP_WASM: &[u8] = include_bytes!(concat!(
     env!("HOOKVAULT_PLUGIN_ARTIFACTS"),
@@ -277,7 +303,7 @@ pub fn check(path: &std::path::Path) -> Checked {
         component: None,
         error: Some(error),
     };
-    let engine = match new_engine() {
+    let engine = match tool_engine() {
         Ok(engine) => engine,
         Err(e) => return failed(e),
     };

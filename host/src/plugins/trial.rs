@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::sandbox::CallReport;
 use super::{
     BackupDeps, BackupPlugin, Decision, FilterPlugin, MetadataPlugin, PluginError, PluginSpec,
-    SourceGit, inspect, new_engine,
+    SourceGit, inspect, tool_engine,
 };
 use crate::bitbucket::normalize;
 use crate::config::{PluginConfig, SourceConfig, SourceKind};
@@ -120,7 +120,7 @@ pub fn run(
         normalize::Parsed::Ignored => return Ok(Tested::Ignored { event_key }),
     };
 
-    let engine = new_engine()?;
+    let engine = tool_engine()?;
     let mut spec = PluginSpec::from_config(&PluginConfig::filter_at(plugin))?;
     spec.config_json = config_json.into();
     let (component, shape) = inspect::inspect(&engine, &spec.name, &spec.bytes)?;
