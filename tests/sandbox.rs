@@ -101,8 +101,13 @@ fn memory_bomb_hits_the_memory_limit() {
 fn panic_is_contained() {
     let engine = engine();
     let plugin = hostile(&engine, "panic", limits());
-    let why = reason(plugin.run(&event()));
-    assert!(why.contains("panicked"), "{why}");
+    let error = plugin.run(&event()).expect_err("a panic fails the call");
+    let why = error.to_string();
+    // Which build, what it said, where it was.
+    assert!(why.contains("aborted: it panicked"), "{why}");
+    assert!(why.contains("(sha256 "), "{why}");
+    assert!(why.contains("hostile plugin panics on purpose"), "{why}");
+    assert!(why.contains("wasm backtrace (innermost first): "), "{why}");
 }
 
 #[test]

@@ -99,11 +99,14 @@ pub enum PluginError {
         world: &'static str,
         message: String,
     },
-    #[error("plugin {plugin} {reason}")]
+    /// `context`: the plugin's version (sha256 prefix), the panic message
+    /// it printed, the innermost frames of its wasm backtrace.
+    #[error("plugin {plugin} {reason}{context}")]
     Trap {
         plugin: String,
         reason: String,
         detail: String,
+        context: String,
     },
     #[error("plugin {plugin} reported an error: {message}")]
     Reported {
@@ -374,6 +377,7 @@ mod tests {
             plugin: "looper".into(),
             reason: "exceeded its fuel (instruction) budget".into(),
             detail: String::new(),
+            context: String::new(),
         };
         assert_eq!(trap.kind(), FailureKind::Transient);
     }

@@ -360,11 +360,57 @@ pub fn classify(plugin: &str, error: wasmtime::Error) -> PluginError {
         }
         None => format!("failed: {text}"),
     };
+    let backtrace = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(render_backtrace);
     PluginError::Trap {
         plugin: plugin.to_string(),
         reason,
         detail: text,
+        context: backtrace.unwrap_or_default(),
     }
+}
+
+/// The innermost frames of a wasm backtrace, by name where the component
+/// kept its names (release builds usually strip them) and else by index.
+fn render_backtrace(backtrace: &wasmtime::WasmBacktrace) -> String {
+    const SHOWN: usize = 4;
+    let frames = backtrace.frames();
+    if frames.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = frames
+        .iter()
+        .take(SHOWN)
+        .map(|frame| match frame.func_name() {
+            Some(name) => name.to_string(),
+            None => format!("function #{}", frame.func_index()),
+        })
+        .collect();
+    let more = frames.len().saturating_sub(SHOWN);
+    format!(
+        "; wasm backtrace (innermost first): {}{}",
+        names.join(" ← "),
+        if more > 0 {
+            format!(" and {more} more frame{}", if more == 1 { "" } else { "s" })
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// The message of a Rust panic the plugin printed on stderr (`panicked at
+/// FILE:LINE:COL:` and the message's first line), if there is one.
+fn panic_message(stderr: &str) -> Option<String> {
+    let mut lines = stderr.lines();
+    let at = lines.by_ref().find(|line| line.contains("panicked at"))?;
+    let at = at[at.find("panicked at")?..].trim_end_matches(':');
+    let message = lines.next().unwrap_or("").trim();
+    Some(if message.is_empty() {
+        at.to_string()
+    } else {
+        format!("{at}: {message}")
+    })
 }
 
 /// What every loaded plugin has, whatever its world.
@@ -376,6 +422,9 @@ pub struct Loaded {
     pub engine: Engine,
     /// Where the alerts it raises go.
     pub alerts: crate::alerts::Alerts,
+    /// The first 12 hex digits of the component's sha256: which build of
+    /// the plugin an error came from.
+    pub version: Arc<str>,
 }
 
 impl Loaded {
@@ -386,6 +435,11 @@ impl Loaded {
             limits: spec.limits,
             engine: engine.clone(),
             alerts: spec.alerts.clone(),
+            version: {
+                use sha2::Digest as _;
+                let digest = hex::encode(sha2::Sha256::digest(&spec.bytes));
+                digest[..12].into()
+            },
         }
     }
 
@@ -418,7 +472,25 @@ impl Loaded {
         if !stdout.is_empty() || !stderr.is_empty() {
             tracing::debug!(plugin = %self.name, stdout = %stdout, stderr = %stderr, "plugin output");
         }
-        result.map_err(|e| classify(&self.name, e))
+        result.map_err(|e| match classify(&self.name, e) {
+            PluginError::Trap {
+                plugin,
+                reason,
+                detail,
+                context,
+            } => {
+                let said = panic_message(&stderr)
+                    .map(|m| format!("; it {m}"))
+                    .unwrap_or_default();
+                PluginError::Trap {
+                    plugin,
+                    reason,
+                    detail,
+                    context: format!(" (sha256 {}){said}{context}", self.version),
+                }
+            }
+            other => other,
+        })
     }
 
     /// An error the plugin itself returned.
@@ -465,4 +537,19 @@ pub fn link<X: Send + 'static>(
     add_world(&mut linker).map_err(&err)?;
     super::alerts::add_to_linker(&mut linker).map_err(&err)?;
     linker.instantiate_pre(component).map_err(&err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::panic_message;
+
+    #[test]
+    fn a_rust_panic_is_read_from_stderr() {
+        let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:57:24:\nhostile plugin panics on purpose\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(
+            panic_message(stderr).as_deref(),
+            Some("panicked at src/lib.rs:57:24: hostile plugin panics on purpose")
+        );
+        assert_eq!(panic_message("nothing to see"), None);
+    }
 }
