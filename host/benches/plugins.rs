@@ -210,13 +210,16 @@ fn backup(dir: &Path) {
             vault_dir: Some(&vault),
         };
         let tested = trial::run(&plugin, &payload, None, "{}".into(), &scratch).expect("trial");
-        let trial::Tested::Ran {
+        let trial::Tested::Ran(ran) = tested else {
+            panic!("the backup did not run: {tested:?}");
+        };
+        let trial::Ran {
             outcome: trial::Outcome::Backup(Ok(summary)),
             report,
             ..
-        } = tested
+        } = *ran
         else {
-            panic!("the backup did not run: {tested:?}");
+            panic!("the backup failed");
         };
         assert!(
             summary.snapshot.is_some() && summary.objects_written > 10_000,

@@ -1737,12 +1737,15 @@ fn run_plugin_test(
                 }
                 return Ok(());
             }
-            trial::Tested::Ran {
-                event,
-                world,
-                outcome,
-                report,
-            } => (event, world, outcome, report),
+            trial::Tested::Ran(ran) => {
+                let trial::Ran {
+                    event,
+                    world,
+                    outcome,
+                    report,
+                } = *ran;
+                (event, world, outcome, report)
+            }
         };
     let mut fields = serde_json::Map::new();
     let mut lines: Vec<String> = Vec::new();

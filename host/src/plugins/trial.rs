@@ -63,13 +63,17 @@ pub struct BackupSummary {
 pub enum Tested {
     /// hookvault records this event and runs no plugin on it.
     Ignored { event_key: String },
-    /// The event as the plugin saw it, the call's outcome and its report.
-    Ran {
-        event: Box<Event>,
-        world: inspect::World,
-        outcome: Outcome,
-        report: CallReport,
-    },
+    /// The call.
+    Ran(Box<Ran>),
+}
+
+/// The event as the plugin saw it, the call's outcome and its report.
+#[derive(Debug)]
+pub struct Ran {
+    pub event: Event,
+    pub world: inspect::World,
+    pub outcome: Outcome,
+    pub report: CallReport,
 }
 
 /// Where a backup or metadata plugin under test writes.
@@ -159,12 +163,12 @@ pub fn run(
             (Outcome::Metadata(written), report)
         }
     };
-    Ok(Tested::Ran {
-        event,
+    Ok(Tested::Ran(Box::new(Ran {
+        event: *event,
         world,
         outcome,
         report,
-    })
+    })))
 }
 
 /// The source name events under test come from.
