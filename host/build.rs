@@ -85,6 +85,7 @@ fn run() -> Result<(), Failure> {
     }
     let artifacts = target_dir.join(TARGET).join("release");
     for name in [
+        "absurd",
         "future",
         "git_backup",
         "pr_metadata",

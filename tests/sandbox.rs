@@ -511,21 +511,7 @@ fn force_push_guard_example_alerts_on_a_rewritten_protected_branch_only() {
 #[test]
 fn plugin_test_backs_a_repository_up_into_a_scratch_vault_and_stores_documents() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .expect("git");
-        assert!(out.status.success(), "git {args:?}");
-    };
-    git(&["init", "-q", "-b", "main", "repo"]);
-    std::fs::write(repo.join("a.txt"), "a\n").expect("write");
-    git(&["-C", "repo", "add", "a.txt"]);
-    git(&["-C", "repo", "commit", "-q", "-m", "A"]);
-    git(&["-C", "repo", "tag", "v1"]);
+    let repo = small_repo(dir.path());
     let vault = dir.path().join("vault");
     let (repo, vault) = (
         repo.to_str().expect("utf-8"),
@@ -578,5 +564,62 @@ fn plugin_test_backs_a_repository_up_into_a_scratch_vault_and_stores_documents()
         report["documents"].as_array().map(Vec::len),
         Some(1),
         "{report}"
+    );
+}
+
+/// A repository in `dir/repo` with one commit of one file on `main`, and a
+/// tag `v1`.
+fn small_repo(dir: &Path) -> std::path::PathBuf {
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}");
+    };
+    git(&["init", "-q", "-b", "main", "repo"]);
+    std::fs::write(dir.join("repo/a.txt"), "a\n").expect("write");
+    git(&["-C", "repo", "add", "a.txt"]);
+    git(&["-C", "repo", "commit", "-q", "-m", "A"]);
+    git(&["-C", "repo", "tag", "v1"]);
+    dir.join("repo")
+}
+
+#[test]
+fn absurd_host_call_arguments_get_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = small_repo(dir.path());
+    let repo = repo.to_str().expect("utf-8");
+    let call = |mode: &str| -> String {
+        let setting = format!("mode={mode}");
+        let (ok, stdout, stderr) =
+            plugin_test("absurd.wasm", &["--repo-dir", repo, "--set", &setting]);
+        assert!(!ok, "{mode} succeeded: {stdout}");
+        stderr
+    };
+    // A million tips the repository does not have: refused, naming the
+    // first, after a bounded time and memory.
+    let stderr = call("walk-million");
+    assert!(
+        stderr.contains("walking acme-eng/billing-service")
+            && stderr.contains("0000000000000000000000000000000000000001 could not be found"),
+        "{stderr}"
+    );
+    let stderr = call("copy-unknown");
+    assert!(
+        stderr.contains("reading object 0000000000000000000000000000000000000001"),
+        "{stderr}"
+    );
+    let stderr = call("copy-garbage");
+    assert!(
+        stderr.contains("invalid git object id \"not an object id\": expected 40 hex digits"),
+        "{stderr}"
+    );
+    let stderr = call("commit-unknown");
+    assert!(
+        stderr.contains("ref refs/heads/ghost points at 0000000000000000000000000000000000000007, which is not in the vault"),
+        "{stderr}"
     );
 }

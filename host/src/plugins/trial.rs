@@ -132,6 +132,19 @@ pub fn run(
     let world = shape
         .world
         .ok_or(TrialError::NoWorld { path: path.clone() })?;
+    if world != inspect::World::Filter {
+        // A backup or metadata plugin gets a backup plugin's default
+        // limits, as in `serve`.
+        let as_backup = PluginConfig {
+            kind: crate::config::PluginKind::Backup,
+            ..PluginConfig::filter_at(plugin)
+        };
+        spec.limits = super::Limits {
+            fuel: as_backup.fuel(),
+            memory_bytes: as_backup.memory_bytes(),
+            timeout: as_backup.timeout(),
+        };
+    }
     let (outcome, report) = match world {
         inspect::World::Filter => {
             let trial = FilterPlugin::load(&engine, spec)?.trial(&event)?;
