@@ -426,7 +426,17 @@ pub struct BackupPlugin {
 impl BackupPlugin {
     pub fn load(engine: &Engine, spec: PluginSpec) -> Result<Self, PluginError> {
         let component = sandbox::compile(engine, &spec, "backup")?;
-        let pre = sandbox::link(engine, &spec.name, "backup", &component, |linker| {
+        Self::load_compiled(engine, spec, &component)
+    }
+
+    /// [`BackupPlugin::load`] of a component already compiled (by
+    /// `inspect`, which told its world): it is not compiled twice.
+    pub fn load_compiled(
+        engine: &Engine,
+        spec: PluginSpec,
+        component: &wasmtime::component::Component,
+    ) -> Result<Self, PluginError> {
+        let pre = sandbox::link(engine, &spec.name, "backup", component, |linker| {
             bindings::Backup::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
         })?;
         let pre =

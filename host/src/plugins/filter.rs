@@ -112,7 +112,17 @@ pub struct FilterPlugin {
 impl FilterPlugin {
     pub fn load(engine: &Engine, spec: PluginSpec) -> Result<Self, PluginError> {
         let component = sandbox::compile(engine, &spec, "filter")?;
-        let pre = sandbox::link(engine, &spec.name, "filter", &component, |linker| {
+        Self::load_compiled(engine, spec, &component)
+    }
+
+    /// [`FilterPlugin::load`] of a component already compiled (by
+    /// `inspect`): it is not compiled twice.
+    pub fn load_compiled(
+        engine: &Engine,
+        spec: PluginSpec,
+        component: &wasmtime::component::Component,
+    ) -> Result<Self, PluginError> {
+        let pre = sandbox::link(engine, &spec.name, "filter", component, |linker| {
             bindings::Filter::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
         })?;
         let pre =

@@ -260,7 +260,7 @@ impl PluginHost {
                     if shape.world == Some(inspect::World::MetadataBackup) {
                         metadata.push(MetadataPlugin::load(&engine, &spec, &component)?);
                     } else {
-                        backups.push(BackupPlugin::load(&engine, spec)?);
+                        backups.push(BackupPlugin::load_compiled(&engine, spec, &component)?);
                     }
                 }
             }
@@ -320,8 +320,12 @@ pub fn check(path: &std::path::Path) -> Checked {
         Err(e) => return failed(e),
     };
     let loaded = match shape.world {
-        Some(inspect::World::Filter) => FilterPlugin::load(&engine, spec).map(drop),
-        Some(inspect::World::Backup) => BackupPlugin::load(&engine, spec).map(drop),
+        Some(inspect::World::Filter) => {
+            FilterPlugin::load_compiled(&engine, spec, &component).map(drop)
+        }
+        Some(inspect::World::Backup) => {
+            BackupPlugin::load_compiled(&engine, spec, &component).map(drop)
+        }
         Some(inspect::World::MetadataBackup) => {
             MetadataPlugin::load(&engine, &spec, &component).map(drop)
         }

@@ -147,7 +147,7 @@ pub fn run(
     }
     let (outcome, report) = match world {
         inspect::World::Filter => {
-            let trial = FilterPlugin::load(&engine, spec)?.trial(&event)?;
+            let trial = FilterPlugin::load_compiled(&engine, spec, &component)?.trial(&event)?;
             (Outcome::Filter(trial.decision), trial.report)
         }
         inspect::World::Backup => {
@@ -156,7 +156,8 @@ pub fn run(
                 .ok_or(TrialError::NeedsRepository { path })?;
             let (deps, _temporary) =
                 scratch_deps(scratch.vault_dir, Some((repo_dir, source_kind)))?;
-            let (outcome, report) = BackupPlugin::load(&engine, spec)?.trial(deps, &event)?;
+            let (outcome, report) =
+                BackupPlugin::load_compiled(&engine, spec, &component)?.trial(deps, &event)?;
             let outcome = outcome.map(|o| BackupSummary {
                 refs: o.snapshot.as_ref().map_or(0, |s| {
                     usize::try_from(s.body.refs.count).unwrap_or(usize::MAX)
