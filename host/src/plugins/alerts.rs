@@ -15,17 +15,7 @@ use wasmtime::component::{HasSelf, Linker};
 use super::sandbox::{PluginState, cut};
 use crate::alerts::{Alert, Alerts, Severity};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit/plugin@0.3.0",
-        world: "filter",
-        with: {
-            "hookvault:plugin/types@0.1.0": crate::plugins::filter::bindings::hookvault::plugin::types,
-            "hookvault:plugin/log@0.1.0": crate::plugins::filter::bindings::hookvault::plugin::log,
-            "hookvault:plugin/config@0.1.0": crate::plugins::filter::bindings::hookvault::plugin::config,
-        },
-    });
-}
+use super::bindings::alerts as bindings;
 
 use bindings::hookvault::plugin0_3_0::alerts as wit;
 

@@ -20,20 +20,7 @@ use crate::git::{ObjectInfo, Remote, Workspace};
 use crate::ids::{GitOid, ObjectKind};
 use crate::vault::{CopyStats, NewSnapshot, RefUpdate, Snapshot, Vault};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit/plugin@0.1.0",
-        world: "backup",
-        imports: {
-            "hookvault:plugin/store.latest-refs": trappable,
-        },
-        with: {
-            "hookvault:plugin/types": crate::plugins::filter::bindings::hookvault::plugin::types,
-            "hookvault:plugin/log": crate::plugins::filter::bindings::hookvault::plugin::log,
-            "hookvault:plugin/config": crate::plugins::filter::bindings::hookvault::plugin::config,
-        },
-    });
-}
+use super::bindings::backup as bindings;
 
 use bindings::hookvault::plugin::{git_source, store};
 

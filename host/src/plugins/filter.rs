@@ -10,12 +10,7 @@ use super::sandbox::{self, LOG_LINE_BYTES, LOG_LINES_CAP, Loaded, PluginState};
 use super::{PluginError, PluginSpec};
 use crate::event::{Event, RefKind};
 
-pub(super) mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit/plugin@0.1.0",
-        world: "filter",
-    });
-}
+use super::bindings::filter as bindings;
 
 use bindings::hookvault::plugin::{config, log, types};
 

@@ -13,17 +13,7 @@ use super::sandbox::{self, Loaded, PluginState};
 use super::{PluginError, PluginSpec};
 use crate::event::{Comment, Event, EventKind, PullRequest, now_ms};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit/plugin@0.2.0",
-        world: "metadata-backup",
-        with: {
-            "hookvault:plugin/types@0.1.0": crate::plugins::filter::bindings::hookvault::plugin::types,
-            "hookvault:plugin/log@0.1.0": crate::plugins::filter::bindings::hookvault::plugin::log,
-            "hookvault:plugin/config@0.1.0": crate::plugins::filter::bindings::hookvault::plugin::config,
-        },
-    });
-}
+use super::bindings::metadata as bindings;
 
 use bindings::hookvault::plugin0_2_0::{documents, metadata};
 

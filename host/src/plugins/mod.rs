@@ -5,6 +5,7 @@
 
 pub mod alerts;
 mod backup;
+mod bindings;
 mod filter;
 pub mod inspect;
 mod metadata;
