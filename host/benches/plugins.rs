@@ -101,12 +101,10 @@ fn native_filter(event: &Event, patterns: &[&str]) -> Decision {
 
 fn dispatch() {
     let engine = new_engine().expect("engine");
-    let bytes = std::fs::read(format!("{ARTIFACTS}/skip_refs.wasm")).expect("skip_refs.wasm");
     let mut spec = PluginSpec::from_config(&hookvault::config::PluginConfig::filter_at(Path::new(
         &format!("{ARTIFACTS}/skip_refs.wasm"),
     )))
-    .expect("spec");
-    spec.bytes = bytes;
+    .expect("skip_refs.wasm");
     spec.config_json = r#"{"skip":["refs/heads/wip/*"]}"#.into();
     let filter = FilterPlugin::load(&engine, spec).expect("load");
     for refs in [1usize, 20] {

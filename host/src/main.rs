@@ -1626,9 +1626,7 @@ fn run_plugin_new(
     out!(
         "created {} ({}) in {}",
         created.name,
-        serde_json::to_value(created.kind)?
-            .as_str()
-            .unwrap_or("plugin"),
+        created.kind.name(),
         created.dir.display()
     );
     for file in &created.files {

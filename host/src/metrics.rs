@@ -328,24 +328,19 @@ impl StateNow {
             pending: queue.pending_len()? as u64,
             repositories: BTreeMap::new(),
         };
-        for delivery in queue.list(&Filter::default())? {
+        let deliveries = queue.list(&Filter::default())?;
+        for delivery in &deliveries {
             *state
                 .deliveries
                 .entry(delivery.status.as_str())
                 .or_default() += 1;
-            if delivery.status != Status::Queued {
-                continue;
-            }
-            if let Some(repo) = delivery.repository() {
-                let oldest = &mut state
-                    .repositories
-                    .entry(repo.clone())
-                    .or_default()
-                    .oldest_waiting_ms;
-                *oldest = Some(
-                    oldest.map_or(delivery.received_at_ms, |t| t.min(delivery.received_at_ms)),
-                );
-            }
+        }
+        for (repo, since) in crate::pipeline::lag::oldest_waiting(&deliveries) {
+            state
+                .repositories
+                .entry(repo)
+                .or_default()
+                .oldest_waiting_ms = Some(since);
         }
         for repo in store.repositories()? {
             if let Some(latest) = store.latest_snapshot(&repo)? {

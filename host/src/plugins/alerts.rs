@@ -58,20 +58,21 @@ pub fn add_to_linker<X: Send + 'static>(
 
 impl<X: Send> wit::Host for PluginState<X> {
     fn raise(&mut self, alert: wit::Alert) {
-        let plugin = self.plugin.to_string();
-        let delivery_id = self.delivery_id.clone();
         let calls = &mut self.alerts;
         calls.raised = calls.raised.saturating_add(1);
         if calls.raised > ALERTS_CAP {
             if calls.raised == ALERTS_CAP + 1 {
                 tracing::warn!(
-                    plugin,
-                    delivery_id,
+                    plugin = %self.plugin,
+                    delivery_id = %self.delivery_id,
                     "plugin alert limit ({ALERTS_CAP} per call) reached; further alerts dropped"
                 );
             }
             return;
         }
+        // Past the cap nothing is copied: a flood costs the lifting alone.
+        let plugin = self.plugin.to_string();
+        let delivery_id = self.delivery_id.clone();
         let alert = Alert {
             severity: match alert.severity {
                 wit::Severity::Info => Severity::Info,

@@ -27,6 +27,15 @@ impl Kind {
         }
     }
 
+    /// As `--kind` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Filter => "filter",
+            Kind::Backup => "backup",
+            Kind::Metadata => "metadata",
+        }
+    }
+
     fn source(self) -> &'static str {
         match self {
             Kind::Filter => include_str!("scaffold/filter.rs.in"),
@@ -198,11 +207,7 @@ pub fn create(name: &str, kind: Kind, dir: &Path, sdk: &Sdk) -> Result<Created, 
 }
 
 fn cargo_toml(name: &str, kind: Kind, sdk: &str) -> String {
-    let world = match kind {
-        Kind::Filter => "filter",
-        Kind::Backup => "backup",
-        Kind::Metadata => "metadata",
-    };
+    let world = kind.name();
     let json = if kind == Kind::Metadata {
         "serde_json = \"1\"\n"
     } else {
@@ -269,11 +274,7 @@ path = "/path/to/{name}/target/wasm32-wasip2/release/{crate_name}.wasm"
 See hookvault's `docs/plugins.md` for the capabilities, the limits and how
 to debug a plugin.
 "#,
-        kind = match kind {
-            Kind::Filter => "filter",
-            Kind::Backup => "backup",
-            Kind::Metadata => "metadata",
-        },
+        kind = kind.name(),
         config_kind = kind.config_kind(),
     )
 }
