@@ -617,6 +617,15 @@ fn absurd_host_call_arguments_get_clear_errors() {
         stderr.contains("invalid git object id \"not an object id\": expected 40 hex digits"),
         "{stderr}"
     );
+    // --repo-dir that is no repository.
+    let not_a_repo = dir.path().join("empty");
+    std::fs::create_dir(&not_a_repo).expect("mkdir");
+    let (ok, _, stderr) = plugin_test(
+        "git_backup.wasm",
+        &["--repo-dir", not_a_repo.to_str().expect("utf-8")],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("not a git repository"), "{stderr}");
     let stderr = call("commit-unknown");
     assert!(
         stderr.contains("ref refs/heads/ghost points at 0000000000000000000000000000000000000007, which is not in the vault"),

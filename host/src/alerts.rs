@@ -382,6 +382,34 @@ mod tests {
     }
 
     #[test]
+    fn bad_webhook_settings_are_refused_by_name() {
+        let config = |hooks: &str| {
+            let text = format!(
+                "[[sources]]\nname = \"cloud\"\nkind = \"cloud\"\nsecrets = [\"s\"]\n{hooks}"
+            );
+            crate::config::Config::from_toml(&text, std::path::Path::new("hookvault.toml"))
+        };
+        let not_http =
+            config("[[alerts.webhooks]]\nurl = \"ftp://example.com/x\"\n").expect("config parses");
+        assert!(matches!(
+            Alerts::start(&not_http.alerts),
+            Err(AlertsError::Url { index: 0 })
+        ));
+        let missing_env =
+            config("[[alerts.webhooks]]\nurl = { env = \"HOOKVAULT_NO_SUCH_VAR\" }\n")
+                .expect("config parses");
+        let err = Alerts::start(&missing_env.alerts).expect_err("no such variable");
+        assert!(err.to_string().contains("alerts.webhooks[0].url"), "{err}");
+        for bad in [
+            "[[alerts.webhooks]]\nurl = \"http://x\"\nformat = \"teams\"\n",
+            "[[alerts.webhooks]]\nurl = \"http://x\"\nmin_severity = \"loud\"\n",
+            "[alerts]\nmax_lag = 5\n",
+        ] {
+            assert!(config(bad).is_err(), "accepted: {bad}");
+        }
+    }
+
+    #[test]
     fn only_throttling_and_server_errors_are_retried() {
         for code in [429u16, 500, 502, 503] {
             assert!(is_retryable(
