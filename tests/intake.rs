@@ -149,11 +149,13 @@ fn slowloris_and_idle_floods_do_not_stop_the_intake() {
     drop(closed_tx);
 
     // Beyond the limit, connections are closed at once, not after the
-    // header timeout.
+    // header timeout: each lasted under half of it. How soon the report
+    // arrives is not the measure: on a loaded machine a connection past
+    // the listen backlog completes its handshake only after a SYN retry.
     let refused = IDLE - (LIMIT - SLOW);
     rt.block_on(async {
         for n in 0..refused {
-            let lasted = tokio::time::timeout(header_timeout / 2, closed.recv())
+            let lasted = tokio::time::timeout(header_timeout * 5, closed.recv())
                 .await
                 .unwrap_or_else(|_| panic!("only {n} of {refused} excess connections refused"))
                 .expect("idle clients");
