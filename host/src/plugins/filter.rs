@@ -1,18 +1,15 @@
-//! The `filter` world: decide whether and what to back up, before any fetch.
-//! Also home of the host side of the `log` and `config` imports, which the
-//! backup world reuses.
+//! The `filter` world: decide whether and what to back up, before any
+//! fetch. A filter gets only the capabilities every world has (`log`,
+//! `config`, `alerts`).
 
-use tracing::{debug, error, info, trace, warn};
 use wasmtime::Engine;
-use wasmtime::component::HasSelf;
 
-use super::sandbox::{self, LOG_LINE_BYTES, LOG_LINES_CAP, Loaded, PluginState};
+use super::caps;
+use super::sandbox::{self, Loaded, PluginState};
 use super::{PluginError, PluginSpec};
-use crate::event::{Event, RefKind};
+use crate::event::Event;
 
 use super::bindings::filter as bindings;
-
-use bindings::hookvault::plugin::{config, log, types};
 
 /// A filter's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,75 +17,6 @@ pub enum Decision {
     Keep,
     Skip(String),
     Refs(Vec<String>),
-}
-
-impl<X: Send> types::Host for PluginState<X> {}
-
-impl<X: Send> log::Host for PluginState<X> {
-    fn log(&mut self, level: log::Level, message: String) {
-        self.log_lines = self.log_lines.saturating_add(1);
-        if self.log_lines > LOG_LINES_CAP {
-            if self.log_lines == LOG_LINES_CAP + 1 {
-                warn!(plugin = %self.plugin, "plugin log limit reached; further lines dropped");
-            }
-            return;
-        }
-        let message = sandbox::cut(message, LOG_LINE_BYTES);
-        if let Some(captured) = &mut self.captured {
-            captured.push(sandbox::LogLine {
-                level: match level {
-                    log::Level::Trace => "trace",
-                    log::Level::Debug => "debug",
-                    log::Level::Info => "info",
-                    log::Level::Warn => "warn",
-                    log::Level::Error => "error",
-                },
-                message: message.clone(),
-            });
-        }
-        let plugin = &*self.plugin;
-        let delivery_id = self.delivery_id.as_str();
-        match level {
-            log::Level::Trace => trace!(plugin, delivery_id, "{message}"),
-            log::Level::Debug => debug!(plugin, delivery_id, "{message}"),
-            log::Level::Info => info!(plugin, delivery_id, "{message}"),
-            log::Level::Warn => warn!(plugin, delivery_id, "{message}"),
-            log::Level::Error => error!(plugin, delivery_id, "{message}"),
-        }
-    }
-}
-
-impl<X: Send> config::Host for PluginState<X> {
-    fn get(&mut self) -> String {
-        self.config_json.to_string()
-    }
-}
-
-pub(super) fn to_wit_event(event: &Event, excluded: &[String]) -> types::Event {
-    types::Event {
-        delivery_id: event.delivery_id.clone(),
-        source: event.source.clone(),
-        event_key: event.event_key.clone(),
-        repository: event.repository.to_string(),
-        actor: event.actor.clone(),
-        changes: event
-            .changes
-            .iter()
-            .map(|c| types::RefChange {
-                name: c.name.to_string(),
-                kind: match c.kind {
-                    RefKind::Branch => types::RefKind::Branch,
-                    RefKind::Tag => types::RefKind::Tag,
-                    RefKind::Other => types::RefKind::Other,
-                },
-                old_target: c.old_target.clone(),
-                new_target: c.new_target.clone(),
-                forced: c.forced,
-            })
-            .collect(),
-        excluded_refs: excluded.to_vec(),
-        received_at_ms: event.received_at_ms,
-    }
 }
 
 /// One call of a filter, measured.
@@ -117,9 +45,7 @@ impl FilterPlugin {
         spec: PluginSpec,
         component: &wasmtime::component::Component,
     ) -> Result<Self, PluginError> {
-        let pre = sandbox::link(engine, &spec.name, "filter", component, |linker| {
-            bindings::Filter::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
-        })?;
+        let pre = sandbox::link(engine, &spec.name, "filter", component, |_| Ok(()))?;
         let pre =
             bindings::FilterPre::new(pre).map_err(sandbox::load_error(&spec.name, "filter"))?;
         Ok(Self {
@@ -151,7 +77,7 @@ impl FilterPlugin {
     ) -> wasmtime::Result<Decision> {
         let instance = self.pre.instantiate(&mut *store)?;
         Ok(
-            match instance.call_filter(&mut *store, &to_wit_event(event, &[]))? {
+            match instance.call_filter(&mut *store, &caps::types::to_wit(event, &[]))? {
                 bindings::Decision::Keep => Decision::Keep,
                 bindings::Decision::Skip(reason) => Decision::Skip(reason),
                 bindings::Decision::Refs(refs) => Decision::Refs(refs),

@@ -1,11 +1,15 @@
 //! The plugin host (wasmtime component model). Plugins are compiled once at
 //! start-up into `InstancePre`s; each call gets a fresh store with its own
-//! limits. Capabilities are granted per world: filters get `log` and
-//! `config`; backup plugins also get `git-source` and `store`.
+//! limits. Each capability is its own module under `caps/` (a trait for
+//! what it needs, its WIT host impl, `add_to_linker`); each world's module
+//! (`filter`, `backup`, `metadata`) grants its capabilities and calls the
+//! plugin. Every world gets `log`, `config` and `alerts`; backup plugins
+//! also get `git-source` and `store`, metadata plugins `metadata` and
+//! `documents`.
 
-pub mod alerts;
 mod backup;
 mod bindings;
+pub mod caps;
 mod filter;
 pub mod inspect;
 mod metadata;
@@ -21,7 +25,7 @@ use wasmtime::Engine;
 
 use crate::config::{Config, PluginConfig, PluginKind};
 use crate::failure::FailureKind;
-pub use backup::{BackupDeps, BackupOutcome, BackupPlugin, SourceGit};
+pub use backup::{BackupCtx, BackupDeps, BackupOutcome, BackupPlugin, SourceGit};
 pub use filter::{Decision, FilterPlugin, Trial};
 pub use metadata::MetadataPlugin;
 pub use sandbox::{CallReport, Limits, LogLine, OUTPUT_CAP};
@@ -259,7 +263,9 @@ impl PluginHost {
                 PluginKind::Backup => {
                     let (component, shape) = inspect::inspect(&engine, &spec.name, &spec.bytes)?;
                     if shape.world == Some(inspect::World::MetadataBackup) {
-                        metadata.push(MetadataPlugin::load(&engine, &spec, &component)?);
+                        metadata.push(MetadataPlugin::<metadata::MetadataCtx>::load(
+                            &engine, &spec, &component,
+                        )?);
                     } else {
                         backups.push(BackupPlugin::load_compiled(&engine, spec, &component)?);
                     }
@@ -325,10 +331,10 @@ pub fn check(path: &std::path::Path) -> Checked {
             FilterPlugin::load_compiled(&engine, spec, &component).map(drop)
         }
         Some(inspect::World::Backup) => {
-            BackupPlugin::load_compiled(&engine, spec, &component).map(drop)
+            BackupPlugin::<BackupCtx>::load_compiled(&engine, spec, &component).map(drop)
         }
         Some(inspect::World::MetadataBackup) => {
-            MetadataPlugin::load(&engine, &spec, &component).map(drop)
+            MetadataPlugin::<metadata::MetadataCtx>::load(&engine, &spec, &component).map(drop)
         }
         None => Err(PluginError::Load {
             plugin: spec.name.to_string(),

@@ -190,8 +190,12 @@ pub struct PluginState<X> {
     pub log_lines: u32,
     /// The accepted lines, kept when a trial (`plugin test`) asks for them.
     pub captured: Option<Vec<LogLine>>,
-    /// The alerts this call raises (see `alerts.rs`).
-    pub alerts: super::alerts::CallAlerts,
+    /// The alerts this call raises (see `caps/alerts.rs`).
+    pub alerts: super::caps::alerts::CallAlerts,
+    /// What the host's calls cost, and the kind of the last that failed.
+    pub host: super::caps::HostCalls,
+    /// What this world's capabilities are served by (the vault and a
+    /// fetch for a backup; nothing for a filter).
     pub extra: X,
 }
 
@@ -321,6 +325,7 @@ pub fn new_store<X: Send>(
         log_lines: 0,
         captured: None,
         alerts: Default::default(),
+        host: Default::default(),
         extra,
     };
     let mut store = Store::new(engine, state);
@@ -458,7 +463,7 @@ impl Loaded {
             extra,
         )?;
         store.data_mut().alerts =
-            super::alerts::CallAlerts::new(self.alerts.clone(), event.repository.to_string());
+            super::caps::alerts::CallAlerts::new(self.alerts.clone(), event.repository.to_string());
         Ok(store)
     }
 
@@ -493,12 +498,18 @@ impl Loaded {
         })
     }
 
-    /// An error the plugin itself returned.
-    pub fn reported<T>(&self, result: Result<T, String>) -> Result<T, PluginError> {
+    /// An error the plugin itself returned, with the kind of the last
+    /// host call that failed during the call in `store` (the error the
+    /// plugin most likely passed on).
+    pub fn reported<X, T>(
+        &self,
+        store: &Store<PluginState<X>>,
+        result: Result<T, String>,
+    ) -> Result<T, PluginError> {
         result.map_err(|message| PluginError::Reported {
             plugin: self.name.to_string(),
             message,
-            host_failure: None,
+            host_failure: store.data().host.failure,
         })
     }
 }
@@ -523,7 +534,9 @@ pub fn compile(
         .map_err(load_error(&spec.name, world))
 }
 
-/// Link WASI (nothing granted) and a world's imports, and pre-instantiate.
+/// Link WASI (nothing granted), the capabilities every world has
+/// (`types`, `log`, `config`, `alerts`) and those `add_world` grants,
+/// and pre-instantiate.
 pub fn link<X: Send + 'static>(
     engine: &Engine,
     plugin: &str,
@@ -534,8 +547,15 @@ pub fn link<X: Send + 'static>(
     let err = load_error(plugin, world);
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(&err)?;
+    let caps = |linker: &mut wasmtime::component::Linker<PluginState<X>>| {
+        use super::caps;
+        caps::types::add_to_linker(linker)?;
+        caps::log::add_to_linker(linker)?;
+        caps::config::add_to_linker(linker)?;
+        caps::alerts::add_to_linker(linker)
+    };
+    caps(&mut linker).map_err(&err)?;
     add_world(&mut linker).map_err(&err)?;
-    super::alerts::add_to_linker(&mut linker).map_err(&err)?;
     linker.instantiate_pre(component).map_err(&err)
 }
 

@@ -12,12 +12,10 @@
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::sandbox::{PluginState, cut};
+use super::super::bindings::alerts::hookvault::plugin0_3_0::alerts as wit;
+use super::super::sandbox::cut;
+use super::PluginState;
 use crate::alerts::{Alert, Alerts, Severity};
-
-use super::bindings::alerts as bindings;
-
-use bindings::hookvault::plugin0_3_0::alerts as wit;
 
 /// Alerts kept per call.
 pub const ALERTS_CAP: u32 = 20;
