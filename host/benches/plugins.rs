@@ -240,7 +240,16 @@ fn backup(dir: &Path) {
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     println!("== plugins");
-    dispatch();
-    startup(dir.path());
-    backup(dir.path());
+    // HOOKVAULT_BENCH_ONLY=dispatch|startup|backup runs one part.
+    let only = std::env::var("HOOKVAULT_BENCH_ONLY").ok();
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    if run("dispatch") {
+        dispatch();
+    }
+    if run("startup") {
+        startup(dir.path());
+    }
+    if run("backup") {
+        backup(dir.path());
+    }
 }
