@@ -11,6 +11,7 @@
 # and flushing.
 #
 # Usage: bash host/benches/ingest.sh [SECONDS]   (default 10 per run)
+# HOOKVAULT_BENCH_LOG_TO=FILE keeps the service's log (RUST_LOG applies).
 # Installs wrk (Debian's) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -60,7 +61,7 @@ EOF
 body="examples/payloads/cloud-repo-push.json"
 signature="sha256=$(python3 -c 'import hashlib,hmac,sys; print(hmac.new(sys.argv[1].encode(), open(sys.argv[2],"rb").read(), hashlib.sha256).hexdigest())' "$secret" "$body")"
 
-"$bin" serve --config "$work/hookvault.toml" >"$work/stdout" 2>"$work/log" &
+"$bin" serve --config "$work/hookvault.toml" >"$work/stdout" 2>"${HOOKVAULT_BENCH_LOG_TO:-$work/log}" &
 pid=$!
 for _ in $(seq 1 200); do
   if grep -q listening "$work/stdout" 2>/dev/null; then break; fi
