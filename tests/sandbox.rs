@@ -53,6 +53,9 @@ fn limits() -> Limits {
         fuel: 200_000_000,
         memory_bytes: 32 << 20,
         timeout: Duration::from_secs(20),
+        output_bytes: hookvault::plugins::OUTPUT_CAP,
+        // Large enough for the 100 MiB config below to reach the plugin.
+        input_bytes: 256 << 20,
     }
 }
 
@@ -150,6 +153,75 @@ fn a_100_mib_config_string_fails_the_call_not_the_host() {
     assert!(why.contains("memory"), "{why}");
     let good = hostile(&engine, "keep", limits());
     assert_eq!(good.run(&event()).expect("next call"), Decision::Keep);
+}
+
+#[test]
+fn an_input_over_the_limit_is_refused_before_the_call() {
+    let engine = engine();
+    let bytes = std::fs::read(format!("{ARTIFACTS}/hostile.wasm")).expect("hostile plugin built");
+    // The default input limit (16 MiB): a 100 MiB config never reaches
+    // the plugin, and the error says which setting allows it.
+    let config = hookvault::config::PluginConfig::filter_at(Path::new("hostile.wasm"));
+    let huge = format!(r#"{{"mode":"keep","pad":"{}"}}"#, "x".repeat(100 << 20));
+    let plugin = FilterPlugin::load(
+        &engine,
+        PluginSpec {
+            name: "hostile-huge-config".into(),
+            config_json: huge.into(),
+            limits: Limits::of(&config),
+            bytes: bytes.clone(),
+            alerts: hookvault::alerts::Alerts::log_only(),
+        },
+    )
+    .expect("loads");
+    let error = plugin.run(&event()).expect_err("refused");
+    assert!(
+        matches!(error, PluginError::InputTooLarge { limit, .. } if limit == 16 << 20),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("raise `input_mib`"), "{error}");
+    assert_eq!(error.kind(), hookvault::failure::FailureKind::Permanent);
+    // An event over a small limit, likewise; under it, the call runs.
+    let small = |input_bytes| {
+        hostile(
+            &engine,
+            "keep",
+            Limits {
+                input_bytes,
+                ..limits()
+            },
+        )
+    };
+    assert!(matches!(
+        small(100).run(&event()),
+        Err(PluginError::InputTooLarge { .. })
+    ));
+    assert_eq!(small(64 << 10).run(&event()).expect("runs"), Decision::Keep);
+}
+
+#[test]
+fn the_output_kept_is_the_plugins_own_limit() {
+    let engine = engine();
+    let plugin = hostile(
+        &engine,
+        "flood",
+        Limits {
+            output_bytes: 3000,
+            ..limits()
+        },
+    );
+    let trial = plugin.trial(&event()).expect("trial");
+    assert_eq!(trial.decision.expect("flood completes"), Decision::Keep);
+    let kept = trial.report.stdout.len();
+    assert!(kept > 0 && kept <= 3000, "{kept} bytes kept");
+    let default = hostile(&engine, "flood", limits())
+        .trial(&event())
+        .expect("trial");
+    let kept = default.report.stdout.len();
+    assert!(
+        kept > 3000 && kept <= hookvault::plugins::OUTPUT_CAP,
+        "{kept} bytes kept"
+    );
 }
 
 #[test]

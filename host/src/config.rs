@@ -558,6 +558,12 @@ pub struct PluginConfig {
     /// Wall-clock limit per call, host work (fetching) included.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// Bytes of stdout and of stderr kept per call (KiB).
+    #[serde(default)]
+    pub output_kib: Option<u64>,
+    /// Largest input a call is handed: the event and the config (MiB).
+    #[serde(default)]
+    pub input_mib: Option<u64>,
 }
 
 /// Default limits, per plugin kind.
@@ -567,6 +573,10 @@ pub const FILTER_MEMORY_MIB: u64 = 64;
 pub const BACKUP_MEMORY_MIB: u64 = 512;
 pub const FILTER_TIMEOUT_SECS: u64 = 10;
 pub const BACKUP_TIMEOUT_SECS: u64 = 6 * 3600;
+/// Every kind: stdout and stderr kept per call, and the largest input
+/// (a reconcile of 10,000 branches is about 1.5 MiB).
+pub const OUTPUT_KIB: u64 = 64;
+pub const INPUT_MIB: u64 = 16;
 
 impl PluginConfig {
     /// A filter configured by path alone: default limits, no config, no
@@ -585,6 +595,8 @@ impl PluginConfig {
             fuel: None,
             memory_mib: None,
             timeout_secs: None,
+            output_kib: None,
+            input_mib: None,
         }
     }
 
@@ -608,6 +620,18 @@ impl PluginConfig {
             PluginKind::Filter => FILTER_TIMEOUT_SECS,
             PluginKind::Backup => BACKUP_TIMEOUT_SECS,
         }))
+    }
+
+    /// Bytes of stdout and of stderr kept per call.
+    pub fn output_bytes(&self) -> usize {
+        let kib = self.output_kib.unwrap_or(OUTPUT_KIB);
+        usize::try_from(kib.saturating_mul(1024)).unwrap_or(usize::MAX)
+    }
+
+    /// The largest input (event and config) a call is handed.
+    pub fn input_bytes(&self) -> usize {
+        let mib = self.input_mib.unwrap_or(INPUT_MIB);
+        usize::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
     }
 
     /// The plugin's config as JSON text (`{}` when absent).

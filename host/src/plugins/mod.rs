@@ -113,6 +113,14 @@ pub enum PluginError {
         detail: String,
         context: String,
     },
+    #[error(
+        "plugin {plugin}: the call's input (event and config) is {bytes} bytes, over its limit of {limit} (raise `input_mib` to allow it)"
+    )]
+    InputTooLarge {
+        plugin: String,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("plugin {plugin} reported an error: {message}")]
     Reported {
         plugin: String,
@@ -147,6 +155,7 @@ impl PluginError {
             | Self::Read { .. }
             | Self::UnknownBuiltin { .. }
             | Self::Pinned { .. }
+            | Self::InputTooLarge { .. }
             | Self::Load { .. } => FailureKind::Permanent,
         }
     }
@@ -218,11 +227,7 @@ impl PluginSpec {
         Ok(Self {
             name: plugin.name.as_str().into(),
             config_json: plugin.config_json().into(),
-            limits: Limits {
-                fuel: plugin.fuel(),
-                memory_bytes: plugin.memory_bytes(),
-                timeout: plugin.timeout(),
-            },
+            limits: Limits::of(plugin),
             bytes,
             alerts: crate::alerts::Alerts::log_only(),
         })
@@ -240,6 +245,8 @@ impl PluginSpec {
             fuel: None,
             memory_mib: None,
             timeout_secs: None,
+            output_kib: None,
+            input_mib: None,
         })
     }
 }

@@ -13,8 +13,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginError;
 
-/// Bytes of stdout and of stderr kept per call; the rest is dropped.
-pub const OUTPUT_CAP: usize = 64 * 1024;
+/// Bytes of stdout and of stderr kept per call by default (`output_kib`);
+/// the rest is dropped.
+pub const OUTPUT_CAP: usize = crate::config::OUTPUT_KIB as usize * 1024;
 
 /// How often the engine's epoch advances: the granularity of wall-clock
 /// deadlines.
@@ -114,6 +115,43 @@ pub struct Limits {
     /// Wall-clock time per call, host work included; checked whenever the
     /// plugin runs wasm code.
     pub timeout: Duration,
+    /// Bytes of stdout and of stderr kept per call.
+    pub output_bytes: usize,
+    /// The largest input a call is handed (the event as JSON, and the
+    /// config): a larger one is refused before the plugin runs.
+    pub input_bytes: usize,
+}
+
+impl Limits {
+    /// A configured plugin's limits, its kind's defaults where unset.
+    pub fn of(plugin: &crate::config::PluginConfig) -> Self {
+        Limits {
+            fuel: plugin.fuel(),
+            memory_bytes: plugin.memory_bytes(),
+            timeout: plugin.timeout(),
+            output_bytes: plugin.output_bytes(),
+            input_bytes: plugin.input_bytes(),
+        }
+    }
+}
+
+/// The size of `event` as JSON, counted without building it.
+fn json_size(event: &crate::event::Event) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing plain data into a counter cannot fail; were it to, the
+    // count so far is what is known.
+    let _ = serde_json::to_writer(&mut count, event);
+    count.0
 }
 
 /// stdout/stderr sink that keeps the first `cap` bytes and silently drops
@@ -298,8 +336,8 @@ pub fn new_store<X: Send>(
     limits: Limits,
     extra: X,
 ) -> Result<Store<PluginState<X>>, PluginError> {
-    let stdout = CappedPipe::new(OUTPUT_CAP);
-    let stderr = CappedPipe::new(OUTPUT_CAP);
+    let stdout = CappedPipe::new(limits.output_bytes);
+    let stderr = CappedPipe::new(limits.output_bytes);
     let wasi = WasiCtx::builder()
         .stdout(stdout.clone())
         .stderr(stderr.clone())
@@ -448,12 +486,21 @@ impl Loaded {
         }
     }
 
-    /// A fresh store for one call about `event`.
+    /// A fresh store for one call about `event`, refused when the input
+    /// is over the plugin's limit.
     pub fn store<X: Send>(
         &self,
         event: &crate::event::Event,
         extra: X,
     ) -> Result<Store<PluginState<X>>, PluginError> {
+        let input = json_size(event).saturating_add(self.config_json.len());
+        if input > self.limits.input_bytes {
+            return Err(PluginError::InputTooLarge {
+                plugin: self.name.to_string(),
+                bytes: input,
+                limit: self.limits.input_bytes,
+            });
+        }
         let mut store = new_store(
             &self.engine,
             self.name.clone(),

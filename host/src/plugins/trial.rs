@@ -139,11 +139,7 @@ pub fn run(
             kind: crate::config::PluginKind::Backup,
             ..PluginConfig::filter_at(plugin)
         };
-        spec.limits = super::Limits {
-            fuel: as_backup.fuel(),
-            memory_bytes: as_backup.memory_bytes(),
-            timeout: as_backup.timeout(),
-        };
+        spec.limits = super::Limits::of(&as_backup);
     }
     let (outcome, report) = match world {
         inspect::World::Filter => {
