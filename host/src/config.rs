@@ -886,6 +886,50 @@ mod tests {
     }
 
     #[test]
+    fn plugin_limits_default_by_kind_and_are_set_per_plugin() {
+        let text = format!(
+            r#"{MINIMAL}
+            [[plugins]]
+            name = "a"
+            kind = "filter"
+            path = "a.wasm"
+
+            [[plugins]]
+            name = "b"
+            kind = "backup"
+            path = "b.wasm"
+            fuel = 7
+            memory_mib = 3
+            timeout_secs = 2
+            output_kib = 5
+            input_mib = 1
+            "#
+        );
+        let config = Config::from_toml(&text, Path::new("t.toml")).expect("valid");
+        let (a, b) = (&config.plugins[0], &config.plugins[1]);
+        assert_eq!(
+            (
+                a.fuel(),
+                a.memory_bytes(),
+                a.output_bytes(),
+                a.input_bytes()
+            ),
+            (FILTER_FUEL, 64 << 20, 64 << 10, 16 << 20)
+        );
+        assert_eq!(a.timeout().as_secs(), FILTER_TIMEOUT_SECS);
+        assert_eq!(
+            (
+                b.fuel(),
+                b.memory_bytes(),
+                b.output_bytes(),
+                b.input_bytes()
+            ),
+            (7, 3 << 20, 5 << 10, 1 << 20)
+        );
+        assert_eq!(b.timeout().as_secs(), 2);
+    }
+
+    #[test]
     fn example_config_is_valid() {
         let text = include_str!("../../examples/hookvault.toml");
         let config = Config::from_toml(text, Path::new("examples/hookvault.toml")).expect("valid");
