@@ -1,5 +1,5 @@
 //! Alerts: what people must hear about. Plugins raise them (WIT 0.3.0
-//! `alerts`, host side in `plugins/alerts.rs`) and so does the service
+//! `alerts`, host side in `plugins/caps/alerts.rs`) and so does the service
 //! itself (a delivery that failed for good, a repository whose backups lag).
 //! Each alert is written to the log and, when `[[alerts.webhooks]]` are
 //! configured, POSTed to each of them as JSON (plain or Slack-compatible)
