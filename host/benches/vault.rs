@@ -146,6 +146,11 @@ impl Restic {
             repo: repo.to_path_buf(),
             backups: std::cell::Cell::new(0),
         };
+        if !installed {
+            println!(
+                "  restic is not installed (Debian: apt-get install restic): its comparison is skipped"
+            );
+        }
         installed.then(|| {
             restic.run(&["init", "-q"]);
             restic
