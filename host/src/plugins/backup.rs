@@ -14,7 +14,6 @@ use super::sandbox::{self, Loaded, PluginState};
 use super::{PluginError, PluginSpec};
 use crate::config::{SecretString, SourceConfig};
 use crate::event::{Event, now_ms};
-use crate::failure::FailureKind;
 use crate::git::{ObjectInfo, Remote, RemoteRef, Workspace};
 use crate::ids::GitOid;
 use crate::vault::{CopyStats, NewSnapshot, RefUpdate, Snapshot, Vault};
@@ -89,10 +88,9 @@ impl BackupCtx {
     }
 
     fn workspace(&self) -> Result<&Workspace, HostError> {
-        self.workspace.as_ref().ok_or_else(|| HostError {
-            // The plugin called out of order: its bug, which a retry repeats.
-            kind: FailureKind::Permanent,
-            message: "nothing fetched yet: call fetch before walk or copy-objects".into(),
+        // The plugin called out of order: its bug, which a retry repeats.
+        self.workspace.as_ref().ok_or_else(|| {
+            HostError::permanent("nothing fetched yet: call fetch before walk or copy-objects")
         })
     }
 }
@@ -378,6 +376,7 @@ mod tests {
 
     use super::*;
     use crate::event::{EventKind, RefChange, RefKind};
+    use crate::failure::FailureKind;
     use crate::ids::{ObjectKind, RefName, RepoName};
 
     fn oid(n: u8) -> GitOid {
