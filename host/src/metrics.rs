@@ -29,7 +29,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::failure::FailureKind;
 use crate::ids::RepoName;
-use crate::pipeline::queue::{Filter, Queue, QueueError, Status};
+use crate::pipeline::queue::{Queue, QueueError, Status};
 use crate::vault::{Vault, VaultError};
 
 /// The `Content-Type` of [`render`]'s text.
@@ -323,18 +323,22 @@ const STATUSES: [Status; 5] = [
 
 impl StateNow {
     fn read(queue: &Queue, store: &Vault) -> Result<Self, MetricsError> {
+        let counts = queue.counts()?;
         let mut state = Self {
             deliveries: STATUSES.iter().map(|s| (s.as_str(), 0)).collect(),
-            pending: queue.pending_len()? as u64,
+            pending: counts.pending,
             repositories: BTreeMap::new(),
         };
-        let deliveries = queue.list(&Filter::default())?;
-        for delivery in &deliveries {
-            *state
-                .deliveries
-                .entry(delivery.status.as_str())
-                .or_default() += 1;
+        for (status, count) in [
+            (Status::Queued, counts.queued),
+            (Status::Ignored, counts.ignored),
+            (Status::Skipped, counts.skipped),
+            (Status::Done, counts.done),
+            (Status::Failed, counts.failed),
+        ] {
+            state.deliveries.insert(status.as_str(), count);
         }
+        let deliveries = queue.waiting()?;
         for (repo, since) in crate::pipeline::lag::oldest_waiting(&deliveries) {
             state
                 .repositories

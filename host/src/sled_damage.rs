@@ -140,6 +140,7 @@ fn a_flipped_byte_in_the_queue_never_hangs_it() {
                 last_attempt_ms: None,
                 event: None,
                 snapshot: None,
+                entry: None,
             };
             queue.record(delivery).await.expect("record");
         }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::alerts::{Alert, Alerts, Severity};
 use crate::ids::RepoName;
-use crate::pipeline::queue::{Delivery, Filter, Queue, Status};
+use crate::pipeline::queue::{Delivery, Queue, Status};
 
 /// Repositories already alerted in the current episode.
 #[derive(Debug, Default)]
@@ -88,7 +88,7 @@ pub async fn watch(
         }
         let listed = {
             let queue = queue.clone();
-            tokio::task::spawn_blocking(move || queue.list(&Filter::default())).await
+            tokio::task::spawn_blocking(move || queue.waiting()).await
         };
         match listed {
             Ok(Ok(deliveries)) => {

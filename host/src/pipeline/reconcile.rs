@@ -281,6 +281,7 @@ impl Reconciler {
             last_attempt_ms: None,
             event: Some(event.clone()),
             snapshot: None,
+            entry: None,
         };
         match self
             .queue

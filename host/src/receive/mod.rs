@@ -453,6 +453,7 @@ async fn receive(
             last_attempt_ms: None,
             event,
             snapshot: None,
+            entry: None,
         };
         match state.queue.record_redelivery(delivery).await {
             Ok(Recorded::New) => {
