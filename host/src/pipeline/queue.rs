@@ -52,6 +52,7 @@ use tokio::sync::Notify;
 use crate::event::{Event, now_ms};
 use crate::failure::FailureKind;
 use crate::ids::RepoName;
+use crate::pipeline::journal::{Journal, JournalError, Retired};
 
 /// How long a queue whose database failed waits before opening it again;
 /// calls in between fail at once with the error that closed it.
@@ -74,6 +75,8 @@ pub enum QueueError {
     Dangling(String),
     #[error("queue flush task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// An error as the operating system words it. sled hands out copies of its
@@ -512,6 +515,8 @@ struct Shared {
     wake: Notify,
     commit: GroupCommit,
     tally: Tally,
+    /// Where a new delivery is made durable (see [`Journal`]).
+    journal: Arc<Journal>,
 }
 
 /// Group commit: writes take a ticket once written; one flush at a time
@@ -580,6 +585,139 @@ fn open_handles(dir: &Path, generation: u64) -> Result<Handles, sled::Error> {
     })
 }
 
+/// The writes that record `delivery` (its entry already set), and the
+/// counts they move; with the record the journal must keep for the answer
+/// to be durable (none for a requeue, which is flushed in sled).
+///
+/// The record is written first and only if its id is absent (or, for a
+/// requeue, unchanged since it was read), then its entry: a worker never
+/// meets an entry before its record.
+#[allow(clippy::type_complexity)]
+fn record_writes(
+    handles: &Handles,
+    delivery: &Delivery,
+    seq: u64,
+    requeue_failed: bool,
+) -> Result<((Recorded, Option<Vec<u8>>), Vec<(Option<Bucket>, Bucket)>), sled::Error> {
+    let id = delivery.id.as_bytes();
+    let value = encode(delivery);
+    loop {
+        let Some(bytes) = handles.deliveries.get(id)? else {
+            if !insert_absent(handles, delivery, &value)? {
+                // Recorded meanwhile by a concurrent copy: a known id now.
+                continue;
+            }
+            let moves = vec![(None, delivery.bucket())];
+            return Ok(((Recorded::New, Some(value)), moves));
+        };
+        // An unreadable record is left alone: a duplicate.
+        let Ok(known) = decode(&delivery.id, &bytes) else {
+            return Ok(((Recorded::Duplicate, None), Vec::new()));
+        };
+        if requeue_failed && known.status == Status::Failed {
+            let entry = EntryKey {
+                not_before_ms: now_ms(),
+                seq,
+            };
+            let from = known.bucket();
+            let again = known.requeued(entry);
+            let swapped =
+                handles
+                    .deliveries
+                    .compare_and_swap(id, Some(&bytes), Some(encode(&again)))?;
+            if swapped.is_err() {
+                continue;
+            }
+            handles.pending.insert(entry.bytes(), id)?;
+            let moves = vec![(Some(from), again.bucket())];
+            return Ok(((Recorded::Requeued, None), moves));
+        }
+        restore_entry(handles, &known)?;
+        return Ok(((Recorded::Duplicate, Some(bytes.to_vec())), Vec::new()));
+    }
+}
+
+/// Write `value` (the record of `delivery`) if its id is absent, then its
+/// entry; false if the id is known.
+fn insert_absent(
+    handles: &Handles,
+    delivery: &Delivery,
+    value: &[u8],
+) -> Result<bool, sled::Error> {
+    let id = delivery.id.as_bytes();
+    let swapped = handles
+        .deliveries
+        .compare_and_swap(id, None::<&[u8]>, Some(value))?;
+    if swapped.is_err() {
+        return Ok(false);
+    }
+    if let Some(entry) = delivery.entry {
+        handles.pending.insert(entry.bytes(), id)?;
+    }
+    Ok(true)
+}
+
+/// A queued record whose entry is missing (a process died between the
+/// two writes, before it answered) gets it back.
+fn restore_entry(handles: &Handles, known: &Delivery) -> Result<(), sled::Error> {
+    if let (Status::Queued, Some(entry)) = (known.status, known.entry)
+        && !handles.pending.contains_key(entry.bytes())?
+    {
+        tracing::info!(delivery_id = %known.id, "queue entry restored for a recorded delivery");
+        handles.pending.insert(entry.bytes(), known.id.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Write one journal record to sled as recording it did: the record if
+/// its id is absent, its entry if a queued record lacks it. A record of a
+/// delivery that has moved on since is left as it is.
+fn replay_record(handles: &Handles, record: &[u8]) -> Result<bool, QueueError> {
+    let delivery: Delivery =
+        serde_json::from_slice(record).map_err(|source| QueueError::Corrupt {
+            id: "(journal record)".into(),
+            source,
+        })?;
+    let db = |source| QueueError::Db {
+        path: PathBuf::new(),
+        source,
+    };
+    loop {
+        match handles.deliveries.get(delivery.id.as_bytes()).map_err(db)? {
+            None => {
+                if insert_absent(handles, &delivery, record).map_err(db)? {
+                    return Ok(true);
+                }
+            }
+            Some(bytes) => {
+                if let Ok(known) = decode(&delivery.id, &bytes) {
+                    restore_entry(handles, &known).map_err(db)?;
+                }
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// Replay journal files into sled (not flushed); the number of records
+/// written. A record that does not decode is logged and skipped.
+fn replay(handles: &Handles, files: &[PathBuf]) -> Result<usize, QueueError> {
+    let mut written = 0;
+    for path in files {
+        for record in Journal::read(path)? {
+            match replay_record(handles, &record) {
+                Ok(true) => written += 1,
+                Ok(false) => {}
+                Err(e @ QueueError::Corrupt { .. }) => {
+                    tracing::error!(path = %path.display(), error = %e, "unreadable delivery journal record skipped");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(written)
+}
+
 impl Queue {
     /// Open (or create) the queue's own database in `dir`
     /// (`<store.path>/queue`). Only one process may hold it.
@@ -598,6 +736,18 @@ impl Queue {
                 }
             }
         })?;
+        let (journal, found) = Journal::open(&dir.join("journal"))?;
+        let db_failed = |source| QueueError::Db {
+            path: dir.to_path_buf(),
+            source,
+        };
+        if !found.is_empty() {
+            let replayed = replay(&handles, &found)?;
+            // The journal's files go once what they hold is flushed in sled.
+            handles.db.flush().map_err(db_failed)?;
+            Journal::remove(&found)?;
+            tracing::info!(path = %dir.display(), files = found.len(), records = replayed, "delivery journal replayed");
+        }
         Ok(Self {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
@@ -606,6 +756,7 @@ impl Queue {
                 wake: Notify::new(),
                 commit: GroupCommit::default(),
                 tally: Tally::default(),
+                journal,
             }),
         })
     }
@@ -632,7 +783,20 @@ impl Queue {
             }
             State::Closed { generation, .. } => generation + 1,
         };
-        match open_handles(&self.shared.dir, generation) {
+        let reopened = open_handles(&self.shared.dir, generation).and_then(|handles| {
+            // What was acknowledged through the journal but may not have
+            // reached the failed database's disk.
+            let files = self.shared.journal.on_disk().unwrap_or_default();
+            match replay(&handles, &files) {
+                Ok(_) => Ok(handles),
+                Err(QueueError::Db { source, .. }) => Err(source),
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery journal not replayed on reopening");
+                    Ok(handles)
+                }
+            }
+        });
+        match reopened {
             Ok(handles) => {
                 tracing::info!(path = %self.shared.dir.display(), "delivery queue reopened");
                 *state = State::Open(handles.clone());
@@ -717,7 +881,49 @@ impl Queue {
             .db
             .insert("ready-probe", &now_ms().to_be_bytes()[..]);
         written.map_err(|source| self.failed(&handles, source))?;
-        self.flush(&handles).await
+        // An empty record: nothing to replay.
+        self.journaled(&handles, &[]).await
+    }
+
+    /// Append `record` to the journal and wait until it is synced (with
+    /// whatever else was appended meanwhile). A file the journal moved
+    /// past is deleted once sled has been flushed, in the background.
+    async fn journaled(&self, handles: &Handles, record: &[u8]) -> Result<(), QueueError> {
+        let journal = &self.shared.journal;
+        let ticket = journal.append(record);
+        if let Some(Retired(path)) = journal.commit(ticket).await? {
+            let queue = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let removed = queue
+                    .handles()
+                    .and_then(|handles| {
+                        handles
+                            .db
+                            .flush()
+                            .map_err(|source| queue.failed(&handles, source))
+                    })
+                    .and_then(|_| Ok(Journal::remove(std::slice::from_ref(&path))?));
+                if let Err(e) = removed {
+                    // Kept, and replayed at the next open.
+                    tracing::warn!(path = %path.display(), error = %e, "delivery journal file not removed");
+                }
+            });
+        }
+        let current = match &*self.state() {
+            State::Open(open) => Some(open.generation),
+            State::Closed { .. } => None,
+        };
+        if current != Some(handles.generation) && !record.is_empty() {
+            // The database was reopened after this record went to the old
+            // one, perhaps after the reopening read the journal: write it
+            // to the new one too (replay is idempotent).
+            let reopened = self.handles()?;
+            replay_record(&reopened, record).map_err(|e| match e {
+                QueueError::Db { source, .. } => self.failed(&reopened, source),
+                e => e,
+            })?;
+        }
+        Ok(())
     }
 
     /// Make everything written so far durable. sled's synchronous flush
@@ -773,81 +979,23 @@ impl Queue {
             not_before_ms: delivery.received_at_ms,
             seq,
         });
-        let recorded = self
+        let (recorded, journal) = self
             .shared
             .tally
-            .counted(|| self.record_writes(&handles, &delivery, seq, requeue_failed))
+            .counted(|| record_writes(&handles, &delivery, seq, requeue_failed))
             .map_err(|source| self.failed(&handles, source))?;
-        // Also for a duplicate: the first copy may still be on its way to
-        // disk, and a 2xx promises it is there.
-        self.flush(&handles).await?;
+        match journal {
+            // Also for a duplicate: the first copy may still be on its way
+            // to disk, and a 2xx promises it is there.
+            Some(record) => self.journaled(&handles, &record).await?,
+            // A requeue changed a record that the journal's replay (insert
+            // if absent) would not change back: flushed in sled itself.
+            None => self.flush(&handles).await?,
+        }
         if (recorded == Recorded::New && queued) || recorded == Recorded::Requeued {
             self.shared.wake.notify_waiters();
         }
         Ok(recorded)
-    }
-
-    /// The writes of [`Queue::record_inner`], and the counts they move.
-    /// The record is written first and only if its id is absent (or, for
-    /// a requeue, unchanged since it was read), then its entry: a worker
-    /// never meets an entry before its record.
-    #[allow(clippy::type_complexity)]
-    fn record_writes(
-        &self,
-        handles: &Handles,
-        delivery: &Delivery,
-        seq: u64,
-        requeue_failed: bool,
-    ) -> Result<(Recorded, Vec<(Option<Bucket>, Bucket)>), sled::Error> {
-        let id = delivery.id.as_bytes();
-        let value = encode(delivery);
-        loop {
-            let Some(bytes) = handles.deliveries.get(id)? else {
-                let swapped = handles.deliveries.compare_and_swap(
-                    id,
-                    None::<&[u8]>,
-                    Some(value.as_slice()),
-                )?;
-                if swapped.is_err() {
-                    // Recorded meanwhile by a concurrent copy: a known id now.
-                    continue;
-                }
-                if let Some(entry) = delivery.entry {
-                    handles.pending.insert(entry.bytes(), id)?;
-                }
-                return Ok((Recorded::New, vec![(None, delivery.bucket())]));
-            };
-            // An unreadable record is left alone: a duplicate.
-            let Ok(known) = decode(&delivery.id, &bytes) else {
-                return Ok((Recorded::Duplicate, Vec::new()));
-            };
-            if requeue_failed && known.status == Status::Failed {
-                let entry = EntryKey {
-                    not_before_ms: now_ms(),
-                    seq,
-                };
-                let from = known.bucket();
-                let again = known.requeued(entry);
-                let swapped =
-                    handles
-                        .deliveries
-                        .compare_and_swap(id, Some(&bytes), Some(encode(&again)))?;
-                if swapped.is_err() {
-                    continue;
-                }
-                handles.pending.insert(entry.bytes(), id)?;
-                return Ok((Recorded::Requeued, vec![(Some(from), again.bucket())]));
-            }
-            // A process that died between a record and its entry had not
-            // answered; this is the sender trying again: queue it now.
-            if let (Status::Queued, Some(entry)) = (known.status, known.entry)
-                && !handles.pending.contains_key(entry.bytes())?
-            {
-                tracing::info!(delivery_id = %known.id, "queue entry restored for a recorded delivery");
-                handles.pending.insert(entry.bytes(), id)?;
-            }
-            return Ok((Recorded::Duplicate, Vec::new()));
-        }
     }
 
     /// Put a failed delivery back on the queue, attempts from zero. Any
@@ -858,7 +1006,7 @@ impl Queue {
             .db
             .generate_id()
             .map_err(|source| self.failed(&handles, source))?;
-        let retried = self.shared.tally.counted(|| {
+        let retried = self.shared.tally.counted(|| -> Result<_, QueueError> {
             loop {
                 let found = handles
                     .deliveries
@@ -1471,10 +1619,15 @@ mod tests {
         for task in tasks {
             assert_eq!(task.await.expect("task").expect("record"), Recorded::New);
         }
-        let flushes = queue.shared.commit.flushes.load(SeqCst);
+        let syncs = queue.shared.journal.syncs.load(SeqCst);
         assert!(
-            flushes <= calls / 2,
-            "{flushes} flushes for {calls} concurrent records: no group commit"
+            syncs <= calls / 2,
+            "{syncs} journal syncs for {calls} concurrent records: no group commit"
+        );
+        assert_eq!(
+            queue.shared.commit.flushes.load(SeqCst),
+            0,
+            "a new delivery needs no sled flush"
         );
         drop(queue);
         let reopened = Queue::open_dir(dir.path()).expect("reopen");
@@ -1630,6 +1783,57 @@ mod tests {
             .insert("behind", encode(&delivery("behind", Status::Done)))
             .expect("insert");
         assert_eq!(queue.counts().expect("counts"), counts);
+    }
+
+    #[tokio::test]
+    async fn what_sled_lost_is_replayed_from_the_journal_at_open() {
+        let (dir, queue) = fresh_queue();
+        for id in ["a", "b"] {
+            queue
+                .record(delivery(id, Status::Queued))
+                .await
+                .expect("record");
+        }
+        queue
+            .record(delivery("c", Status::Ignored))
+            .await
+            .expect("record");
+        // As if sled had not written them before a crash: only the journal
+        // has them. And one queued record whose entry never made it.
+        let handles = queue.handles().expect("open");
+        for id in ["a", "c"] {
+            handles.deliveries.remove(id).expect("remove");
+        }
+        handles.pending.clear().expect("clear");
+        handles.db.flush().expect("flush");
+        drop(handles);
+        drop(queue);
+        let reopened = Queue::open_dir(dir.path()).expect("reopen");
+        assert_eq!(
+            reopened.get("c").expect("get").expect("replayed").status,
+            Status::Ignored
+        );
+        let mut claimed = Vec::new();
+        for _ in 0..2 {
+            let mut claim = reopened.next().await.expect("next");
+            claimed.push(claim.lead().id.clone());
+            claim.lead_mut().status = Status::Done;
+            reopened.complete(claim).await.expect("complete");
+        }
+        claimed.sort();
+        assert_eq!(claimed, ["a", "b"]);
+        assert!(
+            reopened.shared.journal.on_disk().expect("files").is_empty(),
+            "replayed files are removed once sled is flushed"
+        );
+        // Replaying again changes nothing that has moved on.
+        drop(reopened);
+        let again = Queue::open_dir(dir.path()).expect("reopen");
+        assert!(claims_nothing(&again).await);
+        assert_eq!(
+            again.get("a").expect("get").expect("kept").status,
+            Status::Done
+        );
     }
 
     /// Take the only due delivery and record `status` (and `failure`) for it.
