@@ -745,7 +745,11 @@ fn main() -> ExitCode {
     match run(cli, bars) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            note!("hookvault: {error:#}");
+            // Not `note!`: the message keeps its lines (see error_message).
+            eprintln!(
+                "hookvault: {}",
+                hookvault::terminal::error_message(error.as_ref())
+            );
             ExitCode::from(1)
         }
     }

@@ -25,6 +25,30 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// An error and its causes as one message for a terminal: each cause that
+/// the text so far does not already include is added after `: ` (errors
+/// that name their source in their own message are not repeated), and a
+/// message of several lines (a config file's parse error, with the line it
+/// points at) keeps them, each later line indented so that no line of it
+/// can pass for a line of its own. Control characters are escaped.
+pub fn error_message(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(inner_text.trim_end()) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text.trim_end()
+        .lines()
+        .map(escape)
+        .collect::<Vec<_>>()
+        .join("\n    ")
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(c,
@@ -36,6 +60,40 @@ fn needs_escape(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cannot read {0}: {1}")]
+        Names(&'static str, #[source] std::io::Error),
+        #[error("cannot read {0}")]
+        Silent(&'static str, #[source] std::io::Error),
+    }
+
+    #[test]
+    fn an_error_names_each_cause_once_and_keeps_its_lines_indented() {
+        let io = || std::io::Error::other("gone");
+        assert_eq!(
+            error_message(&Outer::Names("a.toml", io())),
+            "cannot read a.toml: gone"
+        );
+        assert_eq!(
+            error_message(&Outer::Silent("a.toml", io())),
+            "cannot read a.toml: gone"
+        );
+        let frame = std::io::Error::other(
+            "parse error at line 2\n  |\n2 | x = 5\n  |     ^\nexpected a string\n",
+        );
+        assert_eq!(
+            error_message(&Outer::Silent("a.toml", frame)),
+            "cannot read a.toml: parse error at line 2\n      |\n    2 | x = 5\n      |     ^\n    expected a string"
+        );
+        // A forged line stays a continuation, its escapes escaped.
+        let forged = std::io::Error::other("x\nhookvault: \u{1b}[2Kall fine");
+        assert_eq!(
+            error_message(&Outer::Silent("b", forged)),
+            "cannot read b: x\n    hookvault: \\u{1b}[2Kall fine"
+        );
+    }
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {
