@@ -746,7 +746,11 @@ impl Queue {
             // The journal's files go once what they hold is flushed in sled.
             handles.db.flush().map_err(db_failed)?;
             Journal::remove(&found)?;
-            tracing::info!(path = %dir.display(), files = found.len(), records = replayed, "delivery journal replayed");
+            if replayed > 0 {
+                tracing::info!(path = %dir.display(), files = found.len(), records = replayed, "delivery journal replayed: records sled had not kept");
+            } else {
+                tracing::debug!(path = %dir.display(), files = found.len(), "delivery journal replayed: sled had every record");
+            }
         }
         Ok(Self {
             shared: Arc::new(Shared {
