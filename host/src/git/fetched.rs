@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 
 use gix::ObjectId;
 
+use super::chains::Chains;
 use super::{BaseLookup, Fetch, GitError, ObjectInfo, Remote, from_gix, to_gix, to_kind};
 use crate::ids::{GitOid, ObjectKind, RepoName};
 
-/// Delta bases the workspace keeps decoded while objects are read.
+/// Delta bases gix keeps for the walk (the copy reads through `Chains`).
 const PACK_CACHE_BYTES: usize = 24 << 20;
-/// Whole objects kept (trees the walk read are read again by the copy).
-const OBJECT_CACHE_BYTES: usize = 8 << 20;
 
 /// A backup's temporary repository.
 pub struct Workspace {
@@ -23,6 +22,8 @@ pub struct Workspace {
     /// Removed with everything in it when the workspace is dropped.
     dir: tempfile::TempDir,
     repo: gix::Repository,
+    /// Opened at the first read, after the fetch wrote the pack.
+    chains: std::cell::RefCell<Option<Chains>>,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -86,20 +87,19 @@ impl Workspace {
             source: Box::new(source),
         };
         let mut handle = gix::init_bare(dir.path()).map_err(err)?;
-        // gix's defaults cache up to 96 MiB of delta bases and nothing of
-        // whole objects; a backup reads each object about once, in history
-        // order, so a smaller base cache costs little time and bounds
-        // `serve`'s memory.
+        // gix's defaults cache up to 96 MiB of delta bases; the walk reads
+        // each tree once, in history order, so a smaller cache costs little
+        // time and bounds `serve`'s memory.
         handle.objects.set_pack_cache(|| {
             Box::new(gix::odb::pack::cache::lru::StaticLinkedList::<64>::new(
                 PACK_CACHE_BYTES,
             ))
         });
-        handle.object_cache_size(OBJECT_CACHE_BYTES);
         Ok(Self {
             repo_name: repo.to_string(),
             dir,
             repo: handle,
+            chains: std::cell::RefCell::new(None),
         })
     }
 
@@ -333,7 +333,20 @@ impl Workspace {
     }
 
     /// An object's kind and content (without git's header).
+    /// Reads go through `Chains` (one delta per object in history order);
+    /// anything it cannot resolve by itself is read by gix's lookup.
     pub fn read(&self, oid: &GitOid) -> Result<(ObjectKind, Vec<u8>), GitError> {
+        let mut chains = self.chains.borrow_mut();
+        if chains.is_none() {
+            let pack_dir = self.pack_dir();
+            *chains = Some(Chains::open(&pack_dir).map_err(|source| GitError::Io {
+                path: pack_dir.clone(),
+                source,
+            })?);
+        }
+        if let Some(found) = chains.as_mut().and_then(|c| c.read(oid)) {
+            return Ok(found);
+        }
         let object = self
             .repo
             .find_object(to_gix(oid))

@@ -10,6 +10,7 @@ use gix::ObjectId;
 use crate::failure::FailureKind;
 use crate::ids::{GitOid, ObjectKind};
 
+mod chains;
 pub mod fetched;
 pub mod pack_writer;
 pub mod push;
@@ -144,4 +145,24 @@ pub fn from_gix(oid: &gix::oid) -> GitOid {
     let mut bytes = [0u8; 20];
     bytes.copy_from_slice(oid.as_bytes());
     GitOid(bytes)
+}
+
+/// Debian's `git` for the unit tests' fixtures, with a fixed identity.
+#[cfg(test)]
+pub(crate) fn test_git(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "a")
+        .env("GIT_AUTHOR_EMAIL", "a@example.com")
+        .env("GIT_COMMITTER_NAME", "a")
+        .env("GIT_COMMITTER_EMAIL", "a@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }

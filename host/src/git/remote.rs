@@ -652,27 +652,14 @@ impl gix::objs::Find for &VaultBases<'_> {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
-    use std::process::Command;
 
     use super::*;
     use crate::git::{Workspace, to_kind};
 
     fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "a")
-            .env("GIT_AUTHOR_EMAIL", "a@example.com")
-            .env("GIT_COMMITTER_NAME", "a")
-            .env("GIT_COMMITTER_EMAIL", "a@example.com")
-            .output()
-            .expect("git runs");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        String::from_utf8_lossy(&crate::git::test_git(dir, args))
+            .trim()
+            .to_string()
     }
 
     fn big_file(changed_line: usize) -> String {
