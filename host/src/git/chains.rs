@@ -65,14 +65,17 @@ impl Chains {
     /// lookup (which also names any damage).
     pub(super) fn read(&mut self, oid: &GitOid) -> Option<(ObjectKind, Vec<u8>)> {
         let id = to_gix(oid);
-        let bundle = self.bundles.iter().find(|b| b.index.lookup(id).is_some())?;
+        let (bundle, at) = self
+            .bundles
+            .iter()
+            .find_map(|b| Some((b, b.index.lookup(id)?)))?;
         let index = &bundle.index;
         let pack = &bundle.pack;
         let in_pack = |id: &gix::oid| -> Option<data::Entry> {
             let at = index.lookup(id)?;
             pack.entry(index.pack_offset_at_index(at)).ok()
         };
-        let target = in_pack(&id)?;
+        let target = pack.entry(index.pack_offset_at_index(at)).ok()?;
         let mut out = Vec::new();
         if let Some((kind, _)) = self.links.get(pack.id, target.data_offset, &mut out) {
             return Some((to_kind(kind), out));
