@@ -26,6 +26,11 @@ use super::{to_gix, to_kind};
 /// to stay cached until history reaches them.
 const LINK_CACHE_BYTES: usize = 32 << 20;
 
+/// Longer chains are left to gix's lookup, which detects cycles: git
+/// writes chains of at most 4,095 links, and offset deltas always point
+/// back, but ref deltas in a hostile pack could point at each other.
+const MAX_CHAIN: usize = 4096;
+
 /// The packs of one workspace, and the links decoded so far.
 pub(super) struct Chains {
     bundles: Vec<Bundle>,
@@ -85,6 +90,9 @@ impl Chains {
         // link (which is left out).
         let mut chain = vec![target];
         while let Some(last) = chain.last() {
+            if chain.len() > MAX_CHAIN {
+                return None;
+            }
             let base = match last.header {
                 Header::OfsDelta { base_distance } => pack
                     .entry(last.checked_base_pack_offset(base_distance)?)
@@ -208,5 +216,55 @@ mod tests {
 
         // An id no pack holds is left to the general lookup.
         assert!(chains.read(&crate::ids::GitOid([7; 20])).is_none());
+    }
+
+    /// A pack damaged after it was indexed never yields a wrong object or
+    /// a panic: what cannot be decoded is left to gix's lookup, which
+    /// names the damage.
+    #[test]
+    fn a_damaged_pack_is_left_to_the_general_lookup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path();
+        git(repo, &["init", "-q", "-b", "main"]);
+        let mut blobs = Vec::new();
+        for v in 0..30 {
+            let text: String = (0..300)
+                .map(|i| format!("line {i} of version {}\n", if i < v { v } else { 0 }))
+                .collect();
+            std::fs::write(repo.join("f.txt"), &text).expect("write");
+            git(repo, &["add", "f.txt"]);
+            git(repo, &["commit", "-q", "-m", &format!("v{v}")]);
+            let id = git(repo, &["rev-parse", "HEAD:f.txt"]);
+            let hex = String::from_utf8(id).expect("hex").trim().to_string();
+            let content = git(repo, &["cat-file", "blob", &hex]);
+            blobs.push((hex, content));
+        }
+        git(repo, &["repack", "-adfq", "--depth=50"]);
+        let pack_dir = repo.join(".git/objects/pack");
+        let pack = std::fs::read_dir(&pack_dir)
+            .expect("pack dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|e| e == "pack"))
+            .expect("a pack");
+        // Flip every byte of the middle of the pack, past its header.
+        let mut bytes = std::fs::read(&pack).expect("read pack");
+        let len = bytes.len();
+        for b in &mut bytes[len / 3..2 * len / 3] {
+            *b = !*b;
+        }
+        // git's packs are read-only: replace the file.
+        std::fs::remove_file(&pack).expect("remove pack");
+        std::fs::write(&pack, &bytes).expect("damage pack");
+
+        let mut chains = Chains::open(&pack_dir).expect("open");
+        let mut left = 0;
+        for (hex, content) in &blobs {
+            let oid = from_gix(&gix::ObjectId::from_hex(hex.as_bytes()).expect("id"));
+            match chains.read(&oid) {
+                Some((_, data)) => assert_eq!(&data, content, "{hex} read wrong"),
+                None => left += 1,
+            }
+        }
+        assert!(left > 0, "no version was found damaged");
     }
 }
