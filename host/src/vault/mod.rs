@@ -213,6 +213,16 @@ struct Pending {
     stored_bytes: u64,
 }
 
+/// A pending data file and the index file for its records, encoded and
+/// named, not yet written.
+struct Sealed {
+    data: Option<(FileName, Vec<u8>)>,
+    index: Option<SealedIndex>,
+}
+
+/// An index file's name and bytes, and the entries it holds.
+type SealedIndex = (FileName, Vec<u8>, Vec<(RecordId, Entry)>);
+
 /// Records on their way into the pending data file: bases chosen, not yet
 /// compressed.
 #[derive(Default)]
@@ -1196,45 +1206,88 @@ impl Vault {
 
     /// Write the pending data file and give its records their file name.
     fn close_data_file(&self, pending: &mut Pending) -> Result<(), VaultError> {
+        if let Some((name, bytes)) = self.seal_data_file(pending) {
+            self.inner.backend.write(FileType::Data, &name, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Take the pending data file's bytes and give its records the file's
+    /// name (the caller writes it before anything that names it).
+    fn seal_data_file(&self, pending: &mut Pending) -> Option<(FileName, Vec<u8>)> {
         if pending.buf.is_empty() {
-            return Ok(());
+            return None;
         }
         let name = FileName::from_hash(blake3::hash(&pending.buf).as_bytes());
-        self.inner
-            .backend
-            .write(FileType::Data, &name, &pending.buf)?;
-        pending.buf.clear();
         for (file, entry) in pending.entries.values_mut() {
             if file.is_none() {
                 *file = Some(name.clone());
                 entry.file = name.clone();
             }
         }
-        Ok(())
+        Some((name, std::mem::take(&mut pending.buf)))
     }
 
     /// Close the data file, then write one index file for everything
     /// pending and make it visible to readers.
     fn finish(&self, pending: &mut Pending) -> Result<(), VaultError> {
-        self.close_data_file(pending)?;
-        if pending.order.is_empty() {
-            return Ok(());
+        let sealed = self.seal(pending)?;
+        self.write_sealed(sealed, None)
+    }
+
+    /// The pending data file and an index file for everything pending,
+    /// ready to be written; `pending` is left empty but for its byte count
+    /// (which includes the index file).
+    fn seal(&self, pending: &mut Pending) -> Result<Sealed, VaultError> {
+        let data = self.seal_data_file(pending);
+        let mut index = None;
+        if !pending.order.is_empty() {
+            let entries: Vec<(RecordId, Entry)> = pending
+                .order
+                .iter()
+                .filter_map(|id| pending.entries.get(id).map(|(_, e)| (*id, e.clone())))
+                .collect();
+            let bytes =
+                index::encode_index_file(&entries, &[], self.key()).map_err(VaultError::Encode)?;
+            let name = FileName::from_hash(blake3::hash(&bytes).as_bytes());
+            pending.stored_bytes += bytes.len() as u64;
+            index = Some((name, bytes, entries));
         }
-        let entries: Vec<(RecordId, Entry)> = pending
-            .order
-            .iter()
-            .filter_map(|id| pending.entries.get(id).map(|(_, e)| (*id, e.clone())))
-            .collect();
-        let bytes =
-            index::encode_index_file(&entries, &[], self.key()).map_err(VaultError::Encode)?;
-        let name = FileName::from_hash(blake3::hash(&bytes).as_bytes());
-        self.write_small(FileType::Index, &name, &bytes)?;
-        pending.stored_bytes += bytes.len() as u64;
-        write(&self.inner.index)?.insert_file(name, entries);
         *pending = Pending {
             stored_bytes: pending.stored_bytes,
             ..Pending::default()
         };
+        Ok(Sealed { data, index })
+    }
+
+    /// Write a sealed data file, its index file and then `last` (a file
+    /// that names their records) in that order, in one call to the backend,
+    /// then make the index visible to readers.
+    fn write_sealed(
+        &self,
+        sealed: Sealed,
+        last: Option<(FileType, &FileName, &[u8])>,
+    ) -> Result<(), VaultError> {
+        let Sealed { data, index } = sealed;
+        let mut files: Vec<(FileType, &FileName, &[u8])> = Vec::with_capacity(3);
+        if let Some((name, bytes)) = &data {
+            files.push((FileType::Data, name, bytes));
+        }
+        if let Some((name, bytes, _)) = &index {
+            files.push((FileType::Index, name, bytes));
+        }
+        files.extend(last);
+        self.inner.backend.write_in_order(&files)?;
+        if let Some(cache) = &self.inner.files {
+            for (file_type, name, bytes) in &files {
+                if *file_type != FileType::Data {
+                    cache.put(*file_type, name, bytes);
+                }
+            }
+        }
+        if let Some((name, _, entries)) = index {
+            write(&self.inner.index)?.insert_file(name, entries);
+        }
         Ok(())
     }
 
@@ -1461,7 +1514,7 @@ impl Vault {
             let path = refs::chunk_path(&new.source, &repository, first);
             chunks.push(self.put_record(&mut pending, ObjectKind::Refs, Some(&path), chunk)?);
         }
-        self.finish(&mut pending)?;
+        let sealed = self.seal(&mut pending)?;
         let latest = self.latest_snapshot(&new.repository)?;
         let body = SnapshotBody {
             repository: new.repository,
@@ -1483,10 +1536,15 @@ impl Vault {
             },
         };
         let (snapshot, bytes) = Snapshot::seal(body, self.key()).map_err(VaultError::Encode)?;
-        self.write_small(
-            FileType::Snapshot,
-            &FileName::from_hash(&snapshot.id.0),
-            &bytes,
+        // The ref chunks' data and index files, then the snapshot that
+        // names them: one ordered write.
+        self.write_sealed(
+            sealed,
+            Some((
+                FileType::Snapshot,
+                &FileName::from_hash(&snapshot.id.0),
+                &bytes,
+            )),
         )?;
         write(&self.inner.snapshots)?
             .entry(snapshot.body.repository.clone())

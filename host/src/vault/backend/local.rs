@@ -103,6 +103,57 @@ impl LocalBackend {
     }
 }
 
+/// A file written and made durable under its temporary name, not yet
+/// renamed to its own.
+struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl LocalBackend {
+    /// Write `data` to a temporary file beside its final name and fsync it.
+    fn stage(
+        &self,
+        file_type: FileType,
+        name: &FileName,
+        data: &[u8],
+    ) -> Result<Staged, BackendError> {
+        let path = self.path(file_type, name);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| self.io(&dir, e))?;
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{}.{}.{n}{TMP_SUFFIX}", name, std::process::id()));
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| self.io(&tmp, e))?;
+            file.write_all(data).map_err(|e| self.io(&tmp, e))?;
+            file.sync_all().map_err(|e| self.io(&tmp, e))
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(Staged { tmp, path, dir })
+    }
+
+    /// Give a staged file its name, durably.
+    fn publish(&self, staged: Staged) -> Result<(), BackendError> {
+        let Staged { tmp, path, dir } = staged;
+        let result = fs::rename(&tmp, &path)
+            .map_err(|e| self.io(&path, e))
+            // The rename must survive a crash before anything points at it.
+            .and_then(|()| sync_dir(&dir).map_err(|e| self.io(&dir, e)));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -188,27 +239,61 @@ impl Backend for LocalBackend {
     }
 
     fn write(&self, file_type: FileType, name: &FileName, data: &[u8]) -> Result<(), BackendError> {
-        let path = self.path(file_type, name);
-        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir).map_err(|e| self.io(&dir, e))?;
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{}.{}.{n}{TMP_SUFFIX}", name, std::process::id()));
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|e| self.io(&tmp, e))?;
-            file.write_all(data).map_err(|e| self.io(&tmp, e))?;
-            file.sync_all().map_err(|e| self.io(&tmp, e))?;
-            fs::rename(&tmp, &path).map_err(|e| self.io(&path, e))?;
-            // The rename must survive a crash before anything points at it.
-            sync_dir(&dir).map_err(|e| self.io(&dir, e))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let staged = self.stage(file_type, name, data)?;
+        self.publish(staged)
+    }
+
+    /// Each file's bytes are made durable under a temporary name, all at
+    /// once (concurrent fsyncs share the filesystem's journal commits);
+    /// then the files are renamed one by one, each rename made durable
+    /// before the next.
+    fn write_in_order(&self, files: &[(FileType, &FileName, &[u8])]) -> Result<(), BackendError> {
+        if files.len() < 2 {
+            return files
+                .iter()
+                .try_for_each(|(file_type, name, data)| self.write(*file_type, name, data));
         }
-        result
+        let staged: Vec<Result<Staged, BackendError>> = std::thread::scope(|scope| {
+            let others: Vec<_> = files[1..]
+                .iter()
+                .map(|(file_type, name, data)| scope.spawn(|| self.stage(*file_type, name, data)))
+                .collect();
+            let (file_type, name, data) = &files[0];
+            let mut staged = vec![self.stage(*file_type, name, data)];
+            staged.extend(others.into_iter().map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(self.io(
+                        &self.root,
+                        std::io::Error::other("a thread writing a vault file panicked"),
+                    ))
+                })
+            }));
+            staged
+        });
+        let mut ready = Vec::with_capacity(staged.len());
+        let mut failed = None;
+        for result in staged {
+            match result {
+                Ok(file) => ready.push(file),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            for file in ready {
+                let _ = fs::remove_file(&file.tmp);
+            }
+            return Err(e);
+        }
+        let mut ready = ready.into_iter();
+        while let Some(file) = ready.next() {
+            if let Err(e) = self.publish(file) {
+                for rest in ready {
+                    let _ = fs::remove_file(&rest.tmp);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn remove(&self, file_type: FileType, name: &FileName) -> Result<(), BackendError> {
@@ -260,6 +345,77 @@ mod tests {
         backend.remove(FileType::Data, &name).expect("remove twice");
         assert!(backend.list(FileType::Data).expect("list").is_empty());
         assert_eq!(backend.remove_stale_temporaries().expect("clean"), 1);
+    }
+
+    /// Every regular file under `dir`, as paths relative to it.
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for entry in fs::read_dir(&d).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    let relative = path.strip_prefix(dir).expect("under");
+                    out.push(relative.display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn ordered_writes_publish_all_or_leave_no_temporary_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = LocalBackend::create(dir.path()).expect("create");
+        let (data, index, snapshot) = (
+            FileName::from_hash(&[0x11; 32]),
+            FileName::from_hash(&[0x22; 32]),
+            FileName::from_hash(&[0x33; 32]),
+        );
+        backend
+            .write_in_order(&[
+                (FileType::Data, &data, b"records"),
+                (FileType::Index, &index, b"where they are"),
+                (FileType::Snapshot, &snapshot, b"refs"),
+            ])
+            .expect("write");
+        assert_eq!(
+            backend.read(FileType::Data, &data).expect("data"),
+            b"records"
+        );
+        assert_eq!(
+            backend.read(FileType::Index, &index).expect("index"),
+            b"where they are"
+        );
+        assert_eq!(
+            backend
+                .read(FileType::Snapshot, &snapshot)
+                .expect("snapshot"),
+            b"refs"
+        );
+
+        // A snapshot that cannot be staged (its directory is a file): the
+        // error names it, and nothing of the three becomes visible.
+        fs::remove_dir_all(dir.path().join("snapshots")).expect("rm");
+        fs::write(dir.path().join("snapshots"), b"in the way").expect("block");
+        let (data2, index2) = (
+            FileName::from_hash(&[0x44; 32]),
+            FileName::from_hash(&[0x55; 32]),
+        );
+        let before = files_under(dir.path());
+        let error = backend
+            .write_in_order(&[
+                (FileType::Data, &data2, b"more records"),
+                (FileType::Index, &index2, b"where"),
+                (FileType::Snapshot, &snapshot, b"refs"),
+            ])
+            .expect_err("snapshots is not a directory");
+        assert!(error.to_string().contains("snapshots"), "{error}");
+        assert_eq!(files_under(dir.path()), before);
+        assert_eq!(backend.remove_stale_temporaries().expect("clean"), 0);
     }
 
     #[test]

@@ -167,6 +167,16 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// content hashes, so the bytes are the same).
     fn write(&self, file_type: FileType, name: &FileName, data: &[u8]) -> Result<(), BackendError>;
 
+    /// Write whole files in the order given: each becomes visible only once
+    /// every file before it is durable and visible, so a crash leaves a
+    /// prefix of them (the write order of FORMAT.md). A backend may make
+    /// their contents durable together before the first becomes visible.
+    fn write_in_order(&self, files: &[(FileType, &FileName, &[u8])]) -> Result<(), BackendError> {
+        files
+            .iter()
+            .try_for_each(|(file_type, name, data)| self.write(*file_type, name, data))
+    }
+
     /// Delete a file; deleting a missing file is not an error.
     fn remove(&self, file_type: FileType, name: &FileName) -> Result<(), BackendError>;
 }
