@@ -232,20 +232,6 @@ struct Batch {
     bytes: usize,
 }
 
-/// Staged records are sealed at once from this many records or bytes of
-/// data file: a push's few stay staged until the snapshot, a first
-/// backup's batches are sealed as they go.
-const STAGED_RECORDS: usize = 1024;
-const STAGED_BYTES: usize = 4 << 20;
-
-/// Whether records staged in `pending` should be sealed now: many of them,
-/// or a data file already written that no index file names yet.
-fn worth_sealing(pending: &Pending) -> bool {
-    pending.order.len() >= STAGED_RECORDS
-        || pending.buf.len() >= STAGED_BYTES
-        || pending.entries.values().any(|(file, _)| file.is_some())
-}
-
 /// A batch is compressed when it holds this many records or raw bytes.
 const BATCH_RECORDS: usize = 1024;
 const BATCH_BYTES: usize = 8 << 20;
@@ -379,9 +365,7 @@ struct Inner {
     snapshots: RwLock<BTreeMap<RepoName, Vec<Snapshot>>>,
     /// (repository, collection, key) → versions, oldest first.
     documents: RwLock<BTreeMap<(RepoName, String, String), Vec<DocumentVersion>>>,
-    /// The one writer's lock, and the records a backup has staged but not
-    /// yet sealed (see [`Vault::stage_objects`]).
-    writer: Mutex<Pending>,
+    writer: Mutex<()>,
     decoded: Mutex<DecodedCache>,
     options: WriteOptions,
     /// `serve`'s local copy of the small files; read commands have none.
@@ -540,7 +524,7 @@ impl Vault {
                 damaged_files: RwLock::new(BTreeMap::new()),
                 snapshots: RwLock::new(BTreeMap::new()),
                 documents: RwLock::new(BTreeMap::new()),
-                writer: Mutex::new(Pending::default()),
+                writer: Mutex::new(()),
                 decoded: Mutex::new(DecodedCache::default()),
                 options,
                 files,
@@ -962,37 +946,11 @@ impl Vault {
     pub fn put_objects<E>(
         &self,
         objects: &[(GitOid, Option<&str>)],
-        read: impl FnMut(&GitOid) -> Result<(ObjectKind, Vec<u8>), E>,
-    ) -> Result<CopyStats, PutError<E>> {
-        self.store_objects(objects, read, true)
-    }
-
-    /// [`Vault::put_objects`] for a backup that commits a snapshot next: a
-    /// few records (a push's) may stay staged in memory, so that they go
-    /// to disk with the snapshot's own files in one ordered write. Staged
-    /// records are not yet in the index: [`Vault::has`] and readers do not
-    /// see them, later puts do (and store them once). They are sealed by
-    /// the next snapshot commit, document or other write, and a crash loses
-    /// only them, which no snapshot names. Many records, or a data file
-    /// closed on the way, are sealed before this returns.
-    pub fn stage_objects<E>(
-        &self,
-        objects: &[(GitOid, Option<&str>)],
-        read: impl FnMut(&GitOid) -> Result<(ObjectKind, Vec<u8>), E>,
-    ) -> Result<CopyStats, PutError<E>> {
-        self.store_objects(objects, read, false)
-    }
-
-    fn store_objects<E>(
-        &self,
-        objects: &[(GitOid, Option<&str>)],
         mut read: impl FnMut(&GitOid) -> Result<(ObjectKind, Vec<u8>), E>,
-        seal: bool,
     ) -> Result<CopyStats, PutError<E>> {
-        let mut writer = lock(&self.inner.writer)?;
-        let pending = &mut *writer;
-        let before = pending.stored_bytes;
+        let _writer = lock(&self.inner.writer)?;
         let level = self.inner.options.zstd_level;
+        let mut pending = Pending::default();
         let mut stats = CopyStats::default();
         let started = std::time::Instant::now();
         let (mut reading, mut waiting) = (Duration::ZERO, Duration::ZERO);
@@ -1021,7 +979,7 @@ impl Vault {
                     _ => None,
                 };
                 self.prepare(
-                    pending,
+                    &mut pending,
                     &mut batch,
                     &mut in_flight,
                     id,
@@ -1033,7 +991,7 @@ impl Vault {
                 if batch.is_full() {
                     let wait_started = std::time::Instant::now();
                     if let Some(previous) = compressing.take() {
-                        self.append_batch(pending, &mut in_flight, joined(previous)?)?;
+                        self.append_batch(&mut pending, &mut in_flight, joined(previous)?)?;
                     }
                     waiting += wait_started.elapsed();
                     let full = std::mem::take(&mut batch);
@@ -1045,17 +1003,15 @@ impl Vault {
             }
             let wait_started = std::time::Instant::now();
             if let Some(previous) = compressing.take() {
-                self.append_batch(pending, &mut in_flight, joined(previous)?)?;
+                self.append_batch(&mut pending, &mut in_flight, joined(previous)?)?;
             }
             let frames = compress_jobs(&batch.jobs, level);
-            self.append_batch(pending, &mut in_flight, (batch, frames))?;
+            self.append_batch(&mut pending, &mut in_flight, (batch, frames))?;
             waiting += wait_started.elapsed();
             Ok(())
         })?;
-        if seal || worth_sealing(pending) {
-            self.finish(pending)?;
-        }
-        stats.stored_bytes = pending.stored_bytes - before;
+        self.finish(&mut pending)?;
+        stats.stored_bytes = pending.stored_bytes;
         tracing::debug!(
             written = stats.written,
             read_ms = reading.as_millis() as u64,
@@ -1277,14 +1233,6 @@ impl Vault {
     fn finish(&self, pending: &mut Pending) -> Result<(), VaultError> {
         let sealed = self.seal(pending)?;
         self.write_sealed(sealed, None)
-    }
-
-    /// The writer lock, with any records a backup staged sealed first, so
-    /// that whoever holds it finds every record in the index.
-    fn sealed_writer(&self) -> Result<MutexGuard<'_, Pending>, VaultError> {
-        let mut pending = lock(&self.inner.writer)?;
-        self.finish(&mut pending)?;
-        Ok(pending)
     }
 
     /// The pending data file and an index file for everything pending,
@@ -1519,7 +1467,7 @@ impl Vault {
     /// While an index file is left out as damaged, nothing is removed: its
     /// data files would look unindexed.
     pub fn remove_unindexed_data(&self) -> Result<(usize, u64), VaultError> {
-        let _writer = self.sealed_writer()?;
+        let _writer = lock(&self.inner.writer)?;
         if read(&self.inner.damaged_files)?
             .keys()
             .any(|(t, _)| *t == FileType::Index)
@@ -1549,12 +1497,9 @@ impl Vault {
 
     /// Record a snapshot. Refused unless every ref target is in the vault.
     pub fn commit_snapshot(&self, new: NewSnapshot) -> Result<Snapshot, VaultError> {
-        let mut writer = lock(&self.inner.writer)?;
-        // The objects a backup staged go to disk with the snapshot.
-        let pending = &mut *writer;
-        let before = pending.stored_bytes;
+        let _writer = lock(&self.inner.writer)?;
         for (reference, target) in &new.refs {
-            if !pending.entries.contains_key(&RecordId::from(*target)) && !self.has(target)? {
+            if !self.has(target)? {
                 return Err(VaultError::IncompleteSnapshot {
                     repo: new.repository.clone(),
                     reference: reference.clone(),
@@ -1562,13 +1507,14 @@ impl Vault {
                 });
             }
         }
+        let mut pending = Pending::default();
         let mut chunks = Vec::new();
         let repository = new.repository.to_string();
         for (chunk, first) in refs::chunk(&new.refs) {
             let path = refs::chunk_path(&new.source, &repository, first);
-            chunks.push(self.put_record(pending, ObjectKind::Refs, Some(&path), chunk)?);
+            chunks.push(self.put_record(&mut pending, ObjectKind::Refs, Some(&path), chunk)?);
         }
-        let sealed = self.seal(pending)?;
+        let sealed = self.seal(&mut pending)?;
         let latest = self.latest_snapshot(&new.repository)?;
         let body = SnapshotBody {
             repository: new.repository,
@@ -1585,7 +1531,7 @@ impl Vault {
             },
             updates: new.updates,
             stats: CopyStats {
-                stored_bytes: new.stats.stored_bytes + (pending.stored_bytes - before),
+                stored_bytes: new.stats.stored_bytes + pending.stored_bytes,
                 ..new.stats
             },
         };
@@ -1762,13 +1708,14 @@ impl Vault {
         serde_json::from_slice::<serde_json::Value>(json).map_err(|e| VaultError::BadDocument {
             message: format!("{collection}/{key} is not valid JSON: {e}"),
         })?;
-        let mut pending = self.sealed_writer()?;
+        let _writer = lock(&self.inner.writer)?;
         let content = format::record_id_keyed(ObjectKind::Document, json, self.id_key().as_ref());
         if let Some(latest) = self.document_at(repo, collection, key, None)?
             && latest.content == content
         {
             return Ok(content);
         }
+        let mut pending = Pending::default();
         let path = format!("{repo}/{collection}/{key}");
         self.put_record(
             &mut pending,
@@ -1776,7 +1723,7 @@ impl Vault {
             Some(&path),
             json.to_vec(),
         )?;
-        let sealed = self.seal(&mut pending)?;
+        self.finish(&mut pending)?;
         let version = DocumentVersion {
             repository: repo.clone(),
             collection: collection.to_string(),
@@ -1787,7 +1734,9 @@ impl Vault {
             delivery_id: delivery_id.to_string(),
         };
         let (name, bytes) = version.seal(self.key()).map_err(VaultError::Encode)?;
-        self.write_sealed(sealed, Some((FileType::Document, &name, &bytes)))?;
+        self.inner
+            .backend
+            .write(FileType::Document, &name, &bytes)?;
         let mut docs = write(&self.inner.documents)?;
         let list = docs
             .entry((repo.clone(), collection.to_string(), key.to_string()))
