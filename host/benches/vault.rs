@@ -20,7 +20,7 @@
 //! repository (default 20); `HOOKVAULT_BENCH_LOG=1` prints each service's
 //! log. `HOOKVAULT_BENCH_ONLY=large` runs instead a synthetic repository of
 //! `HOOKVAULT_BENCH_LARGE_MIB` (default 1024) MiB of incompressible files,
-//! for peak memory on a large first backup (at most 3 pushes);
+//! for peak memory on a large first backup (at most 10 pushes);
 //! `HOOKVAULT_BENCH_PASSPHRASE` encrypts the vault with it (run once
 //! with and once without for the cost of encryption);
 //! `HOOKVAULT_BENCH_ONLY=prune` runs instead forget and prune on ripgrep
@@ -860,7 +860,7 @@ fn main() {
             &format!("{mib} MiB synthetic"),
             "synthetic/large",
             large(mib),
-            pushes.min(3),
+            pushes.min(10),
         ));
     }
     for row in rows {
