@@ -240,7 +240,22 @@ impl Journal {
     /// Make `ticket` durable: wait for the write in progress, then, unless
     /// it covered the ticket, write and sync everything appended so far in
     /// one go. Returns a file the writer has moved past, if any.
-    pub(crate) async fn commit(&self, ticket: u64) -> Result<Option<Retired>, JournalError> {
+    ///
+    /// The write runs in a task of its own, to the end, whether or not the
+    /// caller still waits: a caller dropped mid-write (its client hung up)
+    /// would otherwise leave the write's file unrecorded while the write
+    /// went on, and the next write would make that file again and fail.
+    pub(crate) async fn commit(
+        self: &Arc<Self>,
+        ticket: u64,
+    ) -> Result<Option<Retired>, JournalError> {
+        let journal = Arc::clone(self);
+        tokio::spawn(async move { journal.commit_to_end(ticket).await })
+            .await
+            .map_err(|e| JournalError::Task(e.to_string()))?
+    }
+
+    async fn commit_to_end(&self, ticket: u64) -> Result<Option<Retired>, JournalError> {
         let mut writer = self.writer.lock().await;
         if self.was_lost(ticket) {
             return Err(JournalError::Lost {
@@ -439,10 +454,10 @@ mod tests {
         // A file where the directory should be: creating the journal fails.
         std::fs::write(&dir, b"in the way").expect("write");
         let (journal, _) = Journal::open(&tmp.path().join("absent")).expect("open");
-        let journal = Journal {
+        let journal = Arc::new(Journal {
             dir: dir.clone(),
             ..Arc::into_inner(journal).expect("sole owner")
-        };
+        });
         let first = journal.append(b"first");
         let second = journal.append(b"second");
         let failed = journal.commit(first).await.expect_err("no directory");
@@ -486,5 +501,32 @@ mod tests {
             Journal::read(&journal.on_disk().expect("files")[0]).expect("read"),
             [b"next".to_vec()]
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_whose_caller_stops_waiting_still_ends_and_the_next_one_succeeds() {
+        use futures_util::FutureExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (journal, _) = Journal::open(dir.path()).expect("open");
+        let first = journal.append(b"first");
+        // Polled once (the write of a new file has started), then dropped,
+        // as hyper drops a handler whose client hung up.
+        let abandoned = journal.commit(first).now_or_never();
+        assert!(
+            abandoned.is_none(),
+            "a new file is not written and synced at once"
+        );
+        let second = journal.append(b"second");
+        assert!(
+            journal.commit(second).await.expect("commit").is_none(),
+            "the abandoned write's file is the current one"
+        );
+        let files = journal.on_disk().expect("files");
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(
+            Journal::read(&files[0]).expect("read"),
+            [b"first".to_vec(), b"second".to_vec()]
+        );
+        assert_eq!(journal.durable.load(SeqCst), second);
     }
 }
