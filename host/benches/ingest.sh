@@ -77,6 +77,9 @@ function setup(thread)
   threads = threads + 1
 end
 function init(args)
+  -- Each run's ids are its own (the run's name is wrk's first argument):
+  -- a second run with the first one's ids would measure duplicates.
+  run = args[1]
   counter = 0
   local f = assert(io.open("$body", "rb"))
   wrk.body = f:read("*a")
@@ -88,7 +91,7 @@ function init(args)
 end
 function request()
   counter = counter + 1
-  wrk.headers["X-Request-UUID"] = string.format("bench-%d-%d", tid, counter)
+  wrk.headers["X-Request-UUID"] = string.format("bench-%s-%d-%d", run, tid, counter)
   return wrk.format()
 end
 function done(summary, latency, requests)
@@ -101,7 +104,7 @@ run() {
   local connections="$1" url="$2" script="${3:-}"
   local args=(-t2 -c"$connections" -d"${seconds}s" --latency)
   [ -n "$script" ] && args+=(-s "$script")
-  wrk "${args[@]}" "$url" >"$work/wrk.out"
+  wrk "${args[@]}" "$url" -- "c$connections" >"$work/wrk.out"
   if grep -q "non-2xx answers: [1-9]" "$work/wrk.out"; then
     echo "some webhooks were not answered 2xx:" >&2
     cat "$work/wrk.out" >&2
