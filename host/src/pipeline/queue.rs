@@ -576,7 +576,13 @@ fn is_live(delivery: &Delivery, key: &[u8]) -> bool {
 }
 
 fn open_handles(dir: &Path, generation: u64) -> Result<Handles, sled::Error> {
-    let db = sled::Config::new().path(dir).open()?;
+    // sled's default (low space) cleans segments eagerly, and its stalls
+    // put the receiver's p99 at 20-38 ms in half the ingest runs at 64
+    // connections; high throughput kept it under 8 ms in every run.
+    let db = sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput)
+        .open()?;
     Ok(Handles {
         generation,
         deliveries: db.open_tree("deliveries")?,
@@ -602,13 +608,14 @@ fn record_writes(
     let id = delivery.id.as_bytes();
     let value = encode(delivery);
     loop {
-        let Some(bytes) = handles.deliveries.get(id)? else {
-            if !insert_absent(handles, delivery, &value)? {
-                // Recorded meanwhile by a concurrent copy: a known id now.
-                continue;
-            }
+        // Most ids are new: written at once, without a read before.
+        if insert_absent(handles, delivery, &value)? {
             let moves = vec![(None, delivery.bucket())];
             return Ok(((Recorded::New, Some(value)), moves));
+        }
+        let Some(bytes) = handles.deliveries.get(id)? else {
+            // Removed meanwhile: absent again.
+            continue;
         };
         // An unreadable record is left alone: a duplicate.
         let Ok(known) = decode(&delivery.id, &bytes) else {
