@@ -11,13 +11,6 @@
 //! REST answers never reach the terminal as control characters. `--json`
 //! gives machine output on stdout.
 
-/// mimalloc rather than glibc's allocator: malloc and free were about a
-/// fifth of the receiver's CPU per webhook (sled's page cache, hyper's
-/// buffers), and with mimalloc a webhook cost about 40 µs of CPU instead
-/// of 57 (`host/benches/ingest.sh`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
