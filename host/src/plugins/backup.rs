@@ -196,7 +196,7 @@ impl ObjectSink for BackupCtx {
             objects.len() as u64,
         ));
         let mut read = 0u64;
-        let result = store.put_objects(&objects, |oid| {
+        let result = store.stage_objects(&objects, |oid| {
             read += 1;
             if read.is_multiple_of(64) {
                 tell(crate::progress::Progress::At(read));

@@ -232,6 +232,20 @@ struct Batch {
     bytes: usize,
 }
 
+/// Staged records are sealed at once from this many records or bytes of
+/// data file: a push's few stay staged until the snapshot, a first
+/// backup's batches are sealed as they go.
+const STAGED_RECORDS: usize = 1024;
+const STAGED_BYTES: usize = 4 << 20;
+
+/// Whether records staged in `pending` should be sealed now: many of them,
+/// or a data file already written that no index file names yet.
+fn worth_sealing(pending: &Pending) -> bool {
+    pending.order.len() >= STAGED_RECORDS
+        || pending.buf.len() >= STAGED_BYTES
+        || pending.entries.values().any(|(file, _)| file.is_some())
+}
+
 /// A batch is compressed when it holds this many records or raw bytes.
 const BATCH_RECORDS: usize = 1024;
 const BATCH_BYTES: usize = 8 << 20;
@@ -365,7 +379,9 @@ struct Inner {
     snapshots: RwLock<BTreeMap<RepoName, Vec<Snapshot>>>,
     /// (repository, collection, key) → versions, oldest first.
     documents: RwLock<BTreeMap<(RepoName, String, String), Vec<DocumentVersion>>>,
-    writer: Mutex<()>,
+    /// The one writer's lock, and the records a backup has staged but not
+    /// yet sealed (see [`Vault::stage_objects`]).
+    writer: Mutex<Pending>,
     decoded: Mutex<DecodedCache>,
     options: WriteOptions,
     /// `serve`'s local copy of the small files; read commands have none.
@@ -524,7 +540,7 @@ impl Vault {
                 damaged_files: RwLock::new(BTreeMap::new()),
                 snapshots: RwLock::new(BTreeMap::new()),
                 documents: RwLock::new(BTreeMap::new()),
-                writer: Mutex::new(()),
+                writer: Mutex::new(Pending::default()),
                 decoded: Mutex::new(DecodedCache::default()),
                 options,
                 files,
@@ -946,15 +962,41 @@ impl Vault {
     pub fn put_objects<E>(
         &self,
         objects: &[(GitOid, Option<&str>)],
-        mut read: impl FnMut(&GitOid) -> Result<(ObjectKind, Vec<u8>), E>,
+        read: impl FnMut(&GitOid) -> Result<(ObjectKind, Vec<u8>), E>,
     ) -> Result<CopyStats, PutError<E>> {
-        let _writer = lock(&self.inner.writer)?;
+        self.store_objects(objects, read, true)
+    }
+
+    /// [`Vault::put_objects`] for a backup that commits a snapshot next: a
+    /// few records (a push's) may stay staged in memory, so that they go
+    /// to disk with the snapshot's own files in one ordered write. Staged
+    /// records are not yet in the index: [`Vault::has`] and readers do not
+    /// see them, later puts do (and store them once). They are sealed by
+    /// the next snapshot commit, document or other write, and a crash loses
+    /// only them, which no snapshot names. Many records, or a data file
+    /// closed on the way, are sealed before this returns.
+    pub fn stage_objects<E>(
+        &self,
+        objects: &[(GitOid, Option<&str>)],
+        read: impl FnMut(&GitOid) -> Result<(ObjectKind, Vec<u8>), E>,
+    ) -> Result<CopyStats, PutError<E>> {
+        self.store_objects(objects, read, false)
+    }
+
+    fn store_objects<E>(
+        &self,
+        objects: &[(GitOid, Option<&str>)],
+        mut read: impl FnMut(&GitOid) -> Result<(ObjectKind, Vec<u8>), E>,
+        seal: bool,
+    ) -> Result<CopyStats, PutError<E>> {
+        let mut writer = lock(&self.inner.writer)?;
+        let pending = &mut *writer;
+        let before = pending.stored_bytes;
         let level = self.inner.options.zstd_level;
-        let mut pending = Pending::default();
         let mut stats = CopyStats::default();
         let started = std::time::Instant::now();
         let (mut reading, mut waiting) = (Duration::ZERO, Duration::ZERO);
-        std::thread::scope(|scope| -> Result<(), PutError<E>> {
+        let copied = std::thread::scope(|scope| -> Result<(), PutError<E>> {
             let mut batch = Batch::default();
             let mut in_flight = InFlight::new();
             let mut compressing = None;
@@ -979,7 +1021,7 @@ impl Vault {
                     _ => None,
                 };
                 self.prepare(
-                    &mut pending,
+                    pending,
                     &mut batch,
                     &mut in_flight,
                     id,
@@ -991,7 +1033,7 @@ impl Vault {
                 if batch.is_full() {
                     let wait_started = std::time::Instant::now();
                     if let Some(previous) = compressing.take() {
-                        self.append_batch(&mut pending, &mut in_flight, joined(previous)?)?;
+                        self.append_batch(pending, &mut in_flight, joined(previous)?)?;
                     }
                     waiting += wait_started.elapsed();
                     let full = std::mem::take(&mut batch);
@@ -1003,15 +1045,27 @@ impl Vault {
             }
             let wait_started = std::time::Instant::now();
             if let Some(previous) = compressing.take() {
-                self.append_batch(&mut pending, &mut in_flight, joined(previous)?)?;
+                self.append_batch(pending, &mut in_flight, joined(previous)?)?;
             }
             let frames = compress_jobs(&batch.jobs, level);
-            self.append_batch(&mut pending, &mut in_flight, (batch, frames))?;
+            self.append_batch(pending, &mut in_flight, (batch, frames))?;
             waiting += wait_started.elapsed();
             Ok(())
-        })?;
-        self.finish(&mut pending)?;
-        stats.stored_bytes = pending.stored_bytes;
+        });
+        if let Err(e) = copied {
+            // Records of a batch not yet appended have taken path versions
+            // in `pending`: nothing staged is kept (a backup whose records
+            // go with it fails its snapshot, and is tried again).
+            *pending = Pending {
+                stored_bytes: pending.stored_bytes,
+                ..Pending::default()
+            };
+            return Err(e);
+        }
+        if seal || worth_sealing(pending) {
+            self.finish(pending)?;
+        }
+        stats.stored_bytes = pending.stored_bytes - before;
         tracing::debug!(
             written = stats.written,
             read_ms = reading.as_millis() as u64,
@@ -1232,7 +1286,15 @@ impl Vault {
     /// pending and make it visible to readers.
     fn finish(&self, pending: &mut Pending) -> Result<(), VaultError> {
         let sealed = self.seal(pending)?;
-        self.write_sealed(sealed, None)
+        self.write_sealed(vec![sealed], None)
+    }
+
+    /// The writer lock, with any records a backup staged sealed first, so
+    /// that whoever holds it finds every record in the index.
+    fn sealed_writer(&self) -> Result<MutexGuard<'_, Pending>, VaultError> {
+        let mut pending = lock(&self.inner.writer)?;
+        self.finish(&mut pending)?;
+        Ok(pending)
     }
 
     /// The pending data file and an index file for everything pending,
@@ -1260,21 +1322,22 @@ impl Vault {
         Ok(Sealed { data, index })
     }
 
-    /// Write a sealed data file, its index file and then `last` (a file
-    /// that names their records) in that order, in one call to the backend,
-    /// then make the index visible to readers.
+    /// Write each sealed data file and its index file, then `last` (a file
+    /// that names their records), in that order and in one call to the
+    /// backend, then make the indexes visible to readers.
     fn write_sealed(
         &self,
-        sealed: Sealed,
+        sealed: Vec<Sealed>,
         last: Option<(FileType, &FileName, &[u8])>,
     ) -> Result<(), VaultError> {
-        let Sealed { data, index } = sealed;
-        let mut files: Vec<(FileType, &FileName, &[u8])> = Vec::with_capacity(3);
-        if let Some((name, bytes)) = &data {
-            files.push((FileType::Data, name, bytes));
-        }
-        if let Some((name, bytes, _)) = &index {
-            files.push((FileType::Index, name, bytes));
+        let mut files: Vec<(FileType, &FileName, &[u8])> = Vec::with_capacity(5);
+        for Sealed { data, index } in &sealed {
+            if let Some((name, bytes)) = data {
+                files.push((FileType::Data, name, bytes));
+            }
+            if let Some((name, bytes, _)) = index {
+                files.push((FileType::Index, name, bytes));
+            }
         }
         files.extend(last);
         self.inner.backend.write_in_order(&files)?;
@@ -1285,8 +1348,12 @@ impl Vault {
                 }
             }
         }
-        if let Some((name, _, entries)) = index {
-            write(&self.inner.index)?.insert_file(name, entries);
+        drop(files);
+        let mut index = write(&self.inner.index)?;
+        for Sealed { index: sealed, .. } in sealed {
+            if let Some((name, _, entries)) = sealed {
+                index.insert_file(name, entries);
+            }
         }
         Ok(())
     }
@@ -1467,7 +1534,7 @@ impl Vault {
     /// While an index file is left out as damaged, nothing is removed: its
     /// data files would look unindexed.
     pub fn remove_unindexed_data(&self) -> Result<(usize, u64), VaultError> {
-        let _writer = lock(&self.inner.writer)?;
+        let _writer = self.sealed_writer()?;
         if read(&self.inner.damaged_files)?
             .keys()
             .any(|(t, _)| *t == FileType::Index)
@@ -1497,9 +1564,12 @@ impl Vault {
 
     /// Record a snapshot. Refused unless every ref target is in the vault.
     pub fn commit_snapshot(&self, new: NewSnapshot) -> Result<Snapshot, VaultError> {
-        let _writer = lock(&self.inner.writer)?;
+        let mut writer = lock(&self.inner.writer)?;
+        // The objects a backup staged go to disk with the snapshot.
+        let pending = &mut *writer;
+        let before = pending.stored_bytes;
         for (reference, target) in &new.refs {
-            if !self.has(target)? {
+            if !pending.entries.contains_key(&RecordId::from(*target)) && !self.has(target)? {
                 return Err(VaultError::IncompleteSnapshot {
                     repo: new.repository.clone(),
                     reference: reference.clone(),
@@ -1507,14 +1577,19 @@ impl Vault {
                 });
             }
         }
-        let mut pending = Pending::default();
+        // The staged objects keep a data and an index file of their own,
+        // apart from the ref table's: an index file lost later then loses
+        // either objects (which `repair` can fetch again) or a ref table,
+        // never both.
+        let objects = self.seal(pending)?;
+        let mut table = Pending::default();
         let mut chunks = Vec::new();
         let repository = new.repository.to_string();
         for (chunk, first) in refs::chunk(&new.refs) {
             let path = refs::chunk_path(&new.source, &repository, first);
-            chunks.push(self.put_record(&mut pending, ObjectKind::Refs, Some(&path), chunk)?);
+            chunks.push(self.put_record(&mut table, ObjectKind::Refs, Some(&path), chunk)?);
         }
-        let sealed = self.seal(&mut pending)?;
+        let ref_table = self.seal(&mut table)?;
         let latest = self.latest_snapshot(&new.repository)?;
         let body = SnapshotBody {
             repository: new.repository,
@@ -1531,15 +1606,17 @@ impl Vault {
             },
             updates: new.updates,
             stats: CopyStats {
-                stored_bytes: new.stats.stored_bytes + pending.stored_bytes,
+                stored_bytes: new.stats.stored_bytes
+                    + (pending.stored_bytes - before)
+                    + table.stored_bytes,
                 ..new.stats
             },
         };
         let (snapshot, bytes) = Snapshot::seal(body, self.key()).map_err(VaultError::Encode)?;
-        // The ref chunks' data and index files, then the snapshot that
-        // names them: one ordered write.
+        // The staged objects' data and index files, the ref chunks', then
+        // the snapshot that names them: one ordered write.
         self.write_sealed(
-            sealed,
+            vec![objects, ref_table],
             Some((
                 FileType::Snapshot,
                 &FileName::from_hash(&snapshot.id.0),
@@ -1708,14 +1785,13 @@ impl Vault {
         serde_json::from_slice::<serde_json::Value>(json).map_err(|e| VaultError::BadDocument {
             message: format!("{collection}/{key} is not valid JSON: {e}"),
         })?;
-        let _writer = lock(&self.inner.writer)?;
+        let mut pending = self.sealed_writer()?;
         let content = format::record_id_keyed(ObjectKind::Document, json, self.id_key().as_ref());
         if let Some(latest) = self.document_at(repo, collection, key, None)?
             && latest.content == content
         {
             return Ok(content);
         }
-        let mut pending = Pending::default();
         let path = format!("{repo}/{collection}/{key}");
         self.put_record(
             &mut pending,
@@ -1723,7 +1799,7 @@ impl Vault {
             Some(&path),
             json.to_vec(),
         )?;
-        self.finish(&mut pending)?;
+        let sealed = self.seal(&mut pending)?;
         let version = DocumentVersion {
             repository: repo.clone(),
             collection: collection.to_string(),
@@ -1734,9 +1810,7 @@ impl Vault {
             delivery_id: delivery_id.to_string(),
         };
         let (name, bytes) = version.seal(self.key()).map_err(VaultError::Encode)?;
-        self.inner
-            .backend
-            .write(FileType::Document, &name, &bytes)?;
+        self.write_sealed(vec![sealed], Some((FileType::Document, &name, &bytes)))?;
         let mut docs = write(&self.inner.documents)?;
         let list = docs
             .entry((repo.clone(), collection.to_string(), key.to_string()))

@@ -141,7 +141,7 @@ impl Vault {
         // The record first: a kill before the files are gone leaves
         // snapshots that are recorded as forgotten and still restore.
         self.put_document(repo, FORGOTTEN, &key, &json, "forget", now_ms)?;
-        let _writer = lock(&self.inner.writer)?;
+        let _writer = self.sealed_writer()?;
         for f in &record.forgotten {
             let name = FileName::parse(&f.snapshot).ok_or_else(|| VaultError::NoSuchSnapshot {
                 repo: repo.clone(),
@@ -202,7 +202,7 @@ impl Vault {
         options: PruneOptions,
         progress: &dyn Fn(crate::progress::Progress),
     ) -> Result<PruneReport, VaultError> {
-        let _writer = lock(&self.inner.writer)?;
+        let _writer = self.sealed_writer()?;
         if let Some(((file_type, name), why)) = read(&self.inner.damaged_files)?.iter().next() {
             return Err(VaultError::BadFile {
                 location: self.inner.location.clone(),

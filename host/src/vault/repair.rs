@@ -41,7 +41,7 @@ impl Vault {
         if objects.is_empty() {
             return Ok(0);
         }
-        let _writer = lock(&self.inner.writer)?;
+        let _writer = self.sealed_writer()?;
         // Index files written since this handle read the index are
         // replaced too.
         self.refresh()?;

@@ -940,3 +940,123 @@ fn an_encrypted_vault_keys_its_ids_and_reads_back_after_reopen() {
         Err(VaultError::NeedsPassphrase { .. })
     ));
 }
+
+/// The files of `file_type` in the local vault at `dir`.
+fn count_files(dir: &Path, file_type: FileType) -> usize {
+    LocalBackend::open(dir).list(file_type).expect("list").len()
+}
+
+#[test]
+fn staged_objects_reach_disk_with_the_snapshot_and_only_uncommitted_ones_are_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    let repo = RepoName::parse("acme/app").expect("name");
+    let blob = |text: &str| (blob_id(text.as_bytes()), text.as_bytes().to_vec());
+    let stage = |vault: &Vault, (id, content): &(GitOid, Vec<u8>)| {
+        vault
+            .stage_objects(&[(*id, Some("notes.txt"))], |_| {
+                Ok::<_, std::io::Error>((ObjectKind::Blob, content.clone()))
+            })
+            .expect("stage")
+    };
+    let pushed = blob("pushed and committed\n");
+    assert_eq!(stage(&vault, &pushed).written, 1);
+    // Staged: not yet on disk or in the index, and not stored twice.
+    assert!(!vault.has(&pushed.0).expect("has"));
+    assert_eq!(count_files(dir.path(), FileType::Data), 0);
+    let again = stage(&vault, &pushed);
+    assert_eq!((again.written, again.present), (0, 1));
+
+    let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), pushed.0)].into();
+    let snapshot = vault
+        .commit_snapshot(new_snapshot(&repo, refs.clone()))
+        .expect("commit");
+    // The object's data and index files, and the ref chunk's apart: a
+    // lost index file loses objects or a ref table, never both.
+    assert_eq!(count_files(dir.path(), FileType::Data), 2);
+    assert_eq!(count_files(dir.path(), FileType::Index), 2);
+    assert!(vault.has(&pushed.0).expect("has"));
+    assert!(snapshot.body.stats.stored_bytes > 0);
+
+    // Staged and never committed: gone after a restart, nothing else is.
+    let abandoned = blob("copied by a backup that failed\n");
+    stage(&vault, &abandoned);
+    drop(vault);
+    let vault = open(dir.path());
+    assert!(!vault.has(&abandoned.0).expect("has"));
+    assert_eq!(vault.snapshot_refs(&snapshot).expect("refs"), refs);
+    assert_eq!(*vault.read_object(&pushed.0).expect("read").1, pushed.1);
+
+    // Any other write seals what is staged: here a document.
+    let documented = blob("staged before a document\n");
+    stage(&vault, &documented);
+    vault
+        .put_document(&repo, "pull-requests", "1", br#"{"v":1}"#, "d1", 100)
+        .expect("document");
+    assert!(vault.has(&documented.0).expect("has"));
+    drop(vault);
+    let vault = open(dir.path());
+    assert_eq!(
+        *vault.read_object(&documented.0).expect("read").1,
+        documented.1
+    );
+}
+
+#[test]
+fn a_copy_that_fails_half_way_keeps_nothing_staged_and_the_next_one_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    let repo = RepoName::parse("acme/app").expect("name");
+    let first = b"version 1 of the notes\n".to_vec();
+    let second = b"version 2 of the notes\n".to_vec();
+    let (first_id, second_id) = (blob_id(&first), blob_id(&second));
+    let failed = vault.stage_objects(
+        &[
+            (first_id, Some("notes.txt")),
+            (second_id, Some("notes.txt")),
+        ],
+        |oid| {
+            if *oid == second_id {
+                Err(std::io::Error::other("the source went away"))
+            } else {
+                Ok((ObjectKind::Blob, first.clone()))
+            }
+        },
+    );
+    assert!(matches!(failed, Err(PutError::Source(_))));
+    // The second copy stores both versions again, one a delta on the
+    // other, and they read back after the snapshot and a restart.
+    let stats = vault
+        .stage_objects(
+            &[
+                (first_id, Some("notes.txt")),
+                (second_id, Some("notes.txt")),
+            ],
+            |oid| {
+                Ok::<_, std::io::Error>((
+                    ObjectKind::Blob,
+                    if *oid == first_id {
+                        first.clone()
+                    } else {
+                        second.clone()
+                    },
+                ))
+            },
+        )
+        .expect("stage");
+    assert_eq!(stats.written, 2);
+    let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), second_id)].into();
+    vault
+        .commit_snapshot(new_snapshot(&repo, refs))
+        .expect("commit");
+    drop(vault);
+    let vault = open(dir.path());
+    assert_eq!(*vault.read_object(&first_id).expect("read").1, first);
+    assert_eq!(*vault.read_object(&second_id).expect("read").1, second);
+    // The failed copy left no path version behind: the path's first
+    // stored version is 0, and the second is a delta on it.
+    let placed = |oid| vault.placement(oid).expect("placement").expect("placed");
+    assert_eq!(placed(&first_id).path.map(|(_, v)| v), Some(0));
+    assert_eq!(placed(&second_id).path.map(|(_, v)| v), Some(1));
+    assert_eq!(placed(&second_id).base, Some(first_id));
+}
