@@ -576,9 +576,11 @@ fn is_live(delivery: &Delivery, key: &[u8]) -> bool {
 }
 
 fn open_handles(dir: &Path, generation: u64) -> Result<Handles, sled::Error> {
-    // sled's default (low space) cleans segments eagerly, and its stalls
-    // put the receiver's p99 at 20-38 ms in half the ingest runs at 64
-    // connections; high throughput kept it under 8 ms in every run.
+    // High-throughput mode: the default cleans segments more eagerly. With
+    // another allocator the ingest bench's p99 at 64 connections was
+    // 20-38 ms in 3 of 6 runs in the default mode and under 8 ms in 5 of 5
+    // in this one; with glibc's, stalls of 22-35 ms remain in about a
+    // third of the runs in either (cause not found).
     let db = sled::Config::new()
         .path(dir)
         .mode(sled::Mode::HighThroughput)
