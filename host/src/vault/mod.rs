@@ -996,6 +996,9 @@ impl Vault {
         let mut stats = CopyStats::default();
         let started = std::time::Instant::now();
         let (mut reading, mut waiting) = (Duration::ZERO, Duration::ZERO);
+        // The path versions this copy takes, in order, to give back those
+        // of records it did not append if it fails.
+        let mut taken: Vec<(u64, u32, RecordId)> = Vec::new();
         let copied = std::thread::scope(|scope| -> Result<(), PutError<E>> {
             let mut batch = Batch::default();
             let mut in_flight = InFlight::new();
@@ -1029,6 +1032,9 @@ impl Vault {
                     path_key,
                     data,
                 )?;
+                if let Some((key, version)) = batch.jobs.last().and_then(|job| job.placed) {
+                    taken.push((key, version, id));
+                }
                 stats.written += 1;
                 if batch.is_full() {
                     let wait_started = std::time::Instant::now();
@@ -1053,13 +1059,19 @@ impl Vault {
             Ok(())
         });
         if let Err(e) = copied {
-            // Records of a batch not yet appended have taken path versions
-            // in `pending`: nothing staged is kept (a backup whose records
-            // go with it fails its snapshot, and is tried again).
-            *pending = Pending {
-                stored_bytes: pending.stored_bytes,
-                ..Pending::default()
-            };
+            // Records not yet appended had taken path versions: each is
+            // given back (they follow every appended one, so each path's
+            // next version is its first one given back). What was appended,
+            // by this copy or staged by others, stays staged.
+            for (key, version, id) in taken.into_iter().rev() {
+                if pending.entries.contains_key(&id) {
+                    continue;
+                }
+                if pending.versions.get(&(key, version)) == Some(&id) {
+                    pending.versions.remove(&(key, version));
+                }
+                pending.next_version.insert(key, version);
+            }
             return Err(e);
         }
         if seal || worth_sealing(pending) {

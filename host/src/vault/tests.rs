@@ -1003,7 +1003,7 @@ fn staged_objects_reach_disk_with_the_snapshot_and_only_uncommitted_ones_are_los
 }
 
 #[test]
-fn a_copy_that_fails_half_way_keeps_nothing_staged_and_the_next_one_commits() {
+fn a_copy_that_fails_half_way_gives_back_its_path_versions_and_the_next_one_commits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vault = open(dir.path());
     let repo = RepoName::parse("acme/app").expect("name");
@@ -1059,4 +1059,49 @@ fn a_copy_that_fails_half_way_keeps_nothing_staged_and_the_next_one_commits() {
     assert_eq!(placed(&first_id).path.map(|(_, v)| v), Some(0));
     assert_eq!(placed(&second_id).path.map(|(_, v)| v), Some(1));
     assert_eq!(placed(&second_id).base, Some(first_id));
+}
+
+/// Two backups share the writer: one whose copy fails must not take away
+/// what the other staged for its snapshot.
+#[test]
+fn a_failed_copy_keeps_what_another_backup_staged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    let (app, lib) = (
+        RepoName::parse("acme/app").expect("name"),
+        RepoName::parse("acme/lib").expect("name"),
+    );
+    let app_blob = b"the app's readme\n".to_vec();
+    let app_id = blob_id(&app_blob);
+    vault
+        .stage_objects(&[(app_id, Some("README"))], |_| {
+            Ok::<_, std::io::Error>((ObjectKind::Blob, app_blob.clone()))
+        })
+        .expect("stage the app's blob");
+    let lib_blob = b"the lib's readme\n".to_vec();
+    let lib_id = blob_id(&lib_blob);
+    let failed = vault.stage_objects(&[(lib_id, Some("README"))], |_| {
+        Err::<(ObjectKind, Vec<u8>), _>(std::io::Error::other("the source went away"))
+    });
+    assert!(matches!(failed, Err(PutError::Source(_))));
+    // The app's backup commits what it staged before the other failed.
+    let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), app_id)].into();
+    vault
+        .commit_snapshot(new_snapshot(&app, refs))
+        .expect("the app's staged blob is still there");
+    // The lib's backup, tried again, stores its blob and commits too.
+    let stats = vault
+        .stage_objects(&[(lib_id, Some("README"))], |_| {
+            Ok::<_, std::io::Error>((ObjectKind::Blob, lib_blob.clone()))
+        })
+        .expect("stage");
+    assert_eq!(stats.written, 1);
+    let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), lib_id)].into();
+    vault
+        .commit_snapshot(new_snapshot(&lib, refs))
+        .expect("commit");
+    drop(vault);
+    let vault = open(dir.path());
+    assert_eq!(*vault.read_object(&app_id).expect("read").1, app_blob);
+    assert_eq!(*vault.read_object(&lib_id).expect("read").1, lib_blob);
 }
