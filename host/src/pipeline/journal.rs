@@ -337,32 +337,22 @@ impl Journal {
     fn make_spare(&self) -> tokio::task::JoinHandle<Result<Current, JournalError>> {
         let number = self.next_number.fetch_add(1, SeqCst);
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let made = new_file(&dir, number, true);
-            if made.is_err() {
-                // Space a disk that is full needs more than a spare file.
-                let _ = std::fs::remove_file(file_path(&dir, number));
-            }
-            made
-        })
+        tokio::task::spawn_blocking(move || new_file(&dir, number, true))
     }
 
     /// The file made ahead, once it is ready; `None` if making it failed
     /// (logged: the write then makes a file itself, and reports why that
     /// fails too if it does).
     async fn take_spare(&self, writer: &mut Writer) -> Option<Current> {
-        let made = writer.spare.take()?.await;
-        match made {
-            Ok(Ok(current)) => Some(current),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "delivery journal: the next file could not be made ahead");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "delivery journal: making the next file failed");
-                None
-            }
-        }
+        let made = writer
+            .spare
+            .take()?
+            .await
+            .unwrap_or_else(|e| Err(JournalError::Task(e.to_string())));
+        made.map_err(|e| {
+            tracing::warn!(error = %e, "delivery journal: the next file could not be made ahead");
+        })
+        .ok()
     }
 
     fn was_lost(&self, ticket: u64) -> bool {
@@ -406,13 +396,21 @@ fn new_file(dir: &Path, number: u64, ahead: bool) -> Result<Current, JournalErro
         .write(true)
         .open(&path)
         .map_err(io(&path))?;
-    let zeros = vec![0u8; 64 << 10];
-    for _ in 0..ROTATE_BYTES / zeros.len() as u64 {
-        file.write_all(&zeros).map_err(io(&path))?;
+    let made = (|| {
+        let zeros = vec![0u8; 64 << 10];
+        for _ in 0..ROTATE_BYTES / zeros.len() as u64 {
+            file.write_all(&zeros).map_err(io(&path))?;
+        }
+        file.sync_all().map_err(io(&path))?;
+        // The new name must survive a crash as well as its contents.
+        sync_dir(dir).map_err(io(dir))
+    })();
+    if let Err(e) = made {
+        // A file this call made holds no record yet; a full disk needs
+        // its space more.
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
     }
-    file.sync_all().map_err(io(&path))?;
-    // The new name must survive a crash as well as its contents.
-    sync_dir(dir).map_err(io(dir))?;
     Ok(Current { path, file, len: 0 })
 }
 
@@ -594,6 +592,35 @@ mod tests {
         assert!(journal.commit(ticket).await.expect("commit").is_none());
         Journal::remove(&[path]).expect("remove");
         assert_eq!(written(&journal), [(ahead, vec![b"next".to_vec()])]);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_made_ahead_loses_nothing_and_removes_nothing_it_did_not_make() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (journal, _) = Journal::open(dir.path()).expect("open");
+        // Where the file made ahead would go, a file that is not the
+        // journal's to remove.
+        let in_the_way = file_path(dir.path(), 1);
+        std::fs::write(&in_the_way, b"not made here").expect("write");
+        let big = vec![b'x'; usize::try_from(ROTATE_BYTES).expect("fits")];
+        let ticket = journal.append(&big);
+        let Some(Retired(first)) = journal.commit(ticket).await.expect("commit") else {
+            panic!("a full file is retired");
+        };
+        let ticket = journal.append(b"next");
+        journal
+            .commit(ticket)
+            .await
+            .expect("the write makes its own file");
+        assert_eq!(
+            std::fs::read(&in_the_way).expect("still there"),
+            b"not made here"
+        );
+        Journal::remove(&[first]).expect("remove");
+        let files = written(&journal);
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_ne!(files[0].0, in_the_way);
+        assert_eq!(files[0].1, [b"next".to_vec()]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
