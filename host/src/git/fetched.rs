@@ -26,6 +26,15 @@ pub struct Workspace {
     chains: std::cell::RefCell<Option<Chains>>,
 }
 
+/// A tree's entries: name and id.
+type Entries = Vec<(Vec<u8>, ObjectId)>;
+
+/// What one walk met last at each path, for [`ObjectInfo::like`].
+#[derive(Default)]
+struct Lately {
+    at: HashMap<String, ObjectId>,
+}
+
 impl std::fmt::Debug for Workspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Workspace")
@@ -160,6 +169,7 @@ impl Workspace {
         let mut out: Vec<ObjectInfo> = Vec::new();
         let mut tags: Vec<ObjectInfo> = Vec::new();
         let mut seen: HashSet<ObjectId> = HashSet::new();
+        let mut lately = Lately::default();
 
         // The commit walk stops at the known tips' commits.
         let mut hidden_commits = Vec::new();
@@ -201,6 +211,7 @@ impl Workspace {
                             kind: ObjectKind::Tag,
                             size: header.size(),
                             path: None,
+                            like: None,
                         });
                         id = self.tag_target(id)?;
                     }
@@ -209,7 +220,7 @@ impl Workspace {
                         break;
                     }
                     Kind::Tree => {
-                        self.walk_tree(id, String::new(), have, &mut seen, &mut out)?;
+                        self.walk_tree(id, String::new(), have, &mut seen, &mut lately, &mut out)?;
                         break;
                     }
                     Kind::Blob => {
@@ -219,6 +230,7 @@ impl Workspace {
                             kind: ObjectKind::Blob,
                             size: header.size(),
                             path: None,
+                            like: None,
                         });
                         break;
                     }
@@ -253,12 +265,13 @@ impl Workspace {
                 let commit = repo.find_commit(id).map_err(|e| self.walk_err(e))?;
                 let size = commit.data.len() as u64;
                 let tree = commit.tree_id().map_err(|e| self.walk_err(e))?.detach();
-                self.walk_tree(tree, String::new(), have, &mut seen, &mut out)?;
+                self.walk_tree(tree, String::new(), have, &mut seen, &mut lately, &mut out)?;
                 out.push(ObjectInfo {
                     id: from_gix(&id),
                     kind: ObjectKind::Commit,
                     size,
                     path: None,
+                    like: None,
                 });
             }
         }
@@ -269,43 +282,52 @@ impl Workspace {
     }
 
     /// List a tree and every object below it that is not seen or held,
-    /// children before the tree that names them, with paths.
+    /// children before the tree that names them, with paths, and for each
+    /// the object it probably resembles (see [`ObjectInfo::like`]).
     fn walk_tree(
         &self,
         root: ObjectId,
         root_path: String,
         have: &dyn Fn(&GitOid) -> bool,
         seen: &mut HashSet<ObjectId>,
+        lately: &mut Lately,
         out: &mut Vec<ObjectInfo>,
     ) -> Result<(), GitError> {
         enum Step {
-            Enter(ObjectId, String),
-            Leave(ObjectId, String, u64),
+            /// A tree to list, and the tree last met at its path.
+            Enter(ObjectId, String, Option<ObjectId>),
+            Leave(ObjectId, String, u64, Option<ObjectId>),
         }
+        let before = lately.at.insert(root_path.clone(), root);
         if !seen.insert(root) || have(&from_gix(&root)) {
             return Ok(());
         }
-        let mut stack = vec![Step::Enter(root, root_path)];
+        let mut stack = vec![Step::Enter(root, root_path, before)];
         while let Some(step) = stack.pop() {
-            let (id, path) = match step {
-                Step::Leave(id, path, size) => {
+            let (id, path, before) = match step {
+                Step::Leave(id, path, size, before) => {
                     out.push(ObjectInfo {
                         id: from_gix(&id),
                         kind: ObjectKind::Tree,
                         size,
                         path: Some(path),
+                        like: before.map(|b| from_gix(&b)),
                     });
                     continue;
                 }
-                Step::Enter(id, path) => (id, path),
+                Step::Enter(id, path, before) => (id, path, before),
             };
             let tree = self.repo.find_tree(id).map_err(|e| self.walk_err(e))?;
             let decoded = tree.decode().map_err(|e| self.walk_err(e))?;
+            // The tree last met here, decoded only if one of its entries is
+            // needed: its paths were not recorded when it was met under
+            // another path (a directory renamed).
+            let mut earlier: Option<Option<Entries>> = None;
             let mut subtrees = Vec::new();
             for entry in &decoded.entries {
                 let child = entry.oid.to_owned();
                 // Submodule gitlinks point into another repository.
-                if entry.mode.is_commit() || !seen.insert(child) || have(&from_gix(&child)) {
+                if entry.mode.is_commit() {
                     continue;
                 }
                 let child_path = if path.is_empty() {
@@ -313,8 +335,24 @@ impl Workspace {
                 } else {
                     format!("{path}/{}", entry.filename)
                 };
+                let mut last = lately.at.insert(child_path.clone(), child);
+                if last.is_none()
+                    && let Some(before) = before
+                {
+                    let listed = earlier.get_or_insert_with(|| self.entries_of(before));
+                    last = listed.as_ref().and_then(|entries| {
+                        entries
+                            .iter()
+                            .find(|(name, _)| name == entry.filename)
+                            .map(|(_, oid)| *oid)
+                    });
+                }
+                if !seen.insert(child) || have(&from_gix(&child)) {
+                    continue;
+                }
+                let last = last.filter(|oid| *oid != child);
                 if entry.mode.is_tree() {
-                    subtrees.push(Step::Enter(child, child_path));
+                    subtrees.push(Step::Enter(child, child_path, last));
                 } else {
                     let header = self.repo.find_header(child).map_err(|e| self.walk_err(e))?;
                     out.push(ObjectInfo {
@@ -322,14 +360,34 @@ impl Workspace {
                         kind: to_kind(header.kind()),
                         size: header.size(),
                         path: Some(child_path),
+                        like: last.map(|oid| from_gix(&oid)),
                     });
                 }
             }
             // Leave after every subtree below has been listed.
-            stack.push(Step::Leave(id, path, tree.data.len() as u64));
+            stack.push(Step::Leave(id, path, tree.data.len() as u64, before));
             stack.extend(subtrees);
         }
         Ok(())
+    }
+
+    /// A tree's entries (name and id), if the workspace has it: a tree
+    /// from an earlier backup is in the vault only.
+    fn entries_of(&self, tree: ObjectId) -> Option<Entries> {
+        let tree = self
+            .repo
+            .try_find_object(tree)
+            .ok()??
+            .try_into_tree()
+            .ok()?;
+        let decoded = tree.decode().ok()?;
+        Some(
+            decoded
+                .entries
+                .iter()
+                .map(|e| (e.filename.to_vec(), e.oid.to_owned()))
+                .collect(),
+        )
     }
 
     /// An object's kind and content (without git's header).
@@ -380,6 +438,77 @@ pub fn local_refs(path: &Path) -> Result<HashMap<String, GitOid>, GitError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A commit at a given time (the walk orders commits by time).
+    fn commit_at(dir: &Path, when: u32, message: &str) {
+        let date = format!("{} +0000", 1_700_000_000 + when);
+        let out = std::process::Command::new("git")
+            .args(["commit", "-q", "-m", message])
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "a")
+            .env("GIT_AUTHOR_EMAIL", "a@example.com")
+            .env("GIT_COMMITTER_NAME", "a")
+            .env("GIT_COMMITTER_EMAIL", "a@example.com")
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_DATE", &date)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn blob_at(dir: &Path, rev: &str) -> GitOid {
+        let hex = crate::git::test_git(dir, &["rev-parse", rev]);
+        GitOid::from_hex(String::from_utf8_lossy(&hex).trim()).expect("oid")
+    }
+
+    /// A directory renamed unchanged, then a file in it changed: the walk
+    /// names the file's content before the rename, and the tree's; a new
+    /// path names nothing.
+    #[test]
+    fn the_walk_names_what_a_path_held_before_a_rename() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(src.join("old")).expect("mkdir");
+        std::fs::create_dir_all(src.join("note")).expect("mkdir");
+        crate::git::test_git(&src, &["init", "-q", "-b", "main"]);
+        std::fs::write(src.join("old/x.rs"), "fn x() {}\n".repeat(50)).expect("write");
+        std::fs::write(src.join("old/keep.txt"), "kept\n").expect("write");
+        std::fs::write(src.join("note/README"), "first readme\n").expect("write");
+        crate::git::test_git(&src, &["add", "-A"]);
+        commit_at(&src, 1, "one");
+        let (x_before, old_tree) = (blob_at(&src, "HEAD:old/x.rs"), blob_at(&src, "HEAD:old"));
+        crate::git::test_git(&src, &["mv", "old", "new"]);
+        commit_at(&src, 2, "two");
+        std::fs::write(src.join("new/x.rs"), "fn x() {}\n".repeat(51)).expect("write");
+        std::fs::create_dir_all(src.join("other")).expect("mkdir");
+        std::fs::write(src.join("other/README"), "second readme\n").expect("write");
+        crate::git::test_git(&src, &["add", "-A"]);
+        commit_at(&src, 3, "three");
+        let (x_after, new_tree) = (blob_at(&src, "HEAD:new/x.rs"), blob_at(&src, "HEAD:new"));
+        let other_readme = blob_at(&src, "HEAD:other/README");
+        let tip = blob_at(&src, "HEAD");
+
+        let name = RepoName::parse("acme/app").expect("name");
+        let workspace = Workspace::create(&tmp.path().join("fetch"), &name).expect("workspace");
+        let target = workspace.path().display().to_string();
+        crate::git::test_git(&src, &["push", "-q", &target, "main"]);
+        let listed = workspace.walk(&[tip], &[], &|_| false).expect("walk");
+        let like = |id: &GitOid| {
+            listed
+                .iter()
+                .find(|o| o.id == *id)
+                .map(|o| (o.path.clone(), o.like))
+                .expect("listed")
+        };
+        assert_eq!(like(&x_after), (Some("new/x.rs".into()), Some(x_before)));
+        assert_eq!(like(&new_tree), (Some("new".into()), Some(old_tree)));
+        assert_eq!(like(&other_readme), (Some("other/README".into()), None));
+        assert_eq!(like(&x_before), (Some("old/x.rs".into()), None));
+    }
 
     #[test]
     fn workspaces_are_removed_when_dropped_and_leftovers_at_start() {

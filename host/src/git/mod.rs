@@ -96,6 +96,11 @@ pub struct ObjectInfo {
     /// root tree): the vault stores it as a delta against an earlier version
     /// of the same path. `None` for commits and tags.
     pub path: Option<String>,
+    /// An object this one probably resembles, for a path the vault has no
+    /// versions of yet: what the walk last met at the same path (a file
+    /// renamed, then changed). A hint for delta compression, never needed
+    /// to read.
+    pub like: Option<GitOid>,
 }
 
 /// An error and every cause below it, joined with ": ". gix's own message

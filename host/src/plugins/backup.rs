@@ -55,8 +55,9 @@ pub struct BackupCtx {
     event: Event,
     /// The workspace the fetch received its pack into (none before it).
     workspace: Option<Workspace>,
-    /// Paths the walks of this call met, so copies can delta by path.
-    paths: HashMap<GitOid, String>,
+    /// Paths the walks of this call met, and what each object probably
+    /// resembles, so copies can delta by path.
+    paths: HashMap<GitOid, (String, Option<GitOid>)>,
     stats: CopyStats,
     snapshot: Option<Snapshot>,
 }
@@ -151,7 +152,7 @@ impl GitSource for BackupCtx {
         );
         for object in &objects {
             if let Some(path) = &object.path {
-                self.paths.insert(object.id, path.clone());
+                self.paths.insert(object.id, (path.clone(), object.like));
             }
         }
         Ok(objects)
@@ -175,9 +176,12 @@ impl ObjectSink for BackupCtx {
 
     fn copy_objects(&mut self, ids: &[GitOid]) -> Result<CopyStats, HostError> {
         let store = self.deps.store.clone();
-        let objects: Vec<(GitOid, Option<&str>)> = ids
+        let objects: Vec<(GitOid, Option<&str>, Option<GitOid>)> = ids
             .iter()
-            .map(|oid| (*oid, self.paths.get(oid).map(String::as_str)))
+            .map(|oid| match self.paths.get(oid) {
+                Some((path, like)) => (*oid, Some(path.as_str()), *like),
+                None => (*oid, None, None),
+            })
             .collect();
         let workspace = self.workspace()?;
         let progress = self
@@ -433,6 +437,7 @@ mod tests {
                     kind: ObjectKind::Blob,
                     size: 1,
                     path: None,
+                    like: None,
                 })
                 .collect())
         }

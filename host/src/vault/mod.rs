@@ -213,6 +213,38 @@ struct Pending {
     stored_bytes: u64,
 }
 
+/// One object for [`Vault::put_objects`]: its id, the path a walk met it
+/// at (`None` for commits and tags), and an object it probably resembles
+/// (see [`crate::git::ObjectInfo::like`]).
+pub trait ToStore {
+    fn id(&self) -> GitOid;
+    fn path(&self) -> Option<&str>;
+    fn like(&self) -> Option<GitOid> {
+        None
+    }
+}
+
+impl ToStore for (GitOid, Option<&str>) {
+    fn id(&self) -> GitOid {
+        self.0
+    }
+    fn path(&self) -> Option<&str> {
+        self.1
+    }
+}
+
+impl ToStore for (GitOid, Option<&str>, Option<GitOid>) {
+    fn id(&self) -> GitOid {
+        self.0
+    }
+    fn path(&self) -> Option<&str> {
+        self.1
+    }
+    fn like(&self) -> Option<GitOid> {
+        self.2
+    }
+}
+
 /// A pending data file and the index file for its records, encoded and
 /// named, not yet written.
 struct Sealed {
@@ -959,9 +991,9 @@ impl Vault {
     /// Records go in batches: bases are chosen in order as objects are
     /// read, and a full batch is compressed on other threads while the next
     /// one is read, then appended in order.
-    pub fn put_objects<E>(
+    pub fn put_objects<O: ToStore, E>(
         &self,
-        objects: &[(GitOid, Option<&str>)],
+        objects: &[O],
         read: impl FnMut(&GitOid) -> Result<(ObjectKind, Vec<u8>), E>,
     ) -> Result<CopyStats, PutError<E>> {
         self.store_objects(objects, read, true)
@@ -975,17 +1007,17 @@ impl Vault {
     /// the next snapshot commit, document or other write, and a crash loses
     /// only them, which no snapshot names. Many records, or a data file
     /// closed on the way, are sealed before this returns.
-    pub fn stage_objects<E>(
+    pub fn stage_objects<O: ToStore, E>(
         &self,
-        objects: &[(GitOid, Option<&str>)],
+        objects: &[O],
         read: impl FnMut(&GitOid) -> Result<(ObjectKind, Vec<u8>), E>,
     ) -> Result<CopyStats, PutError<E>> {
         self.store_objects(objects, read, false)
     }
 
-    fn store_objects<E>(
+    fn store_objects<O: ToStore, E>(
         &self,
-        objects: &[(GitOid, Option<&str>)],
+        objects: &[O],
         mut read: impl FnMut(&GitOid) -> Result<(ObjectKind, Vec<u8>), E>,
         seal: bool,
     ) -> Result<CopyStats, PutError<E>> {
@@ -999,11 +1031,15 @@ impl Vault {
         // The path versions this copy takes, in order, to give back those
         // of records it did not append if it fails.
         let mut taken: Vec<(u64, u32, RecordId)> = Vec::new();
+        // The line and kind of each record this copy placed, for the
+        // records that follow it onto its line.
+        let mut lines: HashMap<RecordId, (u64, u32, ObjectKind)> = HashMap::new();
         let copied = std::thread::scope(|scope| -> Result<(), PutError<E>> {
             let mut batch = Batch::default();
             let mut in_flight = InFlight::new();
             let mut compressing = None;
-            for (oid, path) in objects {
+            for object in objects {
+                let (oid, path) = (&object.id(), object.path());
                 let id = RecordId::from(*oid);
                 if in_flight.contains_key(&id)
                     || pending.entries.contains_key(&id)
@@ -1023,6 +1059,12 @@ impl Vault {
                     }
                     _ => None,
                 };
+                let path_key = match (path_key, object.like()) {
+                    (Some(key), Some(like)) => {
+                        Some(self.line_for(pending, &lines, key, kind, &RecordId::from(like))?)
+                    }
+                    (key, _) => key,
+                };
                 self.prepare(
                     pending,
                     &mut batch,
@@ -1034,6 +1076,7 @@ impl Vault {
                 )?;
                 if let Some((key, version)) = batch.jobs.last().and_then(|job| job.placed) {
                     taken.push((key, version, id));
+                    lines.insert(id, (key, version, kind));
                 }
                 stats.written += 1;
                 if batch.is_full() {
@@ -1117,6 +1160,42 @@ impl Vault {
             self.append_batch(pending, &mut in_flight, (batch, frames))?;
         }
         Ok(id)
+    }
+
+    /// The line a blob or tree goes on: its own path's, unless that has no
+    /// versions yet and `like` (what was at the same path before) is the
+    /// latest version of a line of the same kind, which it then continues:
+    /// a file renamed and then changed is stored as a delta of what it was.
+    /// Only the latest: a line whose path still changes is not shared.
+    /// Readers follow whatever line the index names.
+    fn line_for(
+        &self,
+        pending: &Pending,
+        lines: &HashMap<RecordId, (u64, u32, ObjectKind)>,
+        key: u64,
+        kind: ObjectKind,
+        like: &RecordId,
+    ) -> Result<u64, VaultError> {
+        let next_version = |line: u64| -> Result<u32, VaultError> {
+            Ok(match pending.next_version.get(&line) {
+                Some(v) => *v,
+                None => read(&self.inner.index)?.next_version(line),
+            })
+        };
+        if next_version(key)? != 0 {
+            return Ok(key);
+        }
+        let placed = match lines.get(like) {
+            Some(&(line, version, line_kind)) => (line_kind == kind).then_some((line, version)),
+            None => self
+                .entry(Some(pending), like)?
+                .filter(|(_, entry)| entry.kind == kind)
+                .and_then(|(_, entry)| entry.path),
+        };
+        Ok(match placed {
+            Some((line, version)) if next_version(line)? == version + 1 => line,
+            _ => key,
+        })
     }
 
     /// Give a record its path version and choose its delta base (by the

@@ -1105,3 +1105,53 @@ fn a_failed_copy_keeps_what_another_backup_staged() {
     assert_eq!(*vault.read_object(&app_id).expect("read").1, app_blob);
     assert_eq!(*vault.read_object(&lib_id).expect("read").1, lib_blob);
 }
+
+/// A file renamed and then changed continues the line of what it was,
+/// when that is its line's latest version; otherwise it starts its own.
+#[test]
+fn a_renamed_and_changed_file_is_a_delta_of_what_it_was() {
+    let texts: Vec<Vec<u8>> = (0..3).map(|v| version_text(2000, v)).collect();
+    let ids: Vec<GitOid> = texts.iter().map(|t| blob_id(t)).collect();
+    let read = |o: &GitOid| -> Result<(ObjectKind, Vec<u8>), std::io::Error> {
+        let at = ids.iter().position(|id| id == o).expect("known id");
+        Ok((ObjectKind::Blob, texts[at].clone()))
+    };
+    let renamed = |like: Option<GitOid>| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vault = open(dir.path());
+        vault
+            .put_objects(&[(ids[0], Some("old/x.rs"))], read)
+            .expect("put");
+        let stats = vault
+            .put_objects(&[(ids[1], Some("new/x.rs"), like)], read)
+            .expect("put");
+        drop(vault);
+        let vault =
+            Vault::open_local(dir.path(), Create::Never, WriteOptions::default()).expect("reopen");
+        assert_eq!(*vault.read_object(&ids[1]).expect("read").1, texts[1]);
+        stats.stored_bytes
+    };
+    let (hinted, unhinted) = (renamed(Some(ids[0])), renamed(None));
+    assert!(
+        hinted * 10 < unhinted,
+        "a delta of the old content: {hinted} vs {unhinted} bytes"
+    );
+
+    // The old path changed after: its line is not shared.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    for id in [ids[0], ids[1]] {
+        vault
+            .put_objects(&[(id, Some("old/x.rs"))], read)
+            .expect("put");
+    }
+    let copy = vault
+        .put_objects(&[(ids[2], Some("copy/x.rs"), Some(ids[0]))], read)
+        .expect("put");
+    assert!(
+        copy.stored_bytes * 2 > unhinted,
+        "stored whole on its own line: {} bytes",
+        copy.stored_bytes
+    );
+    assert_eq!(*vault.read_object(&ids[2]).expect("read").1, texts[2]);
+}
