@@ -1155,3 +1155,53 @@ fn a_renamed_and_changed_file_is_a_delta_of_what_it_was() {
     );
     assert_eq!(*vault.read_object(&ids[2]).expect("read").1, texts[2]);
 }
+
+/// Annotated tags share one line, like commits: a release's tag is a
+/// delta of the one before.
+#[test]
+fn annotated_tags_are_deltas_of_the_tag_before() {
+    let notes: String = (0..60)
+        .map(|i| format!("{i}: {}\n", blob_id(&i.to_string().into_bytes()).to_hex()))
+        .collect();
+    let tags: Vec<Vec<u8>> = (0..8)
+        .map(|n| {
+            format!(
+                "object {}\ntype commit\ntag v0.{n}\ntagger a <a@example.com> {} +0000\n\n{notes}v0.{n}\n",
+                oid(n).to_hex(),
+                1_700_000_000 + n
+            )
+            .into_bytes()
+        })
+        .collect();
+    let ids: Vec<GitOid> = tags
+        .iter()
+        .map(|t| git_id(gix::object::Kind::Tag, t))
+        .collect();
+    let whole: usize = tags
+        .iter()
+        .map(|t| zstd::bulk::compress(t, 3).map(|f| f.len()).unwrap_or(0))
+        .sum();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    let read = |o: &GitOid| -> Result<(ObjectKind, Vec<u8>), std::io::Error> {
+        let at = ids.iter().position(|id| id == o).expect("known id");
+        Ok((ObjectKind::Tag, tags[at].clone()))
+    };
+    let mut stored = 0;
+    for id in &ids {
+        stored += vault
+            .put_objects(&[(*id, None)], read)
+            .expect("put")
+            .stored_bytes;
+    }
+    assert!(
+        (stored as usize) * 3 < whole,
+        "tags should be deltas: {stored} vs {whole} bytes whole"
+    );
+    drop(vault);
+    let vault =
+        Vault::open_local(dir.path(), Create::Never, WriteOptions::default()).expect("reopen");
+    for (id, tag) in ids.iter().zip(&tags) {
+        assert_eq!(*vault.read_object(id).expect("read").1, *tag);
+    }
+}
