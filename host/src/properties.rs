@@ -227,11 +227,10 @@ proptest! {
         code in 1u8..=6,
         delta in any::<bool>(),
         raw_size in any::<u64>(),
-        frame_len in any::<u64>(),
     ) {
         let _ = format::RecordHeader::decode(&bytes);
         let kind = crate::ids::ObjectKind::from_code(code).expect("kind");
-        let header = format::RecordHeader { kind, delta, raw_size, frame_len };
+        let header = format::RecordHeader { kind, delta, raw_size };
         let mut out = Vec::new();
         header.encode(&mut out);
         let (back, len) = format::RecordHeader::decode(&out).expect("decodes");

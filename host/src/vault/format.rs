@@ -24,7 +24,8 @@ pub const MAX_DELTA_BASE: usize = 64 << 20;
 /// zstd's largest window (2^31) is the decoder's limit.
 const MAX_WINDOW_LOG: u32 = 31;
 
-const FLAG_DELTA: u8 = 1;
+/// The high bit of a record's first byte: the frame needs its base.
+const FLAG_DELTA: u8 = 0x80;
 
 /// A malformed byte sequence; the caller adds which file and offset.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -129,36 +130,31 @@ pub struct RecordHeader {
     pub kind: ObjectKind,
     pub delta: bool,
     pub raw_size: u64,
-    pub frame_len: u64,
 }
 
 impl RecordHeader {
+    /// One byte of kind and flag, then the raw size; the frame is the
+    /// rest of the record, whose length the index gives.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.kind.code());
-        out.push(if self.delta { FLAG_DELTA } else { 0 });
+        out.push(self.kind.code() | if self.delta { FLAG_DELTA } else { 0 });
         push_varint(out, self.raw_size);
-        push_varint(out, self.frame_len);
     }
 
     /// Parse a header at the start of `bytes`; returns it and its length.
     pub fn decode(bytes: &[u8]) -> Result<(Self, usize), FormatError> {
-        if bytes.len() < 4 {
-            return Err(bad("record header is truncated"));
-        }
-        let kind = ObjectKind::from_code(bytes[0])
-            .ok_or_else(|| bad(format!("unknown record kind {}", bytes[0])))?;
-        if bytes[1] & !FLAG_DELTA != 0 {
-            return Err(bad(format!("unknown record flags {:#04x}", bytes[1])));
-        }
-        let mut at = 2;
+        let first = *bytes
+            .first()
+            .ok_or_else(|| bad("record header is truncated"))?;
+        let code = first & !FLAG_DELTA;
+        let kind = ObjectKind::from_code(code)
+            .ok_or_else(|| bad(format!("unknown record kind {code}")))?;
+        let mut at = 1;
         let raw_size = read_varint(bytes, &mut at)?;
-        let frame_len = read_varint(bytes, &mut at)?;
         Ok((
             Self {
                 kind,
-                delta: bytes[1] & FLAG_DELTA != 0,
+                delta: first & FLAG_DELTA != 0,
                 raw_size,
-                frame_len,
             },
             at,
         ))
@@ -662,8 +658,7 @@ mod tests {
         let header = RecordHeader {
             kind: ObjectKind::Tree,
             delta: true,
-            raw_size: 300,
-            frame_len: 1 << 40,
+            raw_size: 1 << 40,
         };
         let mut bytes = Vec::new();
         header.encode(&mut bytes);

@@ -1324,7 +1324,6 @@ impl Vault {
             kind,
             delta: depth > 0,
             raw_size: data.len() as u64,
-            frame_len: frame.len() as u64,
         };
         let record =
             format::encode_record(header, &frame, self.key()).map_err(VaultError::Encode)?;
@@ -1529,8 +1528,8 @@ impl Vault {
         }
         let frame = bytes
             .get(at..)
-            .filter(|f| f.len() as u64 == header.frame_len)
-            .ok_or_else(|| self.damaged(id, &entry, "record length differs from the index"))?;
+            .filter(|f| !f.is_empty())
+            .ok_or_else(|| self.damaged(id, &entry, "record without a frame"))?;
         let base = if header.delta {
             let (key, version) = entry
                 .path

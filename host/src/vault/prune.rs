@@ -367,7 +367,7 @@ impl Vault {
                         .map_err(|e| self.damaged(&id, &entry, e.0))?;
                     let (header, at) =
                         RecordHeader::decode(&plain).map_err(|e| self.damaged(&id, &entry, e.0))?;
-                    if header.kind != entry.kind || (plain.len() - at) as u64 != header.frame_len {
+                    if header.kind != entry.kind || plain.len() <= at {
                         return Err(self.damaged(
                             &id,
                             &entry,
@@ -467,7 +467,6 @@ impl Vault {
             kind,
             delta: false,
             raw_size: content.len() as u64,
-            frame_len: frame.len() as u64,
         };
         format::encode_record(header, &frame, self.key()).map_err(VaultError::Encode)
     }

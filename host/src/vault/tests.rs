@@ -459,7 +459,6 @@ fn mangled_vault_bytes_give_errors_never_panics_or_wrong_content() {
             kind: ObjectKind::Blob,
             delta: true,
             raw_size: 12_345,
-            frame_len: 678,
         }
         .encode(&mut out);
         out
