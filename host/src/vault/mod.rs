@@ -1053,9 +1053,7 @@ impl Vault {
                 reading += read_started.elapsed();
                 let id_key = self.id_key();
                 let path_key = match kind {
-                    ObjectKind::Commit | ObjectKind::Tag => {
-                        Some(format::path_key_keyed(kind, "", id_key.as_ref()))
-                    }
+                    ObjectKind::Commit => Some(format::path_key_keyed(kind, "", id_key.as_ref())),
                     ObjectKind::Tree | ObjectKind::Blob => {
                         path.map(|p| format::path_key_keyed(kind, p, id_key.as_ref()))
                     }
