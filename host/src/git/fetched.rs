@@ -26,8 +26,8 @@ pub struct Workspace {
     chains: std::cell::RefCell<Option<Chains>>,
 }
 
-/// A tree's entries: name and id.
-type Entries = Vec<(Vec<u8>, ObjectId)>;
+/// A tree's entries: id by name.
+type Entries = HashMap<Vec<u8>, ObjectId>;
 
 /// What one walk met last at each path, for [`ObjectInfo::like`].
 #[derive(Default)]
@@ -340,12 +340,9 @@ impl Workspace {
                     && let Some(before) = before
                 {
                     let listed = earlier.get_or_insert_with(|| self.entries_of(before));
-                    last = listed.as_ref().and_then(|entries| {
-                        entries
-                            .iter()
-                            .find(|(name, _)| name == entry.filename)
-                            .map(|(_, oid)| *oid)
-                    });
+                    last = listed
+                        .as_ref()
+                        .and_then(|entries| entries.get(&**entry.filename).copied());
                 }
                 if !seen.insert(child) || have(&from_gix(&child)) {
                     continue;

@@ -1028,11 +1028,10 @@ impl Vault {
         let mut stats = CopyStats::default();
         let started = std::time::Instant::now();
         let (mut reading, mut waiting) = (Duration::ZERO, Duration::ZERO);
-        // The path versions this copy takes, in order, to give back those
-        // of records it did not append if it fails.
-        let mut taken: Vec<(u64, u32, RecordId)> = Vec::new();
-        // The line and kind of each record this copy placed, for the
-        // records that follow it onto its line.
+        // The records this copy placed on a line, in order (to give back
+        // the path versions of those it did not append if it fails), and
+        // where each went (for the records that follow it onto its line).
+        let mut taken: Vec<RecordId> = Vec::new();
         let mut lines: HashMap<RecordId, (u64, u32, ObjectKind)> = HashMap::new();
         let copied = std::thread::scope(|scope| -> Result<(), PutError<E>> {
             let mut batch = Batch::default();
@@ -1075,7 +1074,7 @@ impl Vault {
                     data,
                 )?;
                 if let Some((key, version)) = batch.jobs.last().and_then(|job| job.placed) {
-                    taken.push((key, version, id));
+                    taken.push(id);
                     lines.insert(id, (key, version, kind));
                 }
                 stats.written += 1;
@@ -1106,7 +1105,10 @@ impl Vault {
             // given back (they follow every appended one, so each path's
             // next version is its first one given back). What was appended,
             // by this copy or staged by others, stays staged.
-            for (key, version, id) in taken.into_iter().rev() {
+            for id in taken.into_iter().rev() {
+                let Some(&(key, version, _)) = lines.get(&id) else {
+                    continue;
+                };
                 if pending.entries.contains_key(&id) {
                     continue;
                 }
@@ -1162,6 +1164,15 @@ impl Vault {
         Ok(id)
     }
 
+    /// The version the next record on `line` takes: one past the highest
+    /// staged or indexed.
+    fn next_version(&self, pending: &Pending, line: u64) -> Result<u32, VaultError> {
+        Ok(match pending.next_version.get(&line) {
+            Some(v) => *v,
+            None => read(&self.inner.index)?.next_version(line),
+        })
+    }
+
     /// The line a blob or tree goes on: its own path's, unless that has no
     /// versions yet and `like` (what was at the same path before) is the
     /// latest version of a line of the same kind, which it then continues:
@@ -1176,12 +1187,7 @@ impl Vault {
         kind: ObjectKind,
         like: &RecordId,
     ) -> Result<u64, VaultError> {
-        let next_version = |line: u64| -> Result<u32, VaultError> {
-            Ok(match pending.next_version.get(&line) {
-                Some(v) => *v,
-                None => read(&self.inner.index)?.next_version(line),
-            })
-        };
+        let next_version = |line: u64| self.next_version(pending, line);
         if next_version(key)? != 0 {
             return Ok(key);
         }
@@ -1215,10 +1221,7 @@ impl Vault {
         let mut base = None;
         let mut bound = 0;
         if let Some(key) = path_key {
-            let version = match pending.next_version.get(&key) {
-                Some(v) => *v,
-                None => read(&self.inner.index)?.next_version(key),
-            };
+            let version = self.next_version(pending, key)?;
             placed = Some((key, version));
             if let Some(base_version) = format::skip_delta_base(version)
                 && let Some(base_id) = self.version_id(Some(pending), key, base_version)?

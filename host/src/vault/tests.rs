@@ -36,6 +36,16 @@ fn open(dir: &Path) -> Vault {
     Vault::open_local(dir, Create::IfMissing, WriteOptions::default()).expect("open")
 }
 
+/// A vault that must already exist.
+fn reopen(dir: &Path) -> Vault {
+    Vault::open_local(dir, Create::Never, WriteOptions::default()).expect("reopen")
+}
+
+/// A ref table of one branch, `main`, at `tip`.
+fn main_at(tip: GitOid) -> BTreeMap<String, GitOid> {
+    [("refs/heads/main".to_string(), tip)].into()
+}
+
 /// A file of `lines` numbered lines with line `changed` altered.
 fn version_text(lines: usize, changed: usize) -> Vec<u8> {
     (0..lines)
@@ -85,8 +95,7 @@ fn deltas_along_a_path_read_back_after_reopen_and_stay_shallow() {
         .expect("put");
     assert_eq!((again.written, again.present), (0, 1));
     drop(vault);
-    let vault =
-        Vault::open_local(dir.path(), Create::Never, WriteOptions::default()).expect("reopen");
+    let vault = reopen(dir.path());
     let index = vault.inner.index.read().expect("index");
     let deepest = index.entries().map(|(_, e)| e.depth).max().unwrap_or(0);
     assert!(deepest <= MAX_DEPTH && deepest > 1, "depth {deepest}");
@@ -161,8 +170,7 @@ fn snapshots_chain_refuse_missing_objects_and_keep_ref_tables() {
     assert_eq!(second.body.seq, 2);
     assert_eq!(vault.snapshot_refs(&second).expect("refs"), refs);
     drop(vault);
-    let vault =
-        Vault::open_local(dir.path(), Create::Never, WriteOptions::default()).expect("reopen");
+    let vault = reopen(dir.path());
     let listed = vault.snapshots(&repo).expect("list");
     assert_eq!(
         listed.iter().map(|s| s.id).collect::<Vec<_>>(),
@@ -217,8 +225,7 @@ fn many_refs_one_push_writes_a_few_kib() {
     assert_eq!(vault.snapshot_refs(&second).expect("refs"), refs);
     // And it reads back from the files alone.
     drop(vault);
-    let reopened =
-        Vault::open_local(dir.path(), Create::Never, WriteOptions::default()).expect("reopen");
+    let reopened = reopen(dir.path());
     assert_eq!(reopened.snapshot_refs(&second).expect("refs"), refs);
 }
 
@@ -304,7 +311,7 @@ fn the_file_cache_is_used_checked_and_rebuilt() {
             Ok::<_, std::io::Error>((ObjectKind::Commit, b"tree x\n".to_vec()))
         })
         .expect("put");
-    let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), commit)].into();
+    let refs = main_at(commit);
     let snapshot = vault
         .commit_snapshot(new_snapshot(&repo, refs))
         .expect("snapshot");
@@ -667,8 +674,7 @@ fn prune_re_encodes_deltas_whose_base_goes_and_writers_go_on_after_it() {
             .put_objects(&[(ids[40], Some("f.rs"))], read)
             .expect("a write after prune");
         drop(vault);
-        let vault =
-            Vault::open_local(dir.path(), Create::Never, WriteOptions::default()).expect("reopen");
+        let vault = reopen(dir.path());
         assert_eq!(vault.stats().expect("stats").records, keep.len() as u64 + 1);
         for (v, id) in ids.iter().enumerate() {
             if keep.contains(&v) || v == 40 {
@@ -1044,7 +1050,7 @@ fn a_copy_that_fails_half_way_gives_back_its_path_versions_and_the_next_one_comm
         )
         .expect("stage");
     assert_eq!(stats.written, 2);
-    let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), second_id)].into();
+    let refs = main_at(second_id);
     vault
         .commit_snapshot(new_snapshot(&repo, refs))
         .expect("commit");
@@ -1084,7 +1090,7 @@ fn a_failed_copy_keeps_what_another_backup_staged() {
     });
     assert!(matches!(failed, Err(PutError::Source(_))));
     // The app's backup commits what it staged before the other failed.
-    let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), app_id)].into();
+    let refs = main_at(app_id);
     vault
         .commit_snapshot(new_snapshot(&app, refs))
         .expect("the app's staged blob is still there");
@@ -1095,7 +1101,7 @@ fn a_failed_copy_keeps_what_another_backup_staged() {
         })
         .expect("stage");
     assert_eq!(stats.written, 1);
-    let refs: BTreeMap<String, GitOid> = [("refs/heads/main".to_string(), lib_id)].into();
+    let refs = main_at(lib_id);
     vault
         .commit_snapshot(new_snapshot(&lib, refs))
         .expect("commit");
@@ -1125,8 +1131,7 @@ fn a_renamed_and_changed_file_is_a_delta_of_what_it_was() {
             .put_objects(&[(ids[1], Some("new/x.rs"), like)], read)
             .expect("put");
         drop(vault);
-        let vault =
-            Vault::open_local(dir.path(), Create::Never, WriteOptions::default()).expect("reopen");
+        let vault = reopen(dir.path());
         assert_eq!(*vault.read_object(&ids[1]).expect("read").1, texts[1]);
         stats.stored_bytes
     };
