@@ -37,11 +37,11 @@ pub struct IndexFile {
 const FIRST_OFFSET: u64 = format::DATA_MAGIC.len() as u64;
 
 /// A signed difference as an unsigned varint value (0, −1, 1, −2, …).
-/// Differences of u64 values fit in 65 bits; clamped, they decode to an
-/// out-of-range value, which is an error, never a wrong entry.
-fn zigzag(d: i128) -> u64 {
+/// A difference of two offsets beyond 2^63 apart does not fit: refused,
+/// never written as another value.
+fn zigzag(d: i128) -> Result<u64, FormatError> {
     let z = if d < 0 { (-d) * 2 - 1 } else { d * 2 };
-    u64::try_from(z).unwrap_or(u64::MAX)
+    u64::try_from(z).map_err(|_| FormatError(format!("index entry difference {d} out of range")))
 }
 
 fn unzigzag(z: u64) -> i128 {
@@ -100,7 +100,7 @@ pub fn encode_index_file(
         let expected = ends.get(&e.file).copied().unwrap_or(FIRST_OFFSET);
         push_varint(
             &mut body,
-            zigzag(i128::from(e.offset) - i128::from(expected)),
+            zigzag(i128::from(e.offset) - i128::from(expected))?,
         );
         ends.insert(&e.file, e.offset.saturating_add(e.len));
     }
@@ -116,7 +116,7 @@ pub fn encode_index_file(
             let expected = next.get(&key).copied().unwrap_or(0);
             push_varint(
                 &mut body,
-                zigzag(i128::from(version) - i128::from(expected)),
+                zigzag(i128::from(version) - i128::from(expected))?,
             );
             next.insert(key, version.saturating_add(1));
         }
@@ -470,5 +470,21 @@ mod tests {
             "{} bytes for {ids} bytes of ids",
             bytes.len()
         );
+    }
+
+    /// An offset too far from the expected one to store as a difference is
+    /// refused, not written as another value.
+    #[test]
+    fn an_offset_beyond_what_a_difference_holds_is_refused() {
+        let entry = Entry {
+            kind: ObjectKind::Blob,
+            depth: 0,
+            file: FileName::from_hash(&[1; 32]),
+            offset: u64::MAX,
+            len: 1,
+            path: None,
+        };
+        let refused = encode_index_file(&[(RecordId([1; 20]), entry)], &[], None);
+        assert!(refused.is_err(), "{refused:?}");
     }
 }
