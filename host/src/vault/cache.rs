@@ -9,6 +9,7 @@
 //! it (sled is single-process); read commands read the vault directly.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::backend::{FileName, FileType};
 
@@ -31,6 +32,29 @@ fn in_use(e: &sled::Error) -> bool {
         || e.to_string().contains("lock")
 }
 
+/// How long an open waits for a lock that may be the last handle's.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Open, waiting a bounded time while the lock is held.
+///
+/// sled's writer threads keep the database's file (and its lock) for a
+/// moment after the last handle is dropped (spacejam/sled#1234), so a cache
+/// closed and opened again in one process can find its own lock still held.
+/// A lock still held after `RELEASE_WAIT` is another process's.
+fn open_when_released(config: &dyn Fn() -> sled::Config) -> Result<sled::Db, sled::Error> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match config().open() {
+            Err(e) if in_use(&e) && started.elapsed() < RELEASE_WAIT => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn key(file_type: FileType, name: &FileName) -> Vec<u8> {
     let mut key = file_type.prefix().as_bytes().to_vec();
     key.push(b'/');
@@ -49,7 +73,7 @@ impl FileCache {
         // for a moment after the last handle is dropped. Entries are only
         // copies, flushed when the vault is dropped or a write completes.
         let config = || sled::Config::new().path(path).flush_every_ms(None);
-        match config().open() {
+        match open_when_released(&config) {
             Ok(db) => Ok(Self {
                 path: path.to_path_buf(),
                 db,
@@ -115,5 +139,31 @@ impl FileCache {
 
     pub fn flush(&self) {
         let _ = self.db.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_closed_and_opened_again_at_once_opens_and_a_held_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cache");
+        let name = FileName::from_hash(blake3::hash(b"bytes").as_bytes());
+        for round in 0..40 {
+            let files = FileCache::open(&path).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            files.put(FileType::Snapshot, &name, b"bytes");
+            assert_eq!(
+                files.get(FileType::Snapshot, &name).as_deref(),
+                Some(&b"bytes"[..])
+            );
+        }
+        let held = FileCache::open(&path).expect("open");
+        match FileCache::open(&path) {
+            Err(CacheError::InUse { path: named }) => assert_eq!(named, path),
+            other => panic!("a held cache opened twice: {other:?}"),
+        }
+        assert_eq!(held.len(), 1);
     }
 }
