@@ -189,58 +189,69 @@ fn forget_and_prune_keep_what_is_kept_and_survive_kills() {
         "{dry}"
     );
 
-    // A kill after each step of a prune, each on a fresh copy.
-    for step in 1.. {
-        let copy = case(tmp.path(), &format!("kill-{step}"), &config_text, &store);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hookvault"))
-            .arg("--config")
-            .arg(&copy.config)
-            .arg("prune")
-            .env("RUST_LOG", "hookvault=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("prune");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut seen = 0;
-        let mut lines = BufReader::new(stderr).lines();
-        let mut finished = true;
-        while let Some(Ok(line)) = lines.next() {
-            if line.contains("prune: ") {
-                seen += 1;
-                if seen == step {
-                    child.kill().expect("SIGKILL");
-                    finished = false;
-                    break;
+    // A kill after each step of a prune, each on a fresh copy; then the
+    // same for a prune that also recompresses every record.
+    for (how, args) in [
+        ("plain", &["prune"][..]),
+        ("recompressing", &["prune", "--recompress-level", "19"][..]),
+    ] {
+        for step in 1.. {
+            let copy = case(
+                tmp.path(),
+                &format!("kill-{how}-{step}"),
+                &config_text,
+                &store,
+            );
+            let mut child = Command::new(env!("CARGO_BIN_EXE_hookvault"))
+                .arg("--config")
+                .arg(&copy.config)
+                .args(args)
+                .env("RUST_LOG", "hookvault=debug")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("prune");
+            let stderr = child.stderr.take().expect("stderr");
+            let mut seen = 0;
+            let mut lines = BufReader::new(stderr).lines();
+            let mut finished = true;
+            while let Some(Ok(line)) = lines.next() {
+                if line.contains("prune: ") {
+                    seen += 1;
+                    if seen == step {
+                        child.kill().expect("SIGKILL");
+                        finished = false;
+                        break;
+                    }
                 }
             }
+            let status = child.wait().expect("wait");
+            if finished {
+                assert!(status.success(), "{how} prune after step {step}");
+                assert!(step > 5, "a {how} prune has more than {} steps", step - 1);
+                break;
+            }
+            // Every snapshot is whole and every indexed record reads back: the
+            // old index files are the index until the new one exists, and are
+            // superseded by it after (module comment of vault::prune).
+            let (ok, report) = verify(&copy.config, &["--read-data"]);
+            assert!(ok, "after a kill of a {how} prune at step {step}: {report}");
+            assert_kept_restore(&copy.config, &kept, &tmp.path().join("restored"));
+            // Finishing it leaves no waste.
+            let again = run(&copy.config, &[args, &["--json"][..]].concat());
+            assert!(
+                again.status.success(),
+                "{}",
+                String::from_utf8_lossy(&again.stderr)
+            );
+            let (ok, report) = verify(&copy.config, &["--read-data"]);
+            assert!(
+                ok && report["warnings"].as_array().expect("w").is_empty(),
+                "{report}"
+            );
+            std::fs::remove_dir_all(copy.vault.parent().expect("store").parent().expect("case"))
+                .expect("clean");
         }
-        let status = child.wait().expect("wait");
-        if finished {
-            assert!(status.success(), "prune after step {step}");
-            assert!(step > 5, "a prune has more than {} steps", step - 1);
-            break;
-        }
-        // Every snapshot is whole and every indexed record reads back: the
-        // old index files are the index until the new one exists, and are
-        // superseded by it after (module comment of vault::prune).
-        let (ok, report) = verify(&copy.config, &["--read-data"]);
-        assert!(ok, "after a kill at step {step}: {report}");
-        assert_kept_restore(&copy.config, &kept, &tmp.path().join("restored"));
-        // Finishing it leaves no waste.
-        let again = run(&copy.config, &["prune", "--json"]);
-        assert!(
-            again.status.success(),
-            "{}",
-            String::from_utf8_lossy(&again.stderr)
-        );
-        let (ok, report) = verify(&copy.config, &["--read-data"]);
-        assert!(
-            ok && report["warnings"].as_array().expect("w").is_empty(),
-            "{report}"
-        );
-        std::fs::remove_dir_all(copy.vault.parent().expect("store").parent().expect("case"))
-            .expect("clean");
     }
 
     // The prune itself, then what it kept, and what it reclaimed.
@@ -299,9 +310,10 @@ fn forget_and_prune_keep_what_is_kept_and_survive_kills() {
     service.stop();
 }
 
-/// With `[retention]` in the config, `serve` forgets and prunes on its own
-/// while pushes keep arriving: every push is backed up, the policy holds
-/// when the pushes stop, and nothing is left to forget or reclaim.
+/// With `[retention]` in the config, `serve` forgets, prunes and
+/// recompresses on its own while pushes keep arriving: every push is backed
+/// up, the policy holds when the pushes stop, and nothing is left to
+/// forget, reclaim or recompress.
 #[test]
 fn serve_forgets_and_prunes_on_its_schedule_while_backups_go_on() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -311,7 +323,7 @@ fn serve_forgets_and_prunes_on_its_schedule_while_backups_go_on() {
     let service = Service::start(
         &tmp.path().join("hv"),
         &server,
-        "[retention]\nkeep_last = 2\ninterval_secs = 1\n",
+        "[retention]\nkeep_last = 2\ninterval_secs = 1\nrecompress_level = 19\n",
     );
     let mut n = 0u32;
     let mut deliver = |body: Vec<u8>| {
@@ -383,9 +395,28 @@ fn serve_forgets_and_prunes_on_its_schedule_while_backups_go_on() {
         dry["forgotten"], 0,
         "the config's policy, already applied: {dry}"
     );
-    let dry = run(&config, &["prune", "--dry-run", "--json"]);
+    let dry = run(
+        &config,
+        &["prune", "--dry-run", "--recompress-level", "19", "--json"],
+    );
     let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).expect("json");
     assert_eq!(dry["report"]["bytes_reclaimed"], 0, "{dry}");
+    assert_eq!(dry["report"]["records_recompressed"], 0, "{dry}");
+    assert!(
+        service_log_says_recompressed(&tmp.path().join("hv/hookvault.log")),
+        "no run recompressed anything"
+    );
+    // Every data file left is marked as recompressed at level 19.
+    let mut data_files = 0;
+    for dir in std::fs::read_dir(tmp.path().join("hv/data/vault/data")).expect("data dir") {
+        for file in std::fs::read_dir(dir.expect("entry").path()).expect("fan-out dir") {
+            let bytes = std::fs::read(file.expect("entry").path()).expect("data file");
+            assert_eq!(&bytes[..6], b"HVDATA");
+            assert_eq!(bytes[6], 19, "a data file not recompressed");
+            data_files += 1;
+        }
+    }
+    assert!(data_files > 0);
     assert_eq!(
         dry["report"]["records_before"], dry["live"]["records"],
         "{dry}"
@@ -400,4 +431,23 @@ fn serve_forgets_and_prunes_on_its_schedule_while_backups_go_on() {
         .map(|s| (s["id"].as_str().expect("id").to_string(), s["refs"].clone()))
         .collect();
     assert_kept_restore(&config, &kept, &tmp.path().join("restored"));
+}
+
+/// Whether a retention run logged recompressing at least one record.
+fn service_log_says_recompressed(log: &std::path::Path) -> bool {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("retention run done"))
+        .any(|l| {
+            l.split("records_recompressed")
+                .nth(1)
+                .and_then(|rest| {
+                    rest.trim_start_matches(|c: char| !c.is_ascii_digit())
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
+                .is_some_and(|n| n > 0)
+        })
 }

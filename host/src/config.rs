@@ -325,6 +325,11 @@ pub struct RetentionConfig {
     /// As `prune --max-unused-percent`.
     #[serde(default = "default_max_unused_percent")]
     pub max_unused_percent: u8,
+    /// As `prune --recompress-level`: each run also recompresses, at this
+    /// zstd level (1-19), the records of every data file not yet
+    /// recompressed at it. Off when left out.
+    #[serde(default, deserialize_with = "recompress_level")]
+    pub recompress_level: Option<i32>,
 }
 
 impl Default for RetentionConfig {
@@ -342,6 +347,7 @@ impl Default for RetentionConfig {
             interval_secs: 0,
             prune: default_true(),
             max_unused_percent: default_max_unused_percent(),
+            recompress_level: None,
         }
     }
 }
@@ -352,6 +358,18 @@ fn default_true() -> bool {
 
 fn default_max_unused_percent() -> u8 {
     20
+}
+
+fn recompress_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    let level = i32::deserialize(d)?;
+    let max = crate::vault::format::MAX_RECOMPRESS_LEVEL;
+    if (1..=max).contains(&level) {
+        Ok(Some(level))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "recompress_level must be a zstd level from 1 to {max}, not {level}"
+        )))
+    }
 }
 
 fn span_opt<'de, D: serde::Deserializer<'de>>(
@@ -779,6 +797,11 @@ impl Config {
                 self.retention.max_unused_percent
             )));
         }
+        if self.retention.recompress_level.is_some() && !self.retention.prune {
+            return Err(invalid(
+                "retention.recompress_level is set, but prune is off: recompression is part of a prune".into(),
+            ));
+        }
         if self.retention.interval_secs > 0
             && self.retention.policy().is_empty()
             && !self.retention.prune
@@ -945,7 +968,10 @@ mod tests {
         let empty = Config::from_toml(&format!("[retention]\n{MINIMAL}"), Path::new("t.toml"))
             .expect("valid");
         for r in [&config.retention, &empty.retention] {
-            assert_eq!((r.prune, r.max_unused_percent), (true, 20));
+            assert_eq!(
+                (r.prune, r.max_unused_percent, r.recompress_level),
+                (true, 20, None)
+            );
         }
         // The example's commented-out block, turned on.
         let example = include_str!("../../examples/hookvault.toml");
@@ -962,6 +988,7 @@ mod tests {
             (r.keep_daily, r.keep_monthly, r.interval_secs),
             (90, 24, 86400)
         );
+        assert_eq!(r.recompress_level, Some(19));
         assert_eq!(
             config.retention.policy().describe(),
             "--keep-daily 90 --keep-monthly 24 --keep-within 30d"
@@ -972,6 +999,15 @@ mod tests {
                 "7d, 36h or 1y6m",
             ),
             ("[retention]\nmax_unused_percent = 101\n", "0-100"),
+            (
+                "[retention]\nrecompress_level = 22\n",
+                "from 1 to 19, not 22",
+            ),
+            ("[retention]\nrecompress_level = 0\n", "from 1 to 19, not 0"),
+            (
+                "[retention]\nrecompress_level = 19\nprune = false\n",
+                "recompression is part of a prune",
+            ),
             (
                 "[retention]\ninterval_secs = 60\nprune = false\n",
                 "nothing would run",

@@ -1,5 +1,6 @@
 //! Retention inside `serve`: every `retention.interval_secs`, forget what
-//! the configured policy does not keep, then prune. Nothing here is
+//! the configured policy does not keep, then prune (recompressing, with
+//! `retention.recompress_level`). Nothing here is
 //! reachable from the webhook path or from a plugin: the schedule is the
 //! only caller, and it runs in the service's own task.
 //!
@@ -73,6 +74,7 @@ pub fn run_once(
         let options = PruneOptions {
             max_unused_percent: config.max_unused_percent,
             dry_run: false,
+            recompress_level: config.recompress_level,
         };
         report.pruned = Some(
             crate::prune::prune(vault, options, &crate::progress::quiet)
@@ -120,14 +122,15 @@ pub async fn run_schedule(
             drop(held);
             match outcome {
                 Ok(report) => {
-                    let (records_kept, bytes_reclaimed) = report
+                    let (records_kept, records_recompressed, bytes_reclaimed) = report
                         .pruned
                         .as_ref()
-                        .map(|(_, p)| (p.records_kept, p.bytes_reclaimed))
+                        .map(|(_, p)| (p.records_kept, p.records_recompressed, p.bytes_reclaimed))
                         .unwrap_or_default();
                     info!(
                         forgotten = report.forgotten,
                         records_kept,
+                        records_recompressed,
                         bytes_reclaimed,
                         ms = started.elapsed().as_millis() as u64,
                         "retention run done"

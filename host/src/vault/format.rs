@@ -15,6 +15,26 @@ pub const INDEX_MAGIC: &[u8; 8] = b"HVINDX\x00\x02";
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"HVSNAP\x00\x02";
 pub const DOCUMENT_MAGIC: &[u8; 8] = b"HVDOCU\x00\x02";
 
+/// The highest zstd level a recompression uses: above it zstd's "ultra"
+/// levels need windows (and memory) far beyond a record's.
+pub const MAX_RECOMPRESS_LEVEL: i32 = 19;
+
+/// A data file's magic with its seventh byte set to `level`: the zstd level
+/// every record in the file was recompressed at, at least, or 0 for a file
+/// whose records are as a backup wrote them.
+pub fn data_magic(level: u8) -> [u8; 8] {
+    let mut magic = *DATA_MAGIC;
+    magic[6] = level;
+    magic
+}
+
+/// The recompression level a data file's first bytes name (see
+/// [`data_magic`]); `None` if they are not a data file's magic.
+pub fn data_file_level(head: &[u8]) -> Option<u8> {
+    let head = head.get(..DATA_MAGIC.len())?;
+    (head[..6] == DATA_MAGIC[..6] && head[7] == DATA_MAGIC[7]).then_some(head[6])
+}
+
 /// Deltas never chain deeper than this; a record whose base is this deep is
 /// stored whole.
 pub const MAX_DEPTH: u8 = 32;

@@ -1520,8 +1520,25 @@ impl Vault {
                     other => VaultError::Backend(other),
                 })?,
         };
+        self.decode_record(pending, id, &entry, &bytes)
+    }
+
+    /// The content of record `id` from its stored bytes (`record`, at
+    /// `entry`'s place), its base loaded as `load` loads it; checked
+    /// against its id and kept among the decoded records.
+    fn decode_record(
+        &self,
+        pending: Option<&Pending>,
+        id: &RecordId,
+        entry: &Entry,
+        record: &[u8],
+    ) -> Result<(ObjectKind, Arc<Vec<u8>>), VaultError> {
+        if let Some(data) = lock(&self.inner.decoded)?.get(id) {
+            return Ok((entry.kind, data));
+        }
+        let entry = entry.clone();
         let bytes =
-            format::open_record(&bytes, self.key()).map_err(|e| self.damaged(id, &entry, e.0))?;
+            format::open_record(record, self.key()).map_err(|e| self.damaged(id, &entry, e.0))?;
         let (header, at) =
             RecordHeader::decode(&bytes).map_err(|e| self.damaged(id, &entry, e.0))?;
         if header.kind != entry.kind {
