@@ -371,8 +371,8 @@ impl Vault {
         let mut batch_bytes = 0usize;
         let count = to_write.len() as u64;
         progress(Progress::Start("writing kept records", count));
-        let last = to_write.len();
-        for (n, (id, entry, how)) in to_write.into_iter().enumerate() {
+        let mut items = to_write.into_iter().enumerate().peekable();
+        while let Some((n, (id, entry, how))) = items.next() {
             if n.is_multiple_of(256) {
                 progress(Progress::At(n as u64));
             }
@@ -422,9 +422,13 @@ impl Vault {
                     ));
                 }
             }
-            // Recompressed records go in batches, compressed on every core.
-            let more_to_come = n + 1 < last && batch.len() < RECOMPRESS_BATCH_RECORDS;
-            if !batch.is_empty() && (batch_bytes >= RECOMPRESS_BATCH_BYTES || !more_to_come) {
+            // Recompressed records go in batches, compressed on every core;
+            // a batch is appended before any other record, so that bases
+            // still come before the records built on them.
+            let next_joins = matches!(items.peek(), Some((_, (_, _, Write::Recompress))));
+            let full =
+                batch_bytes >= RECOMPRESS_BATCH_BYTES || batch.len() >= RECOMPRESS_BATCH_RECORDS;
+            if !batch.is_empty() && (full || !next_joins) {
                 let (jobs, entries): (Vec<super::Job>, Vec<Entry>) = batch.drain(..).unzip();
                 batch_bytes = 0;
                 let frames = super::compress_jobs(&jobs, level)?;
