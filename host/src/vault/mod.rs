@@ -323,12 +323,28 @@ fn joined(handle: std::thread::ScopedJoinHandle<'_, Compressed>) -> Result<Compr
         .map_err(|_| VaultError::Encode(FormatError("a compression thread panicked".into())))
 }
 
+/// How a batch is compressed: `Bulk` for a copy of many objects (a first
+/// backup), `Thorough` for everything else (a push's few records,
+/// recompression), see [`format::Compressor::without_long_distance`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effort {
+    Bulk,
+    Thorough,
+}
+
+/// A copy of at least this many objects is compressed with `Effort::Bulk`.
+const BULK_FROM: usize = 256;
+
 /// Compress each job: a delta on its base unless the whole frame is
 /// smaller (a delta under an eighth of the content is kept without trying
 /// the whole frame, which would not be smaller in practice: half the work
 /// of a first backup). Returns (frame, is a delta) per job, in order.
-fn compress_jobs(jobs: &[Job], level: i32) -> Result<Vec<Frame>, VaultError> {
+fn compress_jobs(jobs: &[Job], level: i32, effort: Effort) -> Result<Vec<Frame>, VaultError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    let compressor = || match effort {
+        Effort::Bulk => format::Compressor::new(level).without_long_distance(),
+        Effort::Thorough => format::Compressor::new(level),
+    };
     fn one<'a>(
         compressor: &mut format::Compressor<'a>,
         job: &'a Job,
@@ -353,7 +369,7 @@ fn compress_jobs(jobs: &[Job], level: i32) -> Result<Vec<Frame>, VaultError> {
         .min(jobs.len().div_ceil(16))
         .max(1);
     if threads == 1 {
-        let mut compressor = format::Compressor::new(level);
+        let mut compressor = compressor();
         return jobs
             .iter()
             .map(|job| one(&mut compressor, job).map_err(VaultError::Encode))
@@ -366,7 +382,7 @@ fn compress_jobs(jobs: &[Job], level: i32) -> Result<Vec<Frame>, VaultError> {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut compressor = format::Compressor::new(level);
+                    let mut compressor = compressor();
                     let mut done = Vec::new();
                     loop {
                         let at = next.fetch_add(1, Ordering::Relaxed);
@@ -1025,6 +1041,11 @@ impl Vault {
         let pending = &mut *writer;
         let before = pending.stored_bytes;
         let level = self.inner.options.zstd_level;
+        let effort = if objects.len() >= BULK_FROM {
+            Effort::Bulk
+        } else {
+            Effort::Thorough
+        };
         let mut stats = CopyStats::default();
         let started = std::time::Instant::now();
         let (mut reading, mut waiting) = (Duration::ZERO, Duration::ZERO);
@@ -1086,7 +1107,7 @@ impl Vault {
                     waiting += wait_started.elapsed();
                     let full = std::mem::take(&mut batch);
                     compressing = Some(scope.spawn(move || {
-                        let frames = compress_jobs(&full.jobs, level);
+                        let frames = compress_jobs(&full.jobs, level, effort);
                         (full, frames)
                     }));
                 }
@@ -1095,7 +1116,7 @@ impl Vault {
             if let Some(previous) = compressing.take() {
                 self.append_batch(pending, &mut in_flight, joined(previous)?)?;
             }
-            let frames = compress_jobs(&batch.jobs, level);
+            let frames = compress_jobs(&batch.jobs, level, effort);
             self.append_batch(pending, &mut in_flight, (batch, frames))?;
             waiting += wait_started.elapsed();
             Ok(())
@@ -1158,7 +1179,8 @@ impl Vault {
                 path_key,
                 content,
             )?;
-            let frames = compress_jobs(&batch.jobs, self.inner.options.zstd_level);
+            let frames =
+                compress_jobs(&batch.jobs, self.inner.options.zstd_level, Effort::Thorough);
             self.append_batch(pending, &mut in_flight, (batch, frames))?;
         }
         Ok(id)

@@ -431,7 +431,7 @@ impl Vault {
             if !batch.is_empty() && (full || !next_joins) {
                 let (jobs, entries): (Vec<super::Job>, Vec<Entry>) = batch.drain(..).unzip();
                 batch_bytes = 0;
-                let frames = super::compress_jobs(&jobs, level)?;
+                let frames = super::compress_jobs(&jobs, level, super::Effort::Thorough)?;
                 for ((job, entry), (frame, delta)) in jobs.iter().zip(entries).zip(frames) {
                     let header = RecordHeader {
                         kind: job.kind,

@@ -347,9 +347,11 @@ fn the_file_cache_is_used_checked_and_rebuilt() {
 /// A first backup stores a path's whole history in one call: records are
 /// compressed in batches on several threads, with bases inside the same
 /// batch. The result reads back, stays within the depth cap, and is as
-/// small as storing one version per call.
+/// small as storing the history in calls of 500 versions (each at least
+/// `BULK_FROM`, so the same compression effort; each call's records in
+/// one batch).
 #[test]
-fn one_call_with_a_whole_history_compresses_in_batches_as_well_as_one_by_one() {
+fn one_call_with_a_whole_history_compresses_in_batches_as_well_as_in_short_calls() {
     let versions = 2500u32;
     // Each version a line longer, with one line changed: all distinct.
     let ids: Vec<GitOid> = (0..versions)
@@ -378,20 +380,18 @@ fn one_call_with_a_whole_history_compresses_in_batches_as_well_as_one_by_one() {
     let single_dir = tempfile::tempdir().expect("tempdir");
     let single = open(single_dir.path());
     let mut single_bytes = 0;
-    for object in &all {
-        single_bytes += single
-            .put_objects(&[*object], read)
-            .expect("put")
-            .stored_bytes;
+    assert!(500 >= BULK_FROM && versions.is_multiple_of(500));
+    for objects in all.chunks(500) {
+        single_bytes += single.put_objects(objects, read).expect("put").stored_bytes;
     }
-    // One-by-one writes an index file per call; compare the data alone.
+    // Each call writes an index file; compare the data alone.
     let data_bytes = |vault: &Vault| -> u64 {
         let index = vault.inner.index.read().expect("index");
         index.entries().map(|(_, e)| e.len).sum()
     };
     assert!(
         data_bytes(&batched) <= data_bytes(&single) + data_bytes(&single) / 20,
-        "batched {} vs one by one {} (of {single_bytes} with index files)",
+        "batched {} vs in short calls {} (of {single_bytes} with index files)",
         data_bytes(&batched),
         data_bytes(&single)
     );
@@ -1162,6 +1162,30 @@ fn a_renamed_and_changed_file_is_a_delta_of_what_it_was() {
     assert_eq!(*vault.read_object(&ids[2]).expect("read").1, texts[2]);
 }
 
+/// Every data file's size, summed.
+fn data_bytes(vault: &Vault) -> u64 {
+    vault
+        .inner
+        .backend
+        .list(FileType::Data)
+        .expect("list")
+        .iter()
+        .map(|(_, size)| size)
+        .sum()
+}
+
+/// A prune that keeps `live` and recompresses at `level`.
+fn recompress(vault: &Vault, live: &HashSet<RecordId>, level: i32) -> prune::PruneReport {
+    let options = prune::PruneOptions {
+        max_unused_percent: 20,
+        dry_run: false,
+        recompress_level: Some(level),
+    };
+    vault
+        .prune_records(live, options, &crate::progress::quiet)
+        .expect("recompress")
+}
+
 #[test]
 fn recompressing_makes_the_vault_smaller_reads_back_and_is_done_once() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1200,26 +1224,9 @@ fn recompressing_makes_the_vault_smaller_reads_back_and_is_done_once() {
             .expect("put");
     }
     let live: HashSet<RecordId> = contents.keys().map(|o| RecordId::from(*o)).collect();
-    let data_bytes = |vault: &Vault| -> u64 {
-        vault
-            .inner
-            .backend
-            .list(FileType::Data)
-            .expect("list")
-            .iter()
-            .map(|(_, size)| size)
-            .sum()
-    };
     let before = data_bytes(&vault);
     let files_before = count_files(dir.path(), FileType::Data);
-    let options = prune::PruneOptions {
-        max_unused_percent: 20,
-        dry_run: false,
-        recompress_level: Some(19),
-    };
-    let report = vault
-        .prune_records(&live, options, &crate::progress::quiet)
-        .expect("recompress");
+    let report = recompress(&vault, &live, 19);
     assert_eq!(report.records_recompressed, live.len() as u64, "{report:?}");
     assert_eq!(report.data_files_recompressed, files_before as u64);
     assert_eq!(report.data_files_written, 1, "{report:?}");
@@ -1259,16 +1266,7 @@ fn recompressing_makes_the_vault_smaller_reads_back_and_is_done_once() {
     // Done once: a second pass at the same level (or a lower one) finds
     // nothing to do; a higher one would.
     for level in [19, 9] {
-        let again = vault
-            .prune_records(
-                &live,
-                prune::PruneOptions {
-                    recompress_level: Some(level),
-                    ..options
-                },
-                &crate::progress::quiet,
-            )
-            .expect("again");
+        let again = recompress(&vault, &live, level);
         assert_eq!(
             (again.records_recompressed, again.data_files_written),
             (0, 0),
@@ -1278,8 +1276,9 @@ fn recompressing_makes_the_vault_smaller_reads_back_and_is_done_once() {
     let out_of_range = vault.prune_records(
         &live,
         prune::PruneOptions {
+            max_unused_percent: 20,
+            dry_run: false,
             recompress_level: Some(22),
-            ..options
         },
         &crate::progress::quiet,
     );
@@ -1289,4 +1288,69 @@ fn recompressing_makes_the_vault_smaller_reads_back_and_is_done_once() {
             .to_string()
             .contains("outside 1-19")
     );
+}
+
+/// A first backup's bulk copy compresses without long-distance matching
+/// (`Effort::Bulk`): on a file of near-identical lines edited one line at
+/// a time that costs several times what one push per version stores,
+/// still a small delta per version, and a recompression at the same level
+/// (which compresses thoroughly) brings it back.
+#[test]
+fn a_bulk_copy_stays_deltas_and_a_recompression_makes_it_thorough() {
+    let versions = 300u32;
+    let contents: Vec<(GitOid, Vec<u8>)> = (0..versions)
+        .map(|v| {
+            let text = version_text(2000, v as usize);
+            (blob_id(&text), text)
+        })
+        .collect();
+    let by_id: HashMap<GitOid, Vec<u8>> = contents.iter().cloned().collect();
+    let read = |o: &GitOid| -> Result<(ObjectKind, Vec<u8>), std::io::Error> {
+        Ok((ObjectKind::Blob, by_id[o].clone()))
+    };
+    let objects: Vec<(GitOid, Option<&str>)> = contents
+        .iter()
+        .map(|(id, _)| (*id, Some("src/main.rs")))
+        .collect();
+    assert!(objects.len() >= BULK_FROM);
+    let raw: u64 = contents.iter().map(|(_, c)| c.len() as u64).sum();
+
+    let one_by_one = tempfile::tempdir().expect("tempdir");
+    let vault = open(one_by_one.path());
+    let mut thorough = 0;
+    for object in &objects {
+        thorough += vault
+            .put_objects(&[*object], read)
+            .expect("put")
+            .stored_bytes;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    let stats = vault.put_objects(&objects, read).expect("put");
+    assert_eq!(stats.written, u64::from(versions));
+    let bulk = stats.stored_bytes;
+    assert!(
+        bulk > thorough,
+        "bulk {bulk} vs {thorough}: long-distance matching was used"
+    );
+    assert!(bulk * 100 < raw, "bulk {bulk} bytes of {raw}: not deltas");
+    for (id, content) in &contents {
+        assert_eq!(*vault.read_object(id).expect("read").1, *content);
+    }
+
+    let live: HashSet<RecordId> = by_id.keys().map(|o| RecordId::from(*o)).collect();
+    let report = recompress(&vault, &live, 3);
+    assert_eq!(
+        report.records_recompressed,
+        u64::from(versions),
+        "{report:?}"
+    );
+    let recompressed = data_bytes(&vault);
+    assert!(
+        recompressed * 4 < bulk && recompressed * 4 <= thorough * 5,
+        "recompressed {recompressed} bytes, bulk {bulk}, one push per version {thorough}"
+    );
+    for (id, content) in &contents {
+        assert_eq!(*vault.read_object(id).expect("read").1, *content);
+    }
 }
