@@ -361,22 +361,23 @@ pub fn compress(content: &[u8], base: Option<&[u8]>, level: i32) -> Result<Vec<u
 /// times what compressing a small git object does. `'a` is the lifetime of
 /// the bases it is given, which must outlive the context (zstd keeps a
 /// pointer to a prefix until the next frame starts).
-/// Base and content up to this size are compressed without long-distance
-/// matching by a bulk copy.
-const BULK_WINDOW: usize = 1 << 20;
-
 pub struct Compressor<'a> {
     cctx: zstd::zstd_safe::CCtx<'a>,
     level: i32,
-    long_distance: bool,
+    /// Long-distance matching for every delta, not only past `BULK_WINDOW`.
+    always_long_distance: bool,
 }
+
+/// Base and content up to this size are compressed without long-distance
+/// matching by a bulk copy.
+const BULK_WINDOW: usize = 1 << 20;
 
 impl<'a> Compressor<'a> {
     pub fn new(level: i32) -> Self {
         Self {
             cctx: zstd::zstd_safe::CCtx::create(),
             level,
-            long_distance: true,
+            always_long_distance: true,
         }
     }
 
@@ -388,12 +389,8 @@ impl<'a> Compressor<'a> {
     /// before; beyond a MiB it loses runs, see the tests). The decoder
     /// needs nothing different.
     pub fn without_long_distance(mut self) -> Self {
-        self.long_distance = false;
+        self.always_long_distance = false;
         self
-    }
-
-    fn long_distance_for(always: bool, base: &[u8], content: &[u8]) -> bool {
-        always || base.len() + content.len() > BULK_WINDOW
     }
 
     /// One frame, against `base` as reference prefix when given. Every
@@ -426,10 +423,10 @@ impl<'a> Compressor<'a> {
             // Long-distance matching finds the long runs a new version
             // shares with its base (zstd's own --patch-from does the same);
             // a bulk copy goes without it (`without_long_distance`).
-            cctx.set_parameter(CParameter::EnableLongDistanceMatching(
-                Self::long_distance_for(self.long_distance, base, content),
-            ))
-            .map_err(zerr)?;
+            let long_distance =
+                self.always_long_distance || base.len() + content.len() > BULK_WINDOW;
+            cctx.set_parameter(CParameter::EnableLongDistanceMatching(long_distance))
+                .map_err(zerr)?;
             cctx.ref_prefix(base).map_err(zerr)?;
         }
         let mut out: Vec<u8> = Vec::with_capacity(zstd::zstd_safe::compress_bound(content.len()));

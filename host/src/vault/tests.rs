@@ -385,15 +385,15 @@ fn one_call_with_a_whole_history_compresses_in_batches_as_well_as_in_short_calls
         single_bytes += single.put_objects(objects, read).expect("put").stored_bytes;
     }
     // Each call writes an index file; compare the data alone.
-    let data_bytes = |vault: &Vault| -> u64 {
+    let record_bytes = |vault: &Vault| -> u64 {
         let index = vault.inner.index.read().expect("index");
         index.entries().map(|(_, e)| e.len).sum()
     };
     assert!(
-        data_bytes(&batched) <= data_bytes(&single) + data_bytes(&single) / 20,
+        record_bytes(&batched) <= record_bytes(&single) + record_bytes(&single) / 20,
         "batched {} vs in short calls {} (of {single_bytes} with index files)",
-        data_bytes(&batched),
-        data_bytes(&single)
+        record_bytes(&batched),
+        record_bytes(&single)
     );
     drop(batched);
     let batched = Vault::open_local(batched_dir.path(), Create::Never, WriteOptions::default())
