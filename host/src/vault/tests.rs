@@ -1295,6 +1295,76 @@ fn recompressing_makes_the_vault_smaller_reads_back_and_is_done_once() {
 /// a time that costs several times what one push per version stores,
 /// still a small delta per version, and a recompression at the same level
 /// (which compresses thoroughly) brings it back.
+/// Text of `len` bytes that compresses, but slowly: words from a small
+/// vocabulary in a pseudo-random order.
+fn slow_text(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "vault ", "record ", "delta ", "base ", "chain ", "frame ", "index ", "file ", "push ",
+        "ref ", "tree ", "blob ", "commit ", "tag ", "path ", "line ",
+    ];
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(WORDS[(state % 16) as usize].as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn a_bulk_copy_appends_in_order_whatever_order_its_chunks_finish_in() {
+    // Chunk 0: the first version of src/lib.rs and 8 MiB that is slow to
+    // compress. Chunk 1: the second version (a delta on the first) and 2
+    // MiB of zeros, done long before chunk 0. It must still be appended
+    // after chunk 0, its base's; and so on for the versions after it.
+    let mut contents: Vec<(GitOid, &str, Vec<u8>)> = Vec::new();
+    let mut push = |path: &'static str, content: Vec<u8>| {
+        contents.push((blob_id(&content), path, content));
+    };
+    push("src/lib.rs", version_text(300, 0));
+    push("assets/slow.txt", slow_text(CHUNK_BYTES * 4, 7));
+    push("src/lib.rs", version_text(300, 1));
+    push("assets/zeros.bin", vec![0; CHUNK_BYTES]);
+    for v in 2..BULK_FROM + 40 {
+        push("src/lib.rs", version_text(300, v));
+    }
+    let by_id: HashMap<GitOid, Vec<u8>> = contents
+        .iter()
+        .map(|(id, _, content)| (*id, content.clone()))
+        .collect();
+    let read = |o: &GitOid| -> Result<(ObjectKind, Vec<u8>), std::io::Error> {
+        Ok((ObjectKind::Blob, by_id[o].clone()))
+    };
+    let objects: Vec<(GitOid, Option<&str>)> = contents
+        .iter()
+        .map(|(id, path, _)| (*id, Some(*path)))
+        .collect();
+    assert!(objects.len() >= BULK_FROM);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = open(dir.path());
+    let stats = vault.put_objects(&objects, read).expect("put");
+    assert_eq!(stats.written, objects.len() as u64);
+    for (id, _, content) in &contents {
+        assert_eq!(*vault.read_object(id).expect("read").1, *content);
+    }
+    let versions: u64 = contents
+        .iter()
+        .filter(|(_, path, _)| *path == "src/lib.rs")
+        .map(|(_, _, content)| content.len() as u64)
+        .sum();
+    let slow_stored = zstd::bulk::compress(&contents[1].2, 3).expect("zstd").len() as u64;
+    assert!(
+        stats.stored_bytes < slow_stored + versions / 20,
+        "{} bytes stored for {versions} bytes of versions and {slow_stored} of compressed text: \
+         the versions were not stored as deltas",
+        stats.stored_bytes
+    );
+}
+
 #[test]
 fn a_bulk_copy_stays_deltas_and_a_recompression_makes_it_thorough() {
     let versions = 300u32;
