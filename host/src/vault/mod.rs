@@ -288,9 +288,9 @@ impl Batch {
     }
 }
 
-/// Records prepared but not yet appended (the batch or chunk being filled
-/// and those being compressed), by id: content and depth bound, for
-/// choosing later records' bases.
+/// Records prepared but not yet appended (the batch being filled and the
+/// one being compressed), by id: content and depth bound, for choosing
+/// later records' bases.
 type InFlight = HashMap<RecordId, Bounded>;
 
 /// A record's content and a bound on its depth.
@@ -318,7 +318,9 @@ type Frame = (Vec<u8>, bool);
 
 /// The outcome of a batch compressed on another thread.
 fn joined(handle: std::thread::ScopedJoinHandle<'_, Compressed>) -> Result<Compressed, VaultError> {
-    handle.join().map_err(|_| compression_panicked())
+    handle
+        .join()
+        .map_err(|_| VaultError::Encode(FormatError("a compression thread panicked".into())))
 }
 
 /// How a batch is compressed: `Bulk` for a copy of many objects (a first
@@ -333,61 +335,45 @@ enum Effort {
 /// A copy of at least this many objects is compressed with `Effort::Bulk`.
 const BULK_FROM: usize = 256;
 
-/// A zstd context for `effort`.
-fn compressor<'a>(level: i32, effort: Effort) -> format::Compressor<'a> {
-    match effort {
-        Effort::Bulk => format::Compressor::new(level).without_long_distance(),
-        Effort::Thorough => format::Compressor::new(level),
-    }
-}
-
-/// Compress one job: a delta on its base unless the whole frame is
+/// Compress each job: a delta on its base unless the whole frame is
 /// smaller (a delta under an eighth of the content is kept without trying
 /// the whole frame, which would not be smaller in practice: half the work
-/// of a first backup).
-fn compress_one<'a>(
-    compressor: &mut format::Compressor<'a>,
-    job: &'a Job,
-) -> Result<Frame, FormatError> {
-    let data = job.data.as_slice();
-    let Some((base, _)) = &job.base else {
-        return Ok((compressor.compress(data, None)?, false));
-    };
-    let delta = compressor.compress(data, Some(base.as_slice()))?;
-    if delta.len() <= data.len() / 8 {
-        return Ok((delta, true));
-    }
-    let whole = compressor.compress(data, None)?;
-    Ok(if delta.len() < whole.len() {
-        (delta, true)
-    } else {
-        (whole, false)
-    })
-}
-
-/// Compress each job on this thread, with one context; (frame, is a
-/// delta) per job, in order.
-fn compress_here(jobs: &[Job], level: i32, effort: Effort) -> Result<Vec<Frame>, VaultError> {
-    let mut compressor = compressor(level, effort);
-    jobs.iter()
-        .map(|job| compress_one(&mut compressor, job).map_err(VaultError::Encode))
-        .collect()
-}
-
-fn compression_panicked() -> VaultError {
-    VaultError::Encode(FormatError("a compression thread panicked".into()))
-}
-
-/// Compress each job (see [`compress_one`]) on every core. Returns
-/// (frame, is a delta) per job, in order.
+/// of a first backup). Returns (frame, is a delta) per job, in order.
 fn compress_jobs(jobs: &[Job], level: i32, effort: Effort) -> Result<Vec<Frame>, VaultError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    let compressor = || match effort {
+        Effort::Bulk => format::Compressor::new(level).without_long_distance(),
+        Effort::Thorough => format::Compressor::new(level),
+    };
+    fn one<'a>(
+        compressor: &mut format::Compressor<'a>,
+        job: &'a Job,
+    ) -> Result<(Vec<u8>, bool), FormatError> {
+        let data = job.data.as_slice();
+        let Some((base, _)) = &job.base else {
+            return Ok((compressor.compress(data, None)?, false));
+        };
+        let delta = compressor.compress(data, Some(base.as_slice()))?;
+        if delta.len() <= data.len() / 8 {
+            return Ok((delta, true));
+        }
+        let whole = compressor.compress(data, None)?;
+        Ok(if delta.len() < whole.len() {
+            (delta, true)
+        } else {
+            (whole, false)
+        })
+    }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(jobs.len().div_ceil(16))
         .max(1);
     if threads == 1 {
-        return compress_here(jobs, level, effort);
+        let mut compressor = compressor();
+        return jobs
+            .iter()
+            .map(|job| one(&mut compressor, job).map_err(VaultError::Encode))
+            .collect();
     }
     let next = AtomicUsize::new(0);
     let mut frames: Vec<Option<(Vec<u8>, bool)>> = Vec::new();
@@ -396,14 +382,14 @@ fn compress_jobs(jobs: &[Job], level: i32, effort: Effort) -> Result<Vec<Frame>,
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut compressor = compressor(level, effort);
+                    let mut compressor = compressor();
                     let mut done = Vec::new();
                     loop {
                         let at = next.fetch_add(1, Ordering::Relaxed);
                         let Some(job) = jobs.get(at) else {
                             return Ok(done);
                         };
-                        done.push((at, compress_one(&mut compressor, job)?));
+                        done.push((at, one(&mut compressor, job)?));
                     }
                 })
             })
@@ -411,7 +397,9 @@ fn compress_jobs(jobs: &[Job], level: i32, effort: Effort) -> Result<Vec<Frame>,
         for worker in workers {
             let done = worker
                 .join()
-                .map_err(|_| compression_panicked())?
+                .map_err(|_| {
+                    VaultError::Encode(FormatError("a compression thread panicked".into()))
+                })?
                 .map_err(VaultError::Encode)?;
             for (at, frame) in done {
                 frames[at] = Some(frame);
@@ -425,117 +413,6 @@ fn compress_jobs(jobs: &[Job], level: i32, effort: Effort) -> Result<Vec<Frame>,
             f.ok_or_else(|| VaultError::Encode(FormatError("a record was not compressed".into())))
         })
         .collect()
-}
-
-/// A bulk copy sends its jobs to the stream in chunks of this many
-/// records or raw bytes.
-const CHUNK_RECORDS: usize = 256;
-const CHUNK_BYTES: usize = 2 << 20;
-
-/// At most this many chunks are sent and not yet taken back: a slow
-/// record holds back at most this much of what follows it.
-const CHUNKS_AHEAD: u64 = 8;
-
-impl Batch {
-    fn is_chunk(&self) -> bool {
-        self.jobs.len() >= CHUNK_RECORDS || self.bytes >= CHUNK_BYTES
-    }
-}
-
-/// A bulk copy's compression: chunks of jobs go to a thread per core as
-/// they are prepared and are appended in the order they were sent, so no
-/// core waits for the slowest record of a batch while the next one is
-/// read (replaying the first copy of ripgrep and jq, six alternating runs
-/// each: medians 432 → 409 ms and 459 → 429 ms against batches of 1,024).
-/// Each chunk gets a context of its own, since a context borrows the bases
-/// it was given until its next frame; chunks of 32 records made that cost
-/// about a fifth more CPU.
-struct Stream {
-    /// `None` once the last chunk is sent.
-    jobs: Option<crossbeam_channel::Sender<(u64, Batch)>>,
-    done: crossbeam_channel::Receiver<(u64, Compressed)>,
-    /// Chunks back before an earlier one.
-    early: BTreeMap<u64, Compressed>,
-    sent: u64,
-    /// The next chunk to take back.
-    next: u64,
-}
-
-impl Stream {
-    fn start<'scope>(scope: &'scope std::thread::Scope<'scope, '_>, level: i32) -> Self {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let (jobs, chunks) = crossbeam_channel::bounded::<(u64, Batch)>(threads * 2);
-        let (finished, done) = crossbeam_channel::unbounded();
-        for _ in 0..threads {
-            let (chunks, finished) = (chunks.clone(), finished.clone());
-            scope.spawn(move || {
-                for (seq, chunk) in chunks {
-                    // A panic becomes the chunk's error: the copy waits for
-                    // every chunk it sent.
-                    let frames = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        compress_here(&chunk.jobs, level, Effort::Bulk)
-                    }))
-                    .unwrap_or_else(|_| Err(compression_panicked()));
-                    if finished.send((seq, (chunk, frames))).is_err() {
-                        // The copy has stopped.
-                        return;
-                    }
-                }
-            });
-        }
-        Self {
-            jobs: Some(jobs),
-            done,
-            early: BTreeMap::new(),
-            sent: 0,
-            next: 0,
-        }
-    }
-
-    /// Send a chunk; returns the chunks back since, in order, to append.
-    fn send(&mut self, chunk: Batch) -> Result<Vec<Compressed>, VaultError> {
-        let jobs = self.jobs.as_ref().ok_or_else(compression_panicked)?;
-        jobs.send((self.sent, chunk))
-            .map_err(|_| compression_panicked())?;
-        self.sent += 1;
-        let mut back = Vec::new();
-        while self.sent - self.next > CHUNKS_AHEAD {
-            back.push(self.wait_next()?);
-        }
-        while let Ok((seq, chunk)) = self.done.try_recv() {
-            self.early.insert(seq, chunk);
-        }
-        while let Some(chunk) = self.early.remove(&self.next) {
-            self.next += 1;
-            back.push(chunk);
-        }
-        Ok(back)
-    }
-
-    /// Send the last chunk; returns every chunk not yet taken back, in order.
-    fn finish(mut self, last: Batch) -> Result<Vec<Compressed>, VaultError> {
-        let mut back = if last.jobs.is_empty() {
-            Vec::new()
-        } else {
-            self.send(last)?
-        };
-        self.jobs = None;
-        while self.next < self.sent {
-            back.push(self.wait_next()?);
-        }
-        Ok(back)
-    }
-
-    fn wait_next(&mut self) -> Result<Compressed, VaultError> {
-        loop {
-            if let Some(chunk) = self.early.remove(&self.next) {
-                self.next += 1;
-                return Ok(chunk);
-            }
-            let (seq, chunk) = self.done.recv().map_err(|_| compression_panicked())?;
-            self.early.insert(seq, chunk);
-        }
-    }
 }
 
 struct Inner {
@@ -1181,9 +1058,6 @@ impl Vault {
             let mut batch = Batch::default();
             let mut in_flight = InFlight::new();
             let mut compressing = None;
-            // A bulk copy streams its jobs to the compression threads; a
-            // push's few records are compressed in batches.
-            let mut stream = (effort == Effort::Bulk).then(|| Stream::start(scope, level));
             for object in objects {
                 let (oid, path) = (&object.id(), object.path());
                 let id = RecordId::from(*oid);
@@ -1225,15 +1099,7 @@ impl Vault {
                     lines.insert(id, (key, version, kind));
                 }
                 stats.written += 1;
-                if let Some(stream) = &mut stream {
-                    if batch.is_chunk() {
-                        let wait_started = std::time::Instant::now();
-                        for back in stream.send(std::mem::take(&mut batch))? {
-                            self.append_batch(pending, &mut in_flight, back)?;
-                        }
-                        waiting += wait_started.elapsed();
-                    }
-                } else if batch.is_full() {
+                if batch.is_full() {
                     let wait_started = std::time::Instant::now();
                     if let Some(previous) = compressing.take() {
                         self.append_batch(pending, &mut in_flight, joined(previous)?)?;
@@ -1247,17 +1113,11 @@ impl Vault {
                 }
             }
             let wait_started = std::time::Instant::now();
-            if let Some(stream) = stream {
-                for back in stream.finish(batch)? {
-                    self.append_batch(pending, &mut in_flight, back)?;
-                }
-            } else {
-                if let Some(previous) = compressing.take() {
-                    self.append_batch(pending, &mut in_flight, joined(previous)?)?;
-                }
-                let frames = compress_jobs(&batch.jobs, level, effort);
-                self.append_batch(pending, &mut in_flight, (batch, frames))?;
+            if let Some(previous) = compressing.take() {
+                self.append_batch(pending, &mut in_flight, joined(previous)?)?;
             }
+            let frames = compress_jobs(&batch.jobs, level, effort);
+            self.append_batch(pending, &mut in_flight, (batch, frames))?;
             waiting += wait_started.elapsed();
             Ok(())
         });
